@@ -1,0 +1,138 @@
+//! The command line. Every flag can also be set from a `VLLM_SENTINEL_*` environment variable;
+//! flags win over the environment, which wins over the config file, which wins over defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The default port of the exporter (`/metrics`, `/healthz`, `/readyz`, `/`).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9471";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vllm-sentinel",
+    version,
+    about = "Monitoring sidecar for vLLM: synthetic streaming probes, server /metrics, NVML GPU sampling, exported to Prometheus",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Log filter (e.g. `info`, `vllm_sentinel=debug`); defaults to RUST_LOG, then `info`.
+    #[arg(long, global = true, env = "VLLM_SENTINEL_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "VLLM_SENTINEL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar daemon: probe, scrape and sample, and export it all on /metrics.
+    Serve(ServeArgs),
+    /// Run the built-in vLLM simulator alone (an OpenAI-compatible server).
+    Simulate(crate::sim::SimArgs),
+    /// Run the simulator and the daemon together on loopback and print the URLs to open.
+    Demo(DemoArgs),
+    /// Load and validate the configuration, print the effective settings, and exit.
+    CheckConfig(CheckConfigArgs),
+    /// One-shot baseline: N sequential requests after a warm-up; latency percentiles.
+    Bench(crate::experiments::bench::BenchArgs),
+    /// One-shot sweep over concurrency levels or request rates: throughput, latency, saturation knee.
+    Sweep(crate::experiments::sweep::SweepArgs),
+    /// One-shot context-length study: TTFT and KV-cache usage against prompt length, feasibility grid.
+    KvScale(crate::experiments::kvscale::KvScaleArgs),
+}
+
+/// Flags of `serve` (and of `check-config`, which validates what `serve` would run).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file. Flags and environment variables override what it says.
+    #[arg(long, short = 'c', env = "VLLM_SENTINEL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Base URL of the vLLM server (e.g. http://127.0.0.1:8000). Replaces the file's targets with this one.
+    #[arg(long, env = "VLLM_SENTINEL_TARGET")]
+    pub target: Option<String>,
+    /// Address the exporter listens on [default: 0.0.0.0:9471].
+    #[arg(long, env = "VLLM_SENTINEL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Model to request; default: the first model of the target's /v1/models.
+    #[arg(long, env = "VLLM_SENTINEL_MODEL")]
+    pub model: Option<String>,
+    /// Endpoint the probes use.
+    #[arg(long, value_enum, env = "VLLM_SENTINEL_ENDPOINT")]
+    pub endpoint: Option<crate::config::Endpoint>,
+    /// Closed loop: number of concurrent probe streams.
+    #[arg(long, env = "VLLM_SENTINEL_CONCURRENCY", conflicts_with = "rate")]
+    pub concurrency: Option<u32>,
+    /// Open loop: probe requests per second (Poisson arrivals).
+    #[arg(long, env = "VLLM_SENTINEL_RATE")]
+    pub rate: Option<f64>,
+    /// Environment variable holding the target's API key (sent as a Bearer token).
+    #[arg(long, env = "VLLM_SENTINEL_API_KEY_ENV")]
+    pub api_key_env: Option<String>,
+    /// File holding the target's API key (sent as a Bearer token).
+    #[arg(long, env = "VLLM_SENTINEL_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Interval between scrapes of the target's /metrics (e.g. 5s).
+    #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_SCRAPE_INTERVAL")]
+    pub scrape_interval: Option<std::time::Duration>,
+    /// Disable NVML GPU sampling.
+    #[arg(long, env = "VLLM_SENTINEL_NO_GPU")]
+    pub no_gpu: bool,
+    /// Path to libnvidia-ml.so.1 when it is not on the loader path.
+    #[arg(long, env = "VLLM_SENTINEL_NVML_LIBRARY")]
+    pub nvml_library: Option<PathBuf>,
+    /// Interval between GPU samples (e.g. 1s).
+    #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_GPU_INTERVAL")]
+    pub gpu_interval: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckConfigArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Address of the daemon's exporter.
+    #[arg(long, default_value = "127.0.0.1:9471", env = "VLLM_SENTINEL_LISTEN")]
+    pub listen: SocketAddr,
+    /// Address of the simulator.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8000",
+        env = "VLLM_SENTINEL_SIM_LISTEN"
+    )]
+    pub sim_listen: SocketAddr,
+    /// Concurrent probe streams against the simulator.
+    #[arg(long, default_value_t = 4, env = "VLLM_SENTINEL_CONCURRENCY")]
+    pub concurrency: u32,
+    /// Stop after this long (e.g. 30s); default: run until Ctrl-C.
+    #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_DURATION")]
+    pub duration: Option<std::time::Duration>,
+    /// Disable NVML GPU sampling.
+    #[arg(long, env = "VLLM_SENTINEL_NO_GPU")]
+    pub no_gpu: bool,
+}
+
+/// Parses a human duration such as `500ms`, `5s` or `2m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 5s, 2m)"))
+}

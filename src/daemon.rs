@@ -1,0 +1,198 @@
+//! Wires the subsystems together for `serve` and `demo`.
+//!
+//! Start-up order: bind the listen address (a port in use fails before anything starts), build
+//! the registry with every subsystem's families, start the subsystems under one
+//! [`TaskTracker`], serve `/metrics`. On SIGINT/SIGTERM the root token is cancelled, the HTTP
+//! server stops accepting, and in-flight work gets `server.shutdown_grace` to finish.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cli::{DemoArgs, GlobalArgs};
+use crate::config::{Config, TargetConfig};
+use crate::exporter::{self, ExporterState, Readiness, ReloadFn, StatusBoard};
+
+/// What every subsystem gets when it starts.
+#[derive(Clone)]
+pub struct RunContext {
+    /// Every long-lived task is spawned on this tracker so shutdown can wait for it.
+    pub tracker: TaskTracker,
+    /// Cancelled on shutdown.
+    pub token: CancellationToken,
+    /// The current configuration; a new value arrives on reload (SIGHUP or `POST /-/reload`).
+    pub config: watch::Receiver<Arc<Config>>,
+    /// `/readyz` waits for each registered subsystem's first collection.
+    pub readiness: Readiness,
+    /// Per-target state for the landing page.
+    pub status: StatusBoard,
+}
+
+/// Produces a fresh, validated configuration (re-reading the file) for a reload.
+pub type Reloader = Arc<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+
+/// Runs the daemon until `token` is cancelled.
+pub async fn serve(
+    cfg: Config,
+    token: CancellationToken,
+    reloader: Option<Reloader>,
+) -> anyhow::Result<()> {
+    let listener = exporter::bind(cfg.server.listen).await?;
+    serve_on(listener, cfg, token, reloader).await
+}
+
+/// [`serve`] on an already bound listener (tests bind port 0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    cfg: Config,
+    token: CancellationToken,
+    reloader: Option<Reloader>,
+) -> anyhow::Result<()> {
+    let grace = cfg.server.shutdown_grace;
+    let (config_tx, config_rx) = watch::channel(Arc::new(cfg.clone()));
+    let ctx = RunContext {
+        tracker: TaskTracker::new(),
+        token: token.child_token(),
+        config: config_rx,
+        readiness: Readiness::default(),
+        status: StatusBoard::default(),
+    };
+    for t in &cfg.targets {
+        ctx.status.update(&t.label(), |s| {
+            s.url = t.url.clone();
+            s.model = t.model.clone();
+        });
+    }
+
+    let mut registry = Registry::default();
+    exporter::register_common(&mut registry);
+    let prober =
+        crate::prober::Prober::new(&cfg, &mut registry).context("setting up the prober")?;
+    let scraper =
+        crate::scrape::Scraper::new(&cfg, &mut registry).context("setting up the scraper")?;
+    let gpu =
+        crate::gpu::GpuSampler::new(&cfg.gpu, &mut registry).context("setting up GPU sampling")?;
+    let registry = Arc::new(registry);
+
+    prober.spawn(&ctx);
+    scraper.spawn(&ctx);
+    gpu.spawn(&ctx);
+
+    let reload: Option<ReloadFn> = reloader.map(|r| {
+        let tx = config_tx.clone();
+        let f: ReloadFn = Arc::new(move || match r() {
+            Ok(new) => {
+                tx.send_replace(Arc::new(new));
+                tracing::info!("configuration reloaded");
+                Ok("configuration reloaded".to_string())
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reload rejected; keeping the running configuration");
+                Err(format!("reload rejected: {e:#}"))
+            }
+        });
+        f
+    });
+    if let Some(f) = reload.clone() {
+        spawn_sighup(f, ctx.token.clone(), &ctx.tracker);
+    }
+
+    let state = ExporterState {
+        registry,
+        readiness: ctx.readiness.clone(),
+        status: ctx.status.clone(),
+        reload,
+    };
+    let server = tokio::spawn(exporter::serve(listener, state, ctx.token.clone()));
+
+    ctx.token.cancelled().await;
+    ctx.tracker.close();
+    if tokio::time::timeout(grace, ctx.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?grace, "in-flight work did not finish within the shutdown grace; abandoning it");
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(anyhow::anyhow!("exporter task failed: {e}")),
+        Err(_) => {
+            tracing::warn!("exporter did not stop within the shutdown grace");
+            Ok(())
+        }
+    }
+}
+
+fn spawn_sighup(reload: ReloadFn, token: CancellationToken, tracker: &TaskTracker) {
+    #[cfg(unix)]
+    tracker.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() { return; }
+                    tracing::info!("SIGHUP: reloading configuration");
+                    let _ = reload();
+                }
+            }
+        }
+    });
+}
+
+/// `demo`: the simulator and the daemon together on loopback.
+pub async fn demo(
+    global: &GlobalArgs,
+    args: DemoArgs,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let _ = global;
+    let sim_listener = exporter::bind(args.sim_listen).await?;
+    let sim_addr = sim_listener.local_addr()?;
+    let listener = exporter::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+
+    let sim_cfg = crate::sim::SimConfig::default();
+    let sim_token = token.child_token();
+    let sim = tokio::spawn(crate::sim::serve(sim_listener, sim_cfg, sim_token.clone()));
+
+    let mut cfg = Config::default();
+    cfg.server.listen = addr;
+    let mut target = TargetConfig::from_url(&format!("http://{sim_addr}"));
+    target.name = Some("simulator".to_string());
+    crate::prober::apply_load_args(&mut target, Some(args.concurrency), None);
+    cfg.targets.push(target);
+    cfg.gpu.enabled = !args.no_gpu;
+    crate::config::validate(&cfg)?;
+
+    println!("vllm-sentinel demo");
+    println!(
+        "  simulator (OpenAI-compatible, vLLM metrics): http://{sim_addr}/v1/models  http://{sim_addr}/metrics"
+    );
+    println!("  vllm-sentinel landing page:                  http://{addr}/");
+    println!("  vllm-sentinel metrics:                       http://{addr}/metrics");
+    println!("Press Ctrl-C to stop.");
+
+    if let Some(d) = args.duration {
+        let t = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            t.cancel();
+        });
+    }
+    let result = serve_on(listener, cfg, token.clone(), None).await;
+    sim_token.cancel();
+    match sim.await {
+        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "simulator stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "simulator task failed"),
+        Ok(Ok(())) => {}
+    }
+    result
+}

@@ -1,0 +1,243 @@
+//! The exporter's HTTP server (axum): `/metrics`, `/healthz`, `/readyz`, `/-/reload` and a
+//! landing page at `/`.
+//!
+//! `/metrics` answers in the Prometheus text format 0.0.4, or in OpenMetrics 1.0 when the
+//! `Accept` header asks for `application/openmetrics-text`, always with the exact
+//! `Content-Type` of the format written.
+
+pub mod process;
+pub mod readiness;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use readiness::Readiness;
+pub use status::{StatusBoard, TargetStatus};
+
+/// `Content-Type` of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of OpenMetrics 1.0.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Asks the daemon to reload its config; returns a message for the caller.
+pub type ReloadFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ExporterState {
+    pub registry: Arc<Registry>,
+    pub readiness: Readiness,
+    pub status: StatusBoard,
+    pub reload: Option<ReloadFn>,
+}
+
+/// Binds the listen address, with a one-line error naming it when that fails.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            anyhow::anyhow!("cannot listen on {addr}: address already in use")
+        }
+        _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
+    })
+}
+
+/// Registers `vllm_sentinel_build_info` and the process collector.
+pub fn register_common(registry: &mut Registry) {
+    let info = prometheus_client::metrics::info::Info::new(vec![
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "revision",
+            option_env!("VLLM_SENTINEL_GIT_REVISION")
+                .unwrap_or("unknown")
+                .to_string(),
+        ),
+    ]);
+    registry.register(
+        "vllm_sentinel_build",
+        "vllm-sentinel build information",
+        info,
+    );
+    registry.register_collector(Box::new(process::ProcessCollector));
+}
+
+/// The router, separate from [`serve`] so tests can drive it without a socket.
+pub fn router(state: ExporterState) -> Router {
+    Router::new()
+        .route("/", get(landing))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/-/reload", post(reload))
+        .with_state(state)
+}
+
+/// Serves until `token` is cancelled, then stops accepting and lets open responses finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: ExporterState,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    tracing::info!(%addr, "exporter listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await
+        .context("exporter server failed")
+}
+
+/// Encodes the registry in the format `accept` asks for; returns the body and its content type.
+pub fn encode(
+    registry: &Registry,
+    accept: Option<&str>,
+) -> Result<(String, &'static str), std::fmt::Error> {
+    let mut body = String::with_capacity(16 * 1024);
+    if wants_openmetrics(accept) {
+        prometheus_client::encoding::text::encode(&mut body, registry)?;
+        Ok((body, OPENMETRICS_CONTENT_TYPE))
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut body, registry)?;
+        Ok((body, PROMETHEUS_CONTENT_TYPE))
+    }
+}
+
+/// True when the `Accept` header prefers OpenMetrics (any `application/openmetrics-text` entry
+/// whose `q` is not 0).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    accept.split(',').any(|part| {
+        let mut it = part.split(';').map(str::trim);
+        let media = it.next().unwrap_or("");
+        let q_zero = it.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0");
+        media.eq_ignore_ascii_case("application/openmetrics-text") && !q_zero
+    })
+}
+
+async fn metrics(State(state): State<ExporterState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    match encode(&state.registry, accept) {
+        Ok((body, ct)) => {
+            ([(header::CONTENT_TYPE, HeaderValue::from_static(ct))], body).into_response()
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn readyz(State(state): State<ExporterState>) -> Response {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let pending = state.readiness.pending().join(", ");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: waiting for {pending}\n"),
+        )
+            .into_response()
+    }
+}
+
+async fn reload(State(state): State<ExporterState>) -> Response {
+    match &state.reload {
+        None => (
+            StatusCode::NOT_FOUND,
+            "reload is not available in this mode\n",
+        )
+            .into_response(),
+        Some(f) => match f() {
+            Ok(msg) => (StatusCode::OK, format!("{msg}\n")).into_response(),
+            Err(msg) => (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response(),
+        },
+    }
+}
+
+async fn landing(State(state): State<ExporterState>) -> Html<String> {
+    let mut rows = String::new();
+    for (name, t) in state.status.snapshot() {
+        let up = match t.up {
+            Some(true) => "<span class=up>up</span>",
+            Some(false) => "<span class=down>down</span>",
+            None => "pending",
+        };
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td><a href=\"{}\">{}</a></td><td>{}</td><td>{up}</td><td>{}</td></tr>\n",
+            esc(&name),
+            esc(&t.url),
+            esc(&t.url),
+            esc(t.model.as_deref().unwrap_or("(discovering)")),
+            esc(t.last_error.as_deref().unwrap_or("")),
+        ));
+    }
+    if rows.is_empty() {
+        rows.push_str("<tr><td colspan=5>no targets configured</td></tr>\n");
+    }
+    let ready = if state.readiness.is_ready() {
+        "ready"
+    } else {
+        "starting"
+    };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>vllm-sentinel</title>\
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}.up{{color:green}}.down{{color:#b00}}</style></head>\
+<body><h1>vllm-sentinel {}</h1><p>State: {ready}. <a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a></p>\
+<h2>Targets</h2><table><tr><th>target</th><th>url</th><th>model</th><th>server /metrics</th><th>last error</th></tr>\n{rows}</table></body></html>\n",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some(
+            "application/openmetrics-text;q=0,text/plain"
+        )));
+        // What Prometheus 2.x/3.x sends by default.
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        )));
+    }
+
+    #[test]
+    fn encode_both_formats_with_build_info() {
+        let mut reg = Registry::default();
+        register_common(&mut reg);
+        let (text, ct) = encode(&reg, None).unwrap();
+        assert_eq!(ct, PROMETHEUS_CONTENT_TYPE);
+        assert!(text.contains("vllm_sentinel_build_info{"), "{text}");
+        assert!(!text.contains("# EOF"));
+        let (om, ct) = encode(&reg, Some("application/openmetrics-text")).unwrap();
+        assert_eq!(ct, OPENMETRICS_CONTENT_TYPE);
+        assert!(om.trim_end().ends_with("# EOF"), "{om}");
+    }
+}
