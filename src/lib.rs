@@ -18,6 +18,7 @@
 //! which owns the Prometheus series.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod experiments;

@@ -1,0 +1,42 @@
+//! The one clock that the simulator and the prober share: `CLOCK_MONOTONIC` in nanoseconds.
+//!
+//! `std::time::Instant` is the same clock on Linux but opaque, so two processes cannot compare
+//! their readings. The simulator's fixed-timing mode stamps its true send time with
+//! [`monotonic_ns`] and the prober stamps each received chunk with it, so the benchmark can
+//! subtract one from the other across processes (the harness recommended in
+//! `reference/prober-overhead.md`).
+
+/// Nanoseconds on `CLOCK_MONOTONIC` (system-wide, never jumps; not wall time).
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// Seconds since the unix epoch, as Prometheus timestamps want them.
+pub fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_agrees_with_instant() {
+        let i0 = std::time::Instant::now();
+        let m0 = monotonic_ns();
+        let mut spins = 0u64;
+        while i0.elapsed() < std::time::Duration::from_millis(2) {
+            spins += 1;
+        }
+        let dm = monotonic_ns() - m0;
+        let di = i0.elapsed().as_nanos() as u64;
+        assert!(spins > 0);
+        // Both are CLOCK_MONOTONIC; the readings differ only by the calls' own cost.
+        assert!(dm.abs_diff(di) < 1_000_000, "monotonic {dm} ns vs instant {di} ns");
+    }
+}
