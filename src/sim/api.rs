@@ -296,7 +296,7 @@ pub fn parse(
             match single {
                 Value::String(s) => {
                     check_chars(s.chars().count() as u64)?;
-                    tokenizer::encode(s, limit, &mut prompt);
+                    tokenizer::encode_prompt(s, limit, &mut prompt);
                 }
                 Value::Array(a) if a.iter().all(Value::is_number) => {
                     text_prompt = false;

@@ -307,7 +307,7 @@ async fn tokenize(State(st): State<Arc<Shared>>, body: Bytes) -> Response {
     };
     let mut ids = Vec::new();
     if let Some(p) = v.get("prompt").and_then(|p| p.as_str()) {
-        tokenizer::encode(p, usize::MAX, &mut ids);
+        tokenizer::encode_prompt(p, usize::MAX, &mut ids);
     } else if let Some(msgs) = v.get("messages").and_then(|m| m.as_array()) {
         let texts = msgs
             .iter()

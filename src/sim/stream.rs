@@ -183,6 +183,9 @@ impl StreamState {
                 }
             }
             if f.cut_after_tokens == Some(k) {
+                // Pause first so the events already sent leave the server's write buffer
+                // (an error from the body makes hyper drop the connection at once).
+                self.sleep(Duration::from_millis(20)).await;
                 return self.cut("simulated connection cut");
             }
             if f.error_event_after_tokens == Some(k) {

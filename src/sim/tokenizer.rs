@@ -6,7 +6,8 @@
 //! ids (which the prefix cache can hit). Chat requests add a fixed template overhead:
 //! [`CHAT_TOKENS_PER_MESSAGE`] per message plus [`CHAT_TOKENS_GENERATION_PROMPT`] once, which
 //! makes a one-message chat 11 tokens longer than its content, as the real ChatML template was
-//! for the captured model.
+//! for the captured model. A completions text prompt (and `/tokenize` of a prompt) starts with
+//! one BOS token.
 
 /// Size of the simulated vocabulary; token ids are `0..VOCAB_SIZE`.
 pub const VOCAB_SIZE: u32 = 8192;
@@ -44,6 +45,18 @@ pub fn count(text: &str) -> usize {
     text.split_whitespace()
         .map(|w| w.len().div_ceil(BYTES_PER_TOKEN))
         .sum()
+}
+
+/// Id of the BOS token that starts a completions text prompt (the captured model's tokenizer
+/// added one: 1990 words of "the license …" were 1991 prompt tokens on `/v1/completions`).
+pub const BOS_TOKEN: u32 = VOCAB_SIZE - 2;
+
+/// Token ids of a completions text prompt: BOS, then [`encode`]; at most `limit` ids.
+pub fn encode_prompt(text: &str, limit: usize, out: &mut Vec<u32>) {
+    if limit > out.len() {
+        out.push(BOS_TOKEN);
+    }
+    encode(text, limit, out);
 }
 
 /// Id used for the chat template's special tokens.
