@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -504,24 +503,47 @@ async fn generate(st: Arc<Shared>, kind: Kind, body: Bytes) -> Response {
         }
         None => {
             let (tx, rx) = mpsc::unbounded_channel();
+            let engine_req = EngineRequest {
+                id,
+                prompt: req.prompt,
+                max_tokens: req.max_tokens,
+                stop_after,
+                arrival_ns,
+            };
+            let mut core = st.core();
+            if let Some(limit) = st.cfg.max_queued_requests
+                && core.engine.num_waiting() >= limit as usize
             {
-                let mut core = st.core();
-                if let Some(limit) = st.cfg.max_queued_requests
-                    && core.engine.num_waiting() >= limit as usize
-                {
-                    core.engine.count_rejection();
-                    return ApiError::queue_full(limit).into_response();
-                }
-                core.engine.add(EngineRequest {
-                    id,
-                    prompt: req.prompt,
-                    max_tokens: req.max_tokens,
-                    stop_after,
-                    arrival_ns,
-                });
-                core.senders.insert(id, tx);
+                core.engine.count_rejection();
+                return ApiError::queue_full(limit).into_response();
             }
-            st.notify.notify_one();
+            core.senders.insert(id, tx);
+            match faults.slow_first_token {
+                None => {
+                    core.engine.add(engine_req);
+                    drop(core);
+                    st.notify.notify_one();
+                }
+                Some(d) => {
+                    // Slow first token: the request reaches the engine late, so the engine's
+                    // own TTFT and queue-time histograms show the delay too, while the
+                    // response headers go out at once as vLLM's do.
+                    drop(core);
+                    let st2 = st.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = tokio::time::sleep(d) => {}
+                            _ = st2.token.cancelled() => return,
+                        }
+                        let mut core = st2.core();
+                        if core.senders.contains_key(&id) {
+                            core.engine.add(engine_req);
+                        }
+                        drop(core);
+                        st2.notify.notify_one();
+                    });
+                }
+            }
             Source::Engine {
                 rx,
                 handle: EngineHandle {
@@ -533,18 +555,11 @@ async fn generate(st: Arc<Shared>, kind: Kind, body: Bytes) -> Response {
     };
 
     if !req.stream {
-        return unary(st, reply, source, faults.slow_first_token).await;
+        return unary(st, reply, source).await;
     }
     let stream_faults =
         (faults.has_stream_faults() && faults.stream_faults_for(n)).then_some(faults.clone());
-    let state = StreamState::new(
-        st.clone(),
-        reply,
-        source,
-        stream_faults,
-        faults.slow_first_token,
-        load,
-    );
+    let state = StreamState::new(st.clone(), reply, source, stream_faults, load);
     let body = Body::from_stream(stream::into_stream(state));
     (
         StatusCode::OK,
@@ -557,12 +572,7 @@ async fn generate(st: Arc<Shared>, kind: Kind, body: Bytes) -> Response {
         .into_response()
 }
 
-async fn unary(
-    st: Arc<Shared>,
-    reply: Reply,
-    mut source: Source,
-    slow_first: Option<Duration>,
-) -> Response {
+async fn unary(st: Arc<Shared>, reply: Reply, mut source: Source) -> Response {
     loop {
         let next = tokio::select! {
             t = source.next() => t,
@@ -571,11 +581,6 @@ async fn unary(
         let Some((index, f)) = next else {
             return ApiError::injected(StatusCode::INTERNAL_SERVER_ERROR).into_response();
         };
-        if index == 0
-            && let (Some(d), Source::Engine { .. }) = (slow_first, &source)
-        {
-            tokio::time::sleep(d).await;
-        }
         if let Some(f) = f {
             return json_response(StatusCode::OK, reply.full_body(index + 1, f));
         }

@@ -79,7 +79,6 @@ pub(super) struct StreamState {
     reply: Reply,
     source: Source,
     faults: Option<Faults>,
-    slow_first: Option<Duration>,
     stamp: bool,
     emitted: u32,
     events: u32,
@@ -98,7 +97,6 @@ impl StreamState {
         reply: Reply,
         source: Source,
         faults: Option<Faults>,
-        slow_first: Option<Duration>,
         load: LoadGuard,
     ) -> Self {
         let stamp = source.is_fixed();
@@ -107,7 +105,6 @@ impl StreamState {
             reply,
             source,
             faults,
-            slow_first,
             stamp,
             emitted: 0,
             events: 0,
@@ -213,13 +210,6 @@ impl StreamState {
         let Some((index, finish)) = next else {
             return self.cut("token source ended");
         };
-        if k == 0
-            && !self.source.is_fixed()
-            && let Some(d) = self.slow_first
-            && !self.sleep(d).await
-        {
-            return self.cut("server shutting down");
-        }
         if let Some(f) = &self.faults
             && f.spike_every_tokens > 0
             && (k + 1).is_multiple_of(f.spike_every_tokens)
