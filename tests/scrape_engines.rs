@@ -204,3 +204,41 @@ fn every_engine_exports_the_same_families() {
     // TGI has no KV usage: absent, not zero.
     assert!(!text.contains("vllm_sentinel_server_kv_cache_usage_ratio{target=\"t2\""));
 }
+
+/// docs/scrape.md names every upstream family of the alias table, and docs/metrics.md every
+/// family we export.
+#[test]
+fn docs_match_the_alias_table() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let scrape_md = std::fs::read_to_string(root.join("docs/scrape.md")).unwrap();
+    let metrics_md = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    for a in normalize::ALIASES {
+        assert!(
+            scrape_md.contains(a.family),
+            "docs/scrape.md lacks {}",
+            a.family
+        );
+    }
+    for c in Concept::ALL {
+        let name = match c.kind() {
+            normalize::Kind::Counter => format!("{}_total", c.family()),
+            _ => c.family().to_string(),
+        };
+        assert!(
+            metrics_md.contains(&format!("`{name}`")),
+            "docs/metrics.md lacks {name}"
+        );
+    }
+    for k in vllm_sentinel::scrape::expfmt::ErrorKind::ALL {
+        assert!(
+            scrape_md.contains(&format!("| `{}` |", k.as_str())),
+            "{k:?}"
+        );
+    }
+    for r in vllm_sentinel::scrape::export::FailReason::ALL {
+        assert!(
+            scrape_md.contains(&format!("| `{}` |", r.as_str())),
+            "{r:?}"
+        );
+    }
+}
