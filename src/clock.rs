@@ -10,7 +10,9 @@
 #[inline]
 pub fn monotonic_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Seconds since the unix epoch, as Prometheus timestamps want them.
@@ -37,6 +39,9 @@ mod tests {
         let di = i0.elapsed().as_nanos() as u64;
         assert!(spins > 0);
         // Both are CLOCK_MONOTONIC; the readings differ only by the calls' own cost.
-        assert!(dm.abs_diff(di) < 1_000_000, "monotonic {dm} ns vs instant {di} ns");
+        assert!(
+            dm.abs_diff(di) < 1_000_000,
+            "monotonic {dm} ns vs instant {di} ns"
+        );
     }
 }

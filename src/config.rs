@@ -37,7 +37,6 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {

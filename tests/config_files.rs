@@ -10,8 +10,14 @@ fn data_dir() -> PathBuf {
 }
 
 fn load(path: &Path) -> anyhow::Result<vllm_sentinel::config::Config> {
-    let args = vllm_sentinel::cli::ServeArgs { config: Some(path.to_path_buf()), ..Default::default() };
-    let global = vllm_sentinel::cli::GlobalArgs { log_level: None, log_format: vllm_sentinel::cli::LogFormat::Text };
+    let args = vllm_sentinel::cli::ServeArgs {
+        config: Some(path.to_path_buf()),
+        ..Default::default()
+    };
+    let global = vllm_sentinel::cli::GlobalArgs {
+        log_level: None,
+        log_format: vllm_sentinel::cli::LogFormat::Text,
+    };
     vllm_sentinel::config::load(&global, &args)
 }
 
@@ -34,8 +40,14 @@ fn every_bad_config_fails_with_its_message() {
             Ok(_) => panic!("{name}: loaded, but should fail with {expect:?}"),
             Err(e) => format!("{e:#}"),
         };
-        assert!(err.contains(expect), "{name}: error {err:?} does not contain {expect:?}");
-        assert!(err.contains(&name), "{name}: error {err:?} does not name the file");
+        assert!(
+            err.contains(expect),
+            "{name}: error {err:?} does not contain {expect:?}"
+        );
+        assert!(
+            err.contains(&name),
+            "{name}: error {err:?} does not name the file"
+        );
         seen += 1;
     }
     assert!(seen >= 8, "only {seen} bad-config cases found");
@@ -46,7 +58,12 @@ fn good_configs_and_the_documented_example_load() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("good-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("good-")
+        })
         .collect();
     files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vllm-sentinel.toml"));
     for f in files {
@@ -65,7 +82,10 @@ fn flags_override_the_file() {
         no_gpu: true,
         ..Default::default()
     };
-    let global = vllm_sentinel::cli::GlobalArgs { log_level: None, log_format: vllm_sentinel::cli::LogFormat::Text };
+    let global = vllm_sentinel::cli::GlobalArgs {
+        log_level: None,
+        log_format: vllm_sentinel::cli::LogFormat::Text,
+    };
     let cfg = vllm_sentinel::config::load(&global, &args).unwrap();
     assert_eq!(cfg.server.listen.port(), 1234);
     assert_eq!(cfg.targets.len(), 1);
@@ -81,11 +101,17 @@ fn api_key_is_never_printed() {
     let cfg_path = dir.path().join("c.toml");
     std::fs::write(
         &cfg_path,
-        format!("[[targets]]\nurl = \"http://127.0.0.1:8000\"\napi_key_file = {:?}\n", key.display().to_string()),
+        format!(
+            "[[targets]]\nurl = \"http://127.0.0.1:8000\"\napi_key_file = {:?}\n",
+            key.display().to_string()
+        ),
     )
     .unwrap();
     let cfg = load(&cfg_path).unwrap();
-    assert_eq!(cfg.targets[0].api_key().unwrap().as_deref(), Some("sk-secret-value"));
+    assert_eq!(
+        cfg.targets[0].api_key().unwrap().as_deref(),
+        Some("sk-secret-value")
+    );
     let described = vllm_sentinel::config::describe(&cfg);
     assert!(!described.contains("sk-secret"), "{described}");
     assert!(!format!("{cfg:?}").contains("sk-secret"));
