@@ -51,6 +51,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Index into [`PALETTE`].
     pub color: usize,
+    /// Line width in pixels (a wide line drawn first stays visible under a narrow one).
+    pub width: u32,
 }
 
 /// A line chart.
@@ -128,12 +130,27 @@ fn draw_line_chart<DB: DrawingBackend>(
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
     let log = c.x_log;
-    let xfmt = move |v: &f64| fmt_tick(if log { v.exp2() } else { *v });
+    // on a log2 axis, label only the powers of two
+    let xfmt = move |v: &f64| {
+        if !log {
+            fmt_tick(*v)
+        } else if (v - v.round()).abs() < 1e-6 {
+            fmt_tick(v.round().exp2())
+        } else {
+            String::new()
+        }
+    };
+    let x_labels = if log {
+        (((x1 - x0) * 8.0).ceil() as usize).clamp(2, 200)
+    } else {
+        10
+    };
     let yfmt = |v: &f64| fmt_tick(*v);
     chart
         .configure_mesh()
         .x_desc(&c.x_label)
         .y_desc(&c.y_label)
+        .x_labels(x_labels)
         .x_label_formatter(&xfmt)
         .y_label_formatter(&yfmt)
         .label_style(("sans-serif", 16))
@@ -142,6 +159,7 @@ fn draw_line_chart<DB: DrawingBackend>(
         .map_err(err)?;
     for s in &c.series {
         let color = PALETTE[s.color % PALETTE.len()];
+        let width = s.width.max(1);
         let pts: Vec<(f64, f64)> = s
             .points
             .iter()
@@ -149,14 +167,17 @@ fn draw_line_chart<DB: DrawingBackend>(
             .map(|p| (tx(p.0, log), p.1))
             .collect();
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))
             .map_err(err)?
             .label(&s.name)
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
             });
         chart
-            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|p| Circle::new(*p, width + 1, color.filled())),
+            )
             .map_err(err)?;
     }
     if let Some((x, label)) = &c.marker {
@@ -224,7 +245,6 @@ fn draw_grid<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_desc("tested concurrency (in order; number in each cell)")
         .y_desc("sequence length")
         .x_labels(0)
         .y_labels(nrows * 4)
@@ -265,7 +285,7 @@ fn draw_grid<DB: DrawingBackend>(
     }
     root.draw(&Text::new(
         "green: all sequences ran at once, no preemption; orange: queued or preempted; black outline: capacity computed from cache_config_info",
-        (20, SIZE.1 as i32 - 18),
+        (20, SIZE.1 as i32 - 30),
         ("sans-serif", 13).into_font().color(&BLACK),
     ))
     .map_err(err)?;
@@ -335,11 +355,13 @@ mod tests {
                     name: "p50".into(),
                     points: vec![(1.0, 10.0), (2.0, 11.0), (4.0, 20.0), (8.0, f64::NAN)],
                     color: 0,
+                    width: 3,
                 },
                 Series {
                     name: "p99".into(),
                     points: vec![(1.0, 12.0), (2.0, 15.0), (4.0, 40.0)],
                     color: 1,
+                    width: 3,
                 },
             ],
             marker: Some((2.0, "knee".into())),

@@ -762,6 +762,7 @@ pub fn plots(dir: &std::path::Path, s: &SweepSection) -> anyhow::Result<Vec<std:
             .filter_map(|l| f(l).map(|y| (l.load, y)))
             .collect(),
         color,
+        width: 3,
     };
     let marker = s
         .knee

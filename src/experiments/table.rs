@@ -11,7 +11,9 @@ fn new_table(header: Vec<String>) -> Table {
     t.load_style(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header);
-    for i in 1..t.column_count() {
+    // numbers right-aligned; the first (the level) and the last (marks, reasons) left
+    let n = t.column_count();
+    for i in 1..n.saturating_sub(1) {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }
