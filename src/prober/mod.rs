@@ -1,5 +1,14 @@
-//! The continuous prober: synthetic streaming traffic and its measurement. (Skeleton: the
-//! prober issue fills this in.)
+//! The continuous prober: synthetic streaming traffic and its measurement.
+//!
+//! Submodules: [`request`] (the single-request engine, shared with the one-shot experiments),
+//! [`sse`] (the incremental SSE splitter), [`event`] (borrowed extraction from event JSON),
+//! [`discovery`] (`/v1/models`, `/tokenize`), [`prompt`] (prompt construction).
+
+pub mod discovery;
+pub mod event;
+pub mod prompt;
+pub mod request;
+pub mod sse;
 
 use serde::{Deserialize, Serialize};
 
