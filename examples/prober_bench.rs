@@ -30,6 +30,8 @@ struct Args {
     max_tokens: u32,
     prompt: usize,
     label: String,
+    /// The floor: raw tokio sockets that only read and stamp (no HTTP stack, no parsing).
+    null: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
         max_tokens: 100,
         prompt: 32,
         label: String::new(),
+        null: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -51,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-tokens" => a.max_tokens = v()?.parse().map_err(|e| format!("{e}"))?,
             "--prompt-tokens" => a.prompt = v()?.parse().map_err(|e| format!("{e}"))?,
             "--label" => a.label = v()?,
+            "--null-client" => a.null = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -176,8 +180,9 @@ async fn run(a: Args) -> Result<(), String> {
             tokens.clone(),
             ttft_hist.clone(),
         );
-        let (n, max_tokens, plen) = (a.requests, a.max_tokens, a.prompt);
+        let (n, max_tokens, plen, null) = (a.requests, a.max_tokens, a.prompt, a.null);
         tasks.push(tokio::spawn(async move {
+            let mut sock: Option<tokio::net::TcpStream> = None;
             let conn = Conn {
                 client: &client,
                 base_url: &base,
@@ -205,7 +210,11 @@ async fn run(a: Args) -> Result<(), String> {
                     events: Vec::with_capacity(max_tokens as usize + 2),
                     missing: 0,
                 };
-                let rec = execute_with(&conn, &req, Instant::now(), &mut obs).await;
+                let rec = if null {
+                    null_request(&mut sock, &base, &req, &mut obs).await
+                } else {
+                    execute_with(&conn, &req, Instant::now(), &mut obs).await
+                };
                 if rec.outcome != Outcome::Ok {
                     if let Ok(mut f) = failures.lock() {
                         f.push(rec.outcome);
@@ -292,4 +301,79 @@ async fn run(a: Args) -> Result<(), String> {
         d.missing_stamp,
     );
     Ok(())
+}
+
+/// The floor client: one kept-alive socket per stream, the request written by hand, and every
+/// read scanned for events (`data: ` lines) and their `sim_sent_ns`, stamped once per read. No
+/// HTTP parsing beyond finding `[DONE]`, no JSON. What is left is the kernel and the runtime.
+async fn null_request(
+    sock: &mut Option<tokio::net::TcpStream>,
+    base: &str,
+    req: &ProbeRequest,
+    obs: &mut Obs,
+) -> vllm_sentinel::prober::request::RequestRecord {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t0 = Instant::now();
+    let mut rec = execute_failed(t0);
+    let addr = base.trim_start_matches("http://");
+    if sock.is_none() {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                *sock = Some(s);
+            }
+            Err(_) => return rec,
+        }
+    }
+    let Some(s) = sock.as_mut() else { return rec };
+    let body = req.body();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&body).await.is_err() {
+        return rec;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut events = 0u32;
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return rec,
+            Ok(n) => n,
+        };
+        let now = vllm_sentinel::clock::monotonic_ns();
+        let chunk = &buf[..n];
+        for p in memchr::memmem::find_iter(chunk, b"data: {") {
+            obs.on_event(now, &chunk[p..]);
+            events += 1;
+        }
+        if memchr::memmem::find(chunk, b"[DONE]").is_some() {
+            // The chunked terminator follows [DONE] in the same write.
+            break;
+        }
+    }
+    rec.outcome = Outcome::Ok;
+    // All events but the usage trailer carry a token.
+    rec.output_events = events.saturating_sub(1);
+    rec
+}
+
+fn execute_failed(_t0: Instant) -> vllm_sentinel::prober::request::RequestRecord {
+    vllm_sentinel::prober::request::RequestRecord {
+        outcome: Outcome::Connect,
+        http_status: None,
+        schedule_lag: Duration::ZERO,
+        sent_ns: 0,
+        ttfb: None,
+        ttft: None,
+        itl: Vec::new(),
+        tpot: None,
+        e2e: Duration::ZERO,
+        prompt_tokens: None,
+        output_tokens: None,
+        output_events: 0,
+        finish_reason: None,
+        error: None,
+        response_bytes: 0,
+    }
 }
