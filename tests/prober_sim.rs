@@ -155,3 +155,47 @@ async fn every_simulated_fault_lands_in_its_class() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn chat_workload_with_calibrated_prompt_length() {
+    let (url, sim) = start_sim().await;
+    let text = format!(
+        "[[targets]]\nname = \"sim\"\nurl = \"{url}\"\nendpoint = \"chat\"\n[[targets.workloads]]\nname = \"c\"\nprompt_tokens = 64\nmax_tokens = 4\n[targets.canary]\nenabled = false\n"
+    );
+    let cfg = vllm_sentinel::config::from_toml(&text).unwrap();
+    let mut reg = Registry::default();
+    let prober = Prober::new(&cfg, &mut reg).unwrap();
+    let (tx, rx) = watch::channel(Arc::new(cfg));
+    let ctx = RunContext {
+        tracker: TaskTracker::new(),
+        token: CancellationToken::new(),
+        config: rx,
+        readiness: Readiness::default(),
+        status: StatusBoard::default(),
+    };
+    prober.spawn(&ctx);
+    let h = Harness { reg, ctx, _tx: tx };
+    let t = h
+        .wait_for("chat requests", |t| {
+            metric(t, REQ, &["endpoint=\"chat\"", "outcome=\"ok\""]) >= 3.0
+        })
+        .await;
+    let n = metric(&t, REQ, &["outcome=\"ok\""]);
+    let prompt = metric(&t, "vllm_sentinel_probe_prompt_tokens_total", &[]) / n;
+    // Calibrated through the simulator's /tokenize: within a few tokens of the target.
+    assert!((prompt - 64.0).abs() <= 4.0, "mean prompt {prompt}");
+    assert_eq!(
+        metric(
+            &t,
+            "vllm_sentinel_probe_ttft_seconds_count",
+            &["endpoint=\"chat\""]
+        ),
+        n
+    );
+    sim.cancel();
+    h.ctx.token.cancel();
+    h.ctx.tracker.close();
+    tokio::time::timeout(Duration::from_secs(10), h.ctx.tracker.wait())
+        .await
+        .unwrap();
+}
