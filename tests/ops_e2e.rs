@@ -40,7 +40,6 @@ fn dashboards_and_rules_work_in_prometheus_against_the_fake_exporter() {
 }
 
 #[test]
-#[ignore = "needs the complete daemon (prober, scrape) and the simulator's fault API in one build; the integrator enables it once merged"]
 fn dashboards_and_rules_work_in_prometheus_against_the_daemon_and_simulator() {
     run_e2e(&["--binary", env!("CARGO_BIN_EXE_vllm-sentinel")], &[]);
 }
