@@ -731,6 +731,7 @@ async fn preemption_when_kv_blocks_run_out() {
     c.engine.block_size = 4;
     c.engine.num_gpu_blocks = 17; // 64 tokens
     c.engine.enable_prefix_caching = false;
+    c.max_model_len = 64;
     let sim = Sim::start(c).await;
     let mut tasks = Vec::new();
     for i in 0..4 {
