@@ -509,3 +509,19 @@ async fn scrape_loop_readiness_status_isolation_and_reload() {
         .await
         .unwrap();
 }
+
+/// Two targets whose families would encode under one name: one family, the first type.
+#[test]
+fn passthrough_name_clash_across_targets_stays_valid() {
+    let mut ra = run("a", "http://127.0.0.1:1");
+    ra.passthrough = true;
+    let mut rb = run("b", "http://127.0.0.1:1");
+    rb.passthrough = true;
+    let a = process_all(ra, &["# TYPE foo counter\nfoo_total 1\n"]).remove(0);
+    let b = process_all(rb, &["# TYPE foo_total gauge\nfoo_total 2\n"]).remove(0);
+    let text = exposition(&[a, b]);
+    let e = expfmt::parse(&text, Format::Prometheus);
+    assert_eq!(e.error_total(), 0, "{:?}\n{text}", e.errors);
+    assert_eq!(text.matches("# TYPE foo_total ").count(), 1, "{text}");
+    assert!(text.contains("foo_total{target=\"a\"} 1"), "{text}");
+}
