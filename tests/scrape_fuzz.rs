@@ -202,7 +202,7 @@ fn mutated_bodies_never_panic_and_stay_consistent() {
     let mut done = 0u64;
     while done < iters && t0.elapsed() < budget {
         let input = mutate(&mut rng, &corpus);
-        let encode = done % 8 == 0;
+        let encode = done.is_multiple_of(8);
         if std::panic::catch_unwind(AssertUnwindSafe(|| check(&input, encode))).is_err() {
             let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join(format!("target/scrape-fuzz-crash-{seed}-{done}.txt"));
