@@ -786,29 +786,32 @@ pub fn group_histograms<'e, 'a: 'e>(
     f: &Family<'a>,
 ) -> Result<Vec<HistogramSeries<'e>>, BadHistogram> {
     let mut out: Vec<HistogramSeries<'e>> = Vec::new();
+    // One scratch label list reused for every sample; a series allocates only when it starts.
+    let mut scratch: Vec<(&'e str, &'e str)> = Vec::new();
     for s in exp.family_samples(f) {
         let mut le = None;
-        let mut labels: Vec<(&'e str, &'e str)> = Vec::new();
+        scratch.clear();
         for l in exp.sample_labels(s) {
             if l.name == "le" && s.suffix == Suffix::Bucket {
                 le = Some(parse_value(l.value.as_ref()).ok_or(BadHistogram)?);
             } else {
-                labels.push((l.name, l.value.as_ref()));
+                scratch.push((l.name, l.value.as_ref()));
             }
         }
-        labels.sort_unstable();
-        let pos = match out.iter().position(|h| h.labels == labels) {
-            Some(p) => p,
-            None => {
-                out.push(HistogramSeries {
-                    labels,
-                    buckets: Vec::new(),
-                    sum: None,
-                    count: None,
-                    created: None,
-                });
-                out.len() - 1
-            }
+        scratch.sort_unstable();
+        let pos = if out.last().is_some_and(|h| h.labels == scratch) {
+            out.len() - 1
+        } else if let Some(p) = out.iter().position(|h| h.labels == scratch) {
+            p
+        } else {
+            out.push(HistogramSeries {
+                labels: scratch.clone(),
+                buckets: Vec::with_capacity(32),
+                sum: None,
+                count: None,
+                created: None,
+            });
+            out.len() - 1
         };
         let h = &mut out[pos];
         match s.suffix {
