@@ -362,17 +362,18 @@ impl Loops {
                     s.up = Some(up);
                     s.last_error = err.clone();
                 });
-                let _ = me.events.send(ScrapeEvent {
-                    target: label.clone(),
-                    view,
-                    error: err,
-                });
                 if let Ok(mut p) = me.pending.lock()
                     && p.remove(&label)
                     && p.is_empty()
                 {
                     me.slot.mark_ready();
                 }
+                // Announced last, so a listener sees status and readiness already updated.
+                let _ = me.events.send(ScrapeEvent {
+                    target: label.clone(),
+                    view,
+                    error: err,
+                });
             }
         });
     }
