@@ -398,7 +398,7 @@ pub fn parse(body: &str, format: Format) -> Exposition<'_> {
     }
     let mut p = Parser {
         exp,
-        by_name: HashMap::with_capacity(lines / 4 + 4),
+        by_name: HashMap::with_capacity_and_hasher(lines / 4 + 4, BuildFast::default()),
         series: HashMap::with_capacity_and_hasher(lines, BuildIdentity::default()),
         current: None,
         hist_scratch: HashMap::default(),
@@ -415,7 +415,7 @@ pub fn parse(body: &str, format: Format) -> Exposition<'_> {
 struct Parser<'a> {
     exp: Exposition<'a>,
     /// Family index by declared name.
-    by_name: HashMap<&'a str, u32>,
+    by_name: HashMap<&'a str, u32, BuildFast>,
     /// Series identity hash -> sample index (for duplicates).
     series: HashMap<u64, u32, BuildIdentity>,
     /// The family that samples are currently being added to.
@@ -730,6 +730,24 @@ impl std::hash::Hasher for IdentityHasher {
 
 type BuildIdentity = std::hash::BuildHasherDefault<IdentityHasher>;
 
+/// A fast non-cryptographic hasher for family names (keys come from one body).
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = bytes_hash(self.0, bytes);
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type BuildFast = std::hash::BuildHasherDefault<FastHasher>;
+
 const ALL_SUFFIXES: [(&str, Suffix); 9] = [
     ("_total", Suffix::Total),
     ("_created", Suffix::Created),
@@ -882,10 +900,12 @@ pub fn group_histograms<'e, 'a: 'e>(
 }
 
 fn split_word(s: &str) -> (&str, &str) {
-    match s.find([' ', '\t']) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, ""),
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() && b[i] != b' ' && b[i] != b'\t' {
+        i += 1;
     }
+    (&s[..i], &s[i..])
 }
 
 #[inline]
@@ -1053,7 +1073,7 @@ fn unescape_label(raw: &str) -> Option<String> {
 }
 
 fn unescape_help(raw: &str) -> Cow<'_, str> {
-    if !raw.contains('\\') {
+    if memchr::memchr(b'\\', raw.as_bytes()).is_none() {
         return Cow::Borrowed(raw);
     }
     let mut out = String::with_capacity(raw.len());
