@@ -155,15 +155,15 @@ enum Kind {
     Histogram(Vec<f64>),
 }
 
-/// Labels, value, timestamp (ms).
-type Series = (Vec<(String, String)>, f64, Option<i64>);
+/// One generated series: labels, value, optional timestamp.
+type GenSeries = (Vec<(String, String)>, f64, Option<i64>);
 
 #[derive(Debug, Clone)]
 struct Fam {
     name: String,
     help: String,
     kind: Kind,
-    series: Vec<Series>,
+    series: Vec<GenSeries>,
 }
 
 fn value() -> impl Strategy<Value = f64> {

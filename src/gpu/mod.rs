@@ -1,18 +1,58 @@
-//! NVML GPU sampling. (Skeleton: the GPU issue fills this in.)
+//! NVML GPU sampling: memory residency, utilization, power, energy, clocks, clock-event reasons,
+//! PCIe, ECC, remapped rows, Xid errors and per-process memory, for every GPU.
+//!
+//! | submodule | concern |
+//! |---|---|
+//! | [`source`] | the [`GpuSource`] / [`GpuSession`] / [`GpuDevice`] traits and their plain data |
+//! | [`nvml`] | the real source, NVML through `nvml-wrapper` |
+//! | [`fake`] | a scripted source for tests and benchmarks |
+//! | [`sampler`] | the worker and ticker threads, deadlines, backoff, unsupported-field memory |
+//! | [`snapshot`] | the per-tick record and the cell `/metrics` reads it from |
+//! | [`collector`] | Prometheus encoding of the latest snapshot |
+//!
+//! The async runtime never calls NVML: sampling runs on two OS threads and `/metrics` only
+//! clones an `Arc` of the last complete snapshot.
+
+pub mod collector;
+pub mod fake;
+pub mod nvml;
+pub mod sampler;
+pub mod snapshot;
+pub mod source;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
+
+pub use fake::{FakeControl, FakeSource};
+pub use nvml::NvmlSource;
+pub use sampler::{SampleOptions, SamplerThreads, Timing};
+pub use snapshot::{GpuSnapshot, SnapshotCell};
+pub use source::{GpuDevice, GpuSession, GpuSource};
 
 /// `[gpu]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GpuConfig {
+    /// Sample GPUs at all.
     pub enabled: bool,
+    /// Time between samples (≥ 100ms).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Path to `libnvidia-ml.so.1` when it is not on the loader path.
     pub nvml_library: Option<PathBuf>,
+    /// Deadline for one sample of all GPUs; past it the GPU is marked down (< interval).
+    #[serde(with = "humantime_serde")]
+    pub sample_timeout: Duration,
+    /// Also sample PCIe TX/RX throughput (NVML spends about 20 ms per direction per GPU).
+    pub pcie_throughput: bool,
+    /// Export per-process GPU memory.
+    pub processes: bool,
+    /// Count Xid errors from NVML events.
+    pub xid_events: bool,
 }
 
 impl Default for GpuConfig {
@@ -21,22 +61,223 @@ impl Default for GpuConfig {
             enabled: true,
             interval: Duration::from_secs(1),
             nvml_library: None,
+            sample_timeout: Duration::from_millis(500),
+            pcie_throughput: false,
+            processes: true,
+            xid_events: true,
         }
     }
 }
 
-pub fn validate(_g: &GpuConfig, _errors: &mut Vec<String>) {}
+impl GpuConfig {
+    fn options(&self) -> SampleOptions {
+        SampleOptions {
+            pcie_throughput: self.pcie_throughput,
+            processes: self.processes,
+            xid_events: self.xid_events,
+        }
+    }
 
-/// The GPU sampler's registered families, before its thread starts.
-#[derive(Debug)]
-pub struct GpuSampler {}
+    fn timing(&self) -> Timing {
+        Timing {
+            interval: self.interval,
+            sample_timeout: self.sample_timeout,
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Pushes `"gpu.<key>: ..."` messages for every rule parsing cannot check.
+pub fn validate(g: &GpuConfig, errors: &mut Vec<String>) {
+    if g.interval < Duration::from_millis(100) {
+        errors.push(format!(
+            "gpu.interval: must be at least 100ms (got {}); NVML queries take milliseconds",
+            humantime::format_duration(g.interval)
+        ));
+    }
+    if g.interval > Duration::from_secs(3600) {
+        errors.push("gpu.interval: at most 1h".to_string());
+    }
+    if g.sample_timeout < Duration::from_millis(10) {
+        errors.push(format!(
+            "gpu.sample_timeout: must be at least 10ms (got {})",
+            humantime::format_duration(g.sample_timeout)
+        ));
+    }
+    if g.sample_timeout >= g.interval {
+        errors.push(format!(
+            "gpu.sample_timeout: must be shorter than gpu.interval ({} >= {})",
+            humantime::format_duration(g.sample_timeout),
+            humantime::format_duration(g.interval)
+        ));
+    }
+    if g.pcie_throughput && g.sample_timeout < Duration::from_millis(100) {
+        errors.push(
+            "gpu.sample_timeout: must be at least 100ms with gpu.pcie_throughput (NVML spends 20 ms per direction per GPU)"
+                .to_string(),
+        );
+    }
+    if let Some(p) = &g.nvml_library
+        && p.as_os_str().is_empty()
+    {
+        errors.push("gpu.nvml_library: must not be empty".to_string());
+    }
+}
+
+/// The GPU sampler's registered families, before its threads start.
+pub struct GpuSampler {
+    enabled: bool,
+    source: Option<Box<dyn GpuSource>>,
+    opts: SampleOptions,
+    timing: Timing,
+    cell: Arc<SnapshotCell>,
+}
+
+impl std::fmt::Debug for GpuSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuSampler")
+            .field("enabled", &self.enabled)
+            .field("opts", &self.opts)
+            .field("timing", &self.timing)
+            .finish()
+    }
+}
 
 impl GpuSampler {
+    /// Registers the GPU families backed by NVML (nothing when `enabled` is false). Never fails
+    /// for a missing driver: that is found, and reported once, when the threads start.
     pub fn new(
-        _cfg: &GpuConfig,
-        _registry: &mut prometheus_client::registry::Registry,
+        cfg: &GpuConfig,
+        registry: &mut prometheus_client::registry::Registry,
     ) -> anyhow::Result<Self> {
-        Ok(Self {})
+        Ok(Self::with_source(
+            cfg,
+            Box::new(NvmlSource::new(cfg.nvml_library.clone())),
+            registry,
+        ))
     }
-    pub fn spawn(self, _ctx: &crate::daemon::RunContext) {}
+
+    /// Like [`GpuSampler::new`] with any source (tests use [`FakeSource`]).
+    pub fn with_source(
+        cfg: &GpuConfig,
+        source: Box<dyn GpuSource>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Self {
+        let cell = Arc::new(SnapshotCell::default());
+        if cfg.enabled {
+            registry.register_collector(Box::new(collector::GpuCollector::new(cell.clone())));
+        }
+        Self {
+            enabled: cfg.enabled,
+            source: Some(source),
+            opts: cfg.options(),
+            timing: cfg.timing(),
+            cell,
+        }
+    }
+
+    /// Overrides the retry backoff cap (default 60 s); tests shorten it.
+    pub fn with_max_backoff(mut self, d: Duration) -> Self {
+        self.timing.max_backoff = d;
+        self
+    }
+
+    /// The cell the collector reads; tests wait on it.
+    pub fn snapshots(&self) -> Arc<SnapshotCell> {
+        self.cell.clone()
+    }
+
+    /// Starts the sampling threads outside a daemon (tests, benchmarks). `None` when disabled.
+    pub fn start(
+        mut self,
+        ready: Option<crate::exporter::readiness::ReadySlot>,
+    ) -> anyhow::Result<Option<SamplerThreads>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let Some(source) = self.source.take() else {
+            return Ok(None);
+        };
+        let t = SamplerThreads::start(source, self.opts, self.timing, self.cell, ready)
+            .context("starting the GPU sampler threads")?;
+        Ok(Some(t))
+    }
+
+    /// Starts sampling under the daemon: registers readiness `gpu` (ready after the first
+    /// attempt, also when NVML is absent) and stops the threads on `ctx.token` cancellation.
+    pub fn spawn(self, ctx: &crate::daemon::RunContext) {
+        if !self.enabled {
+            return;
+        }
+        let ready = ctx.readiness.register("gpu");
+        let threads = match self.start(Some(ready.clone())) {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "GPU sampling could not start; continuing without it");
+                ready.mark_ready();
+                return;
+            }
+        };
+        let token = ctx.token.clone();
+        ctx.tracker.spawn(async move {
+            token.cancelled().await;
+            let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(g: &GpuConfig) -> Vec<String> {
+        let mut e = Vec::new();
+        validate(g, &mut e);
+        e
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(errs(&GpuConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn validation_messages_name_the_key() {
+        let g = GpuConfig {
+            interval: Duration::from_millis(50),
+            ..GpuConfig::default()
+        };
+        let e = errs(&g);
+        assert!(e.iter().any(|m| m.starts_with("gpu.interval:")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.starts_with("gpu.sample_timeout:")),
+            "{e:?}"
+        );
+
+        let g = GpuConfig {
+            sample_timeout: Duration::from_secs(1),
+            ..GpuConfig::default()
+        };
+        assert_eq!(
+            errs(&g),
+            vec!["gpu.sample_timeout: must be shorter than gpu.interval (1s >= 1s)".to_string()]
+        );
+
+        let g = GpuConfig {
+            pcie_throughput: true,
+            sample_timeout: Duration::from_millis(50),
+            ..GpuConfig::default()
+        };
+        assert!(errs(&g).iter().any(|m| m.contains("pcie_throughput")));
+
+        let g = GpuConfig {
+            nvml_library: Some(PathBuf::new()),
+            ..GpuConfig::default()
+        };
+        assert_eq!(
+            errs(&g),
+            vec!["gpu.nvml_library: must not be empty".to_string()]
+        );
+    }
 }
