@@ -476,9 +476,11 @@ fn ticker_main(
                 }
                 Ok(_) => {}
                 Err(TryRecvError::Empty) => {
+                    // Still stuck. Nothing is sent to the driver meanwhile, so look again
+                    // after one interval (not the backoff): recovery follows the driver's.
                     failures = failures.saturating_add(1);
                     down(&mut last, tick_start.duration_since(sent));
-                    next = tick_start + backoff(failures);
+                    next = tick_start + timing.interval;
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => break,
