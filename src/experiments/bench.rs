@@ -1,16 +1,325 @@
-//! Skeleton.
+//! `bench`: the single-request baseline. After a warm-up, N sequential requests, streaming
+//! and/or non-streaming; TTFB, TTFT, inter-token latency, TPOT, end-to-end latency and output
+//! tokens per second, each as mean, p50, p90, p99, min and max.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
-    /// Base URL of the server.
-    #[arg(long, env = "VLLM_SENTINEL_TARGET")]
-    pub target: String,
+use super::common::{self, CommonArgs, Outputs};
+use super::engine::{RequestSpec, Sample, Target, choose_model};
+use super::progress::Progress;
+use super::report::{BenchMode, BenchSection, Report, RequestRow, TargetInfo};
+
+/// Which modes `bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamMode {
+    /// Streaming, then non-streaming.
+    Both,
+    /// Streaming (SSE) only.
+    Stream,
+    /// Non-streaming only.
+    NonStream,
 }
 
-pub async fn run_cli(_args: BenchArgs, _token: CancellationToken) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// Flags of `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Measured requests per mode (sent one after another).
+    #[arg(long, default_value_t = 20, env = "VLLM_SENTINEL_BENCH_REQUESTS")]
+    pub requests: u32,
+    /// Warm-up requests per mode, not measured.
+    #[arg(long, default_value_t = 2, env = "VLLM_SENTINEL_BENCH_WARMUP")]
+    pub warmup: u32,
+    /// Streaming, non-streaming or both.
+    #[arg(long, value_enum, default_value_t = StreamMode::Both, env = "VLLM_SENTINEL_BENCH_STREAM")]
+    pub stream: StreamMode,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 128, env = "VLLM_SENTINEL_PROMPT_TOKENS")]
+    pub prompt_tokens: u32,
+    /// max_tokens of each request.
+    #[arg(long, default_value_t = 64, env = "VLLM_SENTINEL_MAX_TOKENS")]
+    pub max_tokens: u32,
+}
+
+impl BenchArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.requests == 0 {
+            bail!("--requests: must be at least 1");
+        }
+        if self.prompt_tokens == 0 {
+            bail!("--prompt-tokens: must be at least 1");
+        }
+        if self.max_tokens == 0 {
+            bail!("--max-tokens: must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Runs `bench` from the command line.
+pub async fn run_cli(args: BenchArgs, token: CancellationToken) -> anyhow::Result<ExitCode> {
+    args.validate()?;
+    let outputs = Outputs::prepare(&args.common, "bench")?;
+    let target = Arc::new(super::http::HttpTarget::new(&args.common)?);
+    let report = measure(&*target, &args, &token).await?;
+    finish(&report, &outputs)
+}
+
+/// Prints and writes a finished bench report; fails (after writing) when every request failed.
+pub fn finish(report: &Report, outputs: &Outputs) -> anyhow::Result<ExitCode> {
+    let b = report.bench.clone().unwrap_or_default();
+    let code = common::emit(
+        report,
+        outputs,
+        &super::table::bench(&b),
+        &[(outputs.csv.clone(), super::report::bench_csv(&b))],
+        |_| Ok(Vec::new()),
+    )?;
+    let sent: usize = b.modes.iter().map(|m| m.requests).sum();
+    let ok: usize = b.modes.iter().map(|m| m.ok).sum();
+    if sent > 0 && ok == 0 {
+        let first = b
+            .requests
+            .iter()
+            .find(|r| r.outcome != "ok")
+            .map(|r| {
+                format!(
+                    "{}{}: {}",
+                    r.outcome,
+                    r.status.map(|c| format!(" (HTTP {c})")).unwrap_or_default(),
+                    r.error_message.as_deref().unwrap_or("no message")
+                )
+            })
+            .unwrap_or_default();
+        bail!("every request failed ({sent} sent); first failure: {first}");
+    }
+    Ok(code)
+}
+
+/// Measures the baseline against `t`. Stops early (a partial report) when `token` is cancelled.
+pub async fn measure<T: Target>(
+    t: &T,
+    args: &BenchArgs,
+    token: &CancellationToken,
+) -> anyhow::Result<Report> {
+    let url = common::check_target_url(&args.common.target)?;
+    let models = t
+        .models()
+        .await
+        .with_context(|| format!("cannot reach the target at {url}"))?;
+    let model = choose_model(&models, args.common.model.as_deref())?;
+    let mut report = Report::new(
+        "bench",
+        TargetInfo {
+            url,
+            model: model.id.clone(),
+            endpoint: args.common.endpoint.as_str().to_string(),
+            max_model_len: model.max_model_len,
+        },
+    );
+    report.set("requests", args.requests);
+    report.set("warmup", args.warmup);
+    report.set("stream", args.stream);
+    report.set("prompt_tokens", args.prompt_tokens);
+    report.set("max_tokens", args.max_tokens);
+    report.set(
+        "request_timeout_s",
+        args.common.request_timeout.as_secs_f64(),
+    );
+    if let Some(m) = model.max_model_len
+        && u64::from(args.prompt_tokens) + u64::from(args.max_tokens) > u64::from(m)
+    {
+        report.notes.push(format!(
+            "prompt_tokens + max_tokens = {} exceeds max_model_len {m}: expect clamped or rejected requests",
+            args.prompt_tokens + args.max_tokens
+        ));
+    }
+    let modes: Vec<bool> = match args.stream {
+        StreamMode::Both => vec![true, false],
+        StreamMode::Stream => vec![true],
+        StreamMode::NonStream => vec![false],
+    };
+    let per_mode = u64::from(args.warmup + args.requests);
+    let progress = Progress::new(
+        !args.common.no_progress,
+        per_mode * modes.len() as u64,
+        "bench",
+    );
+    let started = tokio::time::Instant::now();
+    let mut section = BenchSection::default();
+    'modes: for stream in modes {
+        let spec = RequestSpec {
+            prompt_tokens: args.prompt_tokens,
+            max_tokens: args.max_tokens,
+            stream,
+        };
+        let label = if stream { "streaming" } else { "non-streaming" };
+        progress.message(format!("{label} warm-up"));
+        for _ in 0..args.warmup {
+            tokio::select! {
+                _ = t.execute(spec, 0.0) => {}
+                _ = token.cancelled() => {
+                    report.mark_partial("interrupted during warm-up");
+                    break 'modes;
+                }
+            }
+            progress.inc(1);
+        }
+        progress.message(label);
+        let mut samples: Vec<Sample> = Vec::new();
+        for _ in 0..args.requests {
+            let s = tokio::select! {
+                s = t.execute(spec, 0.0) => s,
+                _ = token.cancelled() => {
+                    report.mark_partial("interrupted");
+                    break;
+                }
+            };
+            section.requests.push(RequestRow {
+                index: section.requests.len(),
+                stream,
+                outcome: s.outcome.clone(),
+                status: s.status,
+                ttfb_s: s.ttfb_s,
+                ttft_s: s.ttft_s,
+                tpot_s: s.tpot_s,
+                e2e_s: s.e2e_s,
+                prompt_tokens: s.prompt_tokens,
+                output_tokens: s.output_tokens,
+                finish_reason: s.finish_reason.clone(),
+                error_message: s.error_message.clone(),
+            });
+            samples.push(s);
+            progress.inc(1);
+        }
+        if !samples.is_empty() {
+            section.modes.push(BenchMode {
+                stream,
+                requests: samples.len(),
+                ok: samples.iter().filter(|s| s.ok()).count(),
+                errors_by_class: common::errors_by_class(&samples),
+                latency: common::summarize(&samples),
+            });
+        }
+        if report.partial {
+            break;
+        }
+    }
+    progress.finish();
+    report.duration_s = started.elapsed().as_secs_f64();
+    report.bench = Some(section);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiments::fake::FakeServer;
+
+    fn args(requests: u32, stream: StreamMode) -> BenchArgs {
+        BenchArgs {
+            common: crate::experiments::fake::common_args(),
+            requests,
+            warmup: 1,
+            stream,
+            prompt_tokens: 16,
+            max_tokens: 8,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn both_modes_measured() {
+        let f = FakeServer::new(4);
+        let r = measure(&f, &args(5, StreamMode::Both), &CancellationToken::new())
+            .await
+            .unwrap();
+        let b = r.bench.unwrap();
+        assert!(!r.partial);
+        assert_eq!(b.modes.len(), 2);
+        assert_eq!(b.requests.len(), 10);
+        let s = &b.modes[0];
+        assert!(s.stream);
+        assert_eq!((s.requests, s.ok), (5, 5));
+        // the fake: prefill 10 ms, then 7 more tokens 5 ms apart
+        let ttft = s.latency.ttft_s.p50.unwrap();
+        assert!((ttft - 0.010).abs() < 1e-3, "{ttft}");
+        let e2e = s.latency.e2e_s.p50.unwrap();
+        assert!((e2e - 0.045).abs() < 1e-3, "{e2e}");
+        assert!(!b.modes[1].stream);
+        assert!(b.modes[1].latency.ttft_s.count == 0);
+        assert_eq!(f.requests_seen(), 12, "1 warm-up + 5 per mode");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_failing_is_an_error_after_the_report() {
+        let f = FakeServer::new(4);
+        f.fail_all();
+        let r = measure(&f, &args(3, StreamMode::Stream), &CancellationToken::new())
+            .await
+            .unwrap();
+        let b = r.bench.as_ref().unwrap();
+        assert_eq!(b.modes[0].ok, 0);
+        assert_eq!(b.modes[0].errors_by_class.get("http_500"), Some(&3));
+        let dir = tempfile::tempdir().unwrap();
+        let out = Outputs {
+            json: Some(dir.path().join("b.json")),
+            ..Default::default()
+        };
+        let err = finish(&r, &out).unwrap_err().to_string();
+        assert!(err.contains("every request failed"), "{err}");
+        assert!(err.contains("HTTP 500"), "{err}");
+        assert!(
+            dir.path().join("b.json").exists(),
+            "the report is written anyway"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_run_is_partial() {
+        let f = FakeServer::new(4);
+        let token = CancellationToken::new();
+        token.cancel();
+        let r = measure(&f, &args(3, StreamMode::Both), &token)
+            .await
+            .unwrap();
+        assert!(r.partial);
+        let out = Outputs::default();
+        assert_eq!(
+            finish(&r, &out).unwrap(),
+            ExitCode::from(common::EXIT_INTERRUPTED)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_target_is_a_clear_error() {
+        let f = FakeServer::new(4);
+        f.go_down();
+        let err = measure(&f, &args(3, StreamMode::Both), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot reach the target"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_rejected() {
+        let mut a = args(0, StreamMode::Both);
+        assert!(a.validate().unwrap_err().to_string().contains("--requests"));
+        a.requests = 1;
+        a.max_tokens = 0;
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--max-tokens")
+        );
+    }
 }

@@ -1,45 +1,432 @@
-//! Scraping the server's own `/metrics`. (Skeleton: the scrape issue fills this in.)
+//! Scraping the server's own `/metrics`: KV-cache usage, queue depth, token counters and the
+//! server's latency histograms, normalised across vLLM versions and serving engines.
+//!
+//! | submodule | concern |
+//! |---|---|
+//! | [`expfmt`] | our parser for the Prometheus text format 0.0.4 and OpenMetrics 1.0 |
+//! | [`normalize`] | the alias table (concept → upstream names per engine/version) and aggregation |
+//! | [`passthrough`] | re-export of every upstream family under its own name (opt-in) |
+//! | [`scraper`] | one target's fetch → parse → normalise → view |
+//! | [`export`] | immutable per-target views and the `Collector`s that encode them |
+//!
+//! Each target runs its own loop; each scrape builds a complete [`export::TargetView`] and
+//! swaps it in, so `/metrics` never shows half of one scrape and half of another. A failed
+//! scrape publishes a view with `up` 0 and no server series. Targets never share state, so one
+//! misbehaving server disturbs nothing else.
 
+pub mod expfmt;
+pub mod export;
+pub mod normalize;
+pub mod passthrough;
+pub mod scraper;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::TargetConfig;
+use crate::config::{Config, TargetConfig};
+use export::{Board, PassthroughCollector, ScrapeCollector, TargetView};
+use scraper::{TargetRun, TargetScraper};
 
 /// `[scrape]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScrapeConfig {
+    /// Time between scrapes of each target (also `--scrape-interval`).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Limit for one whole scrape (connect, headers, body); default: the interval, at most 10s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Largest body accepted (after gzip decoding).
+    pub max_body_bytes: u64,
+    /// Re-export every upstream family under its own name with a `target` label.
+    pub passthrough: bool,
+    /// At most this many pass-through sample lines per target.
+    pub passthrough_max_series: usize,
 }
 
 impl Default for ScrapeConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(5),
+            timeout: None,
+            max_body_bytes: 16 * 1024 * 1024,
+            passthrough: false,
+            passthrough_max_series: 10_000,
         }
     }
 }
 
-/// `[targets.scrape]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TargetScrapeConfig {}
+impl ScrapeConfig {
+    /// The timeout in force.
+    pub fn effective_timeout(&self) -> Duration {
+        self.timeout
+            .unwrap_or_else(|| self.interval.min(Duration::from_secs(10)))
+    }
+}
 
-pub fn validate_target(_key: &str, _t: &TargetConfig, _errors: &mut Vec<String>) {}
-pub fn validate(_s: &ScrapeConfig, _errors: &mut Vec<String>) {}
+/// `[targets.scrape]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetScrapeConfig {
+    /// Scrape this target's `/metrics` at all.
+    pub enabled: bool,
+    /// Full URL of the metrics endpoint; default `<url>/metrics`.
+    pub metrics_url: Option<String>,
+    /// Name of an environment variable holding the whole `Authorization` header value
+    /// (e.g. `Bearer abc`). Never logged.
+    pub auth_header_env: Option<String>,
+    /// Where the server's version is read (JSON with `version`); default `<url>/version`.
+    pub version_url: Option<String>,
+}
+
+impl Default for TargetScrapeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            metrics_url: None,
+            auth_header_env: None,
+            version_url: None,
+        }
+    }
+}
+
+fn check_url(key: &str, url: &str, errors: &mut Vec<String>) {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        errors.push(format!(
+            "{key}: {url:?} must start with http:// or https://"
+        ));
+    } else if reqwest::Url::parse(url).is_err() {
+        errors.push(format!("{key}: {url:?} is not a valid URL"));
+    } else if url.starts_with("https://") && !cfg!(feature = "tls") {
+        errors.push(format!("{key}: https needs a build with the `tls` feature"));
+    }
+}
+
+/// Validates `targets[i].scrape`.
+pub fn validate_target(key: &str, t: &TargetConfig, errors: &mut Vec<String>) {
+    let s = &t.scrape;
+    if let Some(u) = &s.metrics_url {
+        check_url(&format!("{key}.scrape.metrics_url"), u, errors);
+    }
+    if let Some(u) = &s.version_url {
+        check_url(&format!("{key}.scrape.version_url"), u, errors);
+    }
+    if let Some(var) = &s.auth_header_env {
+        let k = format!("{key}.scrape.auth_header_env");
+        if var.trim().is_empty() {
+            errors.push(format!("{k}: must name an environment variable"));
+        } else if s.enabled {
+            match std::env::var(var) {
+                Err(_) => errors.push(format!("{k}: environment variable {var} is not set")),
+                Ok(v) if reqwest::header::HeaderValue::from_str(v.trim()).is_err() => errors.push(
+                    format!("{k}: environment variable {var} does not hold a valid header value"),
+                ),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Validates `[scrape]`.
+pub fn validate(s: &ScrapeConfig, errors: &mut Vec<String>) {
+    if s.interval < Duration::from_millis(100) {
+        errors.push("scrape.interval: must be at least 100ms".into());
+    }
+    if s.interval > Duration::from_secs(3600) {
+        errors.push("scrape.interval: must be at most 1h".into());
+    }
+    if let Some(t) = s.timeout {
+        if t.is_zero() {
+            errors.push("scrape.timeout: must be > 0".into());
+        } else if t > s.interval {
+            errors.push(format!(
+                "scrape.timeout: {} is longer than scrape.interval {}",
+                humantime::format_duration(t),
+                humantime::format_duration(s.interval)
+            ));
+        }
+    }
+    if s.max_body_bytes < 1024 {
+        errors.push("scrape.max_body_bytes: must be at least 1024".into());
+    }
+    if s.max_body_bytes > 1 << 30 {
+        errors.push("scrape.max_body_bytes: must be at most 1 GiB".into());
+    }
+    if s.passthrough_max_series == 0 {
+        errors.push("scrape.passthrough_max_series: must be > 0".into());
+    }
+}
+
+/// The scrape loops' settings for every enabled target of a configuration.
+pub fn target_runs(cfg: &Config) -> Vec<TargetRun> {
+    cfg.targets
+        .iter()
+        .filter(|t| t.scrape.enabled)
+        .map(|t| {
+            let base = t.url.trim_end_matches('/');
+            TargetRun {
+                label: t.label(),
+                metrics_url: t
+                    .scrape
+                    .metrics_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{base}/metrics")),
+                version_url: Some(
+                    t.scrape
+                        .version_url
+                        .clone()
+                        .unwrap_or_else(|| format!("{base}/version")),
+                ),
+                auth_header_env: t.scrape.auth_header_env.clone(),
+                model: t.model.clone(),
+                interval: cfg.scrape.interval,
+                timeout: cfg.scrape.effective_timeout(),
+                max_body_bytes: cfg.scrape.max_body_bytes,
+                passthrough: cfg.scrape.passthrough,
+                passthrough_max_series: cfg.scrape.passthrough_max_series,
+            }
+        })
+        .collect()
+}
+
+/// Builds the HTTP client the scrape loops share (gzip accepted; reqwest decodes it).
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("vllm-sentinel/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(2)
+        .build()
+        .map_err(|e| anyhow::anyhow!("building the scrape HTTP client: {e}"))
+}
+
+/// One finished scrape, announced to [`Scraper::subscribe`]rs (tests, diagnostics).
+#[derive(Debug, Clone)]
+pub struct ScrapeEvent {
+    pub target: String,
+    pub view: Arc<TargetView>,
+    pub error: Option<String>,
+}
 
 /// The scraper's registered families and configuration, before its tasks start.
 #[derive(Debug)]
-pub struct Scraper {}
+pub struct Scraper {
+    board: Arc<Board>,
+    events: broadcast::Sender<ScrapeEvent>,
+    initial: Vec<TargetRun>,
+}
 
 impl Scraper {
+    /// Registers the scrape collectors (health, normalised, join, and pass-through on the
+    /// unprefixed root registry).
     pub fn new(
-        _cfg: &crate::config::Config,
-        _registry: &mut prometheus_client::registry::Registry,
+        cfg: &crate::config::Config,
+        registry: &mut prometheus_client::registry::Registry,
     ) -> anyhow::Result<Self> {
-        Ok(Self {})
+        let board = Arc::new(Board::default());
+        registry.register_collector(Box::new(ScrapeCollector {
+            board: board.clone(),
+        }));
+        registry.register_collector(Box::new(PassthroughCollector {
+            board: board.clone(),
+        }));
+        let (events, _) = broadcast::channel(256);
+        Ok(Self {
+            board,
+            events,
+            initial: target_runs(cfg),
+        })
     }
-    pub fn spawn(self, _ctx: &crate::daemon::RunContext) {}
+
+    /// The published views (for tests and the landing page).
+    pub fn board(&self) -> Arc<Board> {
+        self.board.clone()
+    }
+
+    /// Every finished scrape, in order per target.
+    pub fn subscribe(&self) -> broadcast::Receiver<ScrapeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Starts one loop per target and a supervisor that follows configuration reloads.
+    pub fn spawn(self, ctx: &crate::daemon::RunContext) {
+        let slot = ctx.readiness.register("scrape");
+        let pending: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::new(Mutex::new(
+            self.initial.iter().map(|r| r.label.clone()).collect(),
+        ));
+        if self.initial.is_empty() {
+            slot.mark_ready();
+        }
+        let client = match http_client() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "scraping disabled");
+                slot.mark_ready();
+                return;
+            }
+        };
+        let shared = Loops {
+            board: self.board.clone(),
+            events: self.events.clone(),
+            status: ctx.status.clone(),
+            tracker: ctx.tracker.clone(),
+            client,
+            pending,
+            slot,
+        };
+        let mut running: BTreeMap<String, (TargetRun, CancellationToken)> = BTreeMap::new();
+        for run in self.initial {
+            let tok = ctx.token.child_token();
+            shared.start(run.clone(), tok.clone());
+            running.insert(run.label.clone(), (run, tok));
+        }
+        let mut rx = ctx.config.clone();
+        let token = ctx.token.clone();
+        ctx.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    changed = rx.changed() => {
+                        if changed.is_err() { return; }
+                        let cfg = rx.borrow_and_update().clone();
+                        let want: BTreeMap<String, TargetRun> =
+                            target_runs(&cfg).into_iter().map(|r| (r.label.clone(), r)).collect();
+                        // Stop loops whose target left or changed.
+                        let stale: Vec<String> = running
+                            .iter()
+                            .filter(|(l, (r, _))| want.get(*l) != Some(r))
+                            .map(|(l, _)| l.clone())
+                            .collect();
+                        for l in stale {
+                            if let Some((_, tok)) = running.remove(&l) {
+                                tok.cancel();
+                            }
+                            if !want.contains_key(&l) {
+                                shared.board.remove(&l);
+                            }
+                        }
+                        for (l, r) in want {
+                            if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(l) {
+                                let tok = token.child_token();
+                                shared.start(r.clone(), tok.clone());
+                                slot.insert((r, tok));
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// What the scrape loops share.
+#[derive(Clone)]
+struct Loops {
+    board: Arc<Board>,
+    events: broadcast::Sender<ScrapeEvent>,
+    status: crate::exporter::StatusBoard,
+    tracker: tokio_util::task::TaskTracker,
+    client: reqwest::Client,
+    pending: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    slot: crate::exporter::readiness::ReadySlot,
+}
+
+impl Loops {
+    fn start(&self, run: TargetRun, token: CancellationToken) {
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            let label = run.label.clone();
+            let interval = run.interval;
+            let mut ts = TargetScraper::new(run, me.client.clone());
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let view = tokio::select! {
+                    _ = token.cancelled() => return,
+                    v = ts.scrape() => Arc::new(v),
+                };
+                if !me.board.publish_unless_cancelled(view.clone(), &token) {
+                    return;
+                }
+                let up = view.health.up;
+                let err = ts.last_error.clone();
+                me.status.update(&label, |s| {
+                    s.up = Some(up);
+                    s.last_error = err.clone();
+                });
+                let _ = me.events.send(ScrapeEvent {
+                    target: label.clone(),
+                    view,
+                    error: err,
+                });
+                if let Ok(mut p) = me.pending.lock()
+                    && p.remove(&label)
+                    && p.is_empty()
+                {
+                    me.slot.mark_ready();
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c = ScrapeConfig::default();
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.effective_timeout(), Duration::from_secs(5));
+        let mut errors = Vec::new();
+        validate(&c, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let bad = ScrapeConfig {
+            interval: Duration::from_millis(10),
+            timeout: Some(Duration::from_secs(20)),
+            max_body_bytes: 10,
+            passthrough: true,
+            passthrough_max_series: 0,
+        };
+        validate(&bad, &mut errors);
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors.iter().all(|e| e.starts_with("scrape.")));
+        let cfg = crate::config::from_toml(
+            "[scrape]\ninterval = \"2s\"\npassthrough = true\n[[targets]]\nurl = \"http://127.0.0.1:8000\"\n[targets.scrape]\nmetrics_url = \"ftp://x\"\nauth_header_env = \"VLLM_SENTINEL_TEST_SURELY_UNSET\"\n",
+        )
+        .unwrap();
+        let mut errors = Vec::new();
+        validate_target("targets[0]", &cfg.targets[0], &mut errors);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("targets[0].scrape.metrics_url:")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("targets[0].scrape.auth_header_env:")
+                    && e.contains("not set")),
+            "{errors:?}"
+        );
+        assert!(crate::config::from_toml("[scrape]\nbogus = 1\n").is_err());
+        let runs = target_runs(&cfg);
+        assert_eq!(runs[0].metrics_url, "ftp://x");
+        assert_eq!(
+            runs[0].version_url.as_deref(),
+            Some("http://127.0.0.1:8000/version")
+        );
+        assert_eq!(runs[0].interval, Duration::from_secs(2));
+        assert!(runs[0].passthrough);
+    }
 }

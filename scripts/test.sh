@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of vllm-sentinel, installing what it needs:
+#   1. system packages (curl, Prometheus + promtool) when missing;
+#   2. the unit and integration tests (cargo test);
+#   3. the dashboards/alerts checks: promtool unit tests, static checks, and an end-to-end run
+#      of a real Prometheus scraping the daemon against the simulator;
+#   4. the real-vLLM tier: vLLM 0.32 on this machine's CPU (installed once into a cache outside
+#      the clone), the daemon and the one-shot experiments against it.
+# VLLM_SENTINEL_SKIP_REAL_VLLM=1 skips tier 4 explicitly (CI never sets it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+step() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
+
+need_pkgs=()
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-venv)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    step "installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+step "cargo build --release"
+cargo build --release --locked --all-targets
+
+step "cargo test --release"
+cargo test --release --locked --no-fail-fast 2>&1 | tee target/cargo-test.log

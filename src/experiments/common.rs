@@ -1,0 +1,297 @@
+//! What the three experiments share: the common flags, the output files, request summaries.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::engine::Sample;
+use super::report::{LatencySummaries, Report};
+use super::stats::Summary;
+use crate::config::Endpoint;
+
+/// Flags every experiment takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Base URL of the server (e.g. http://127.0.0.1:8000).
+    #[arg(long, env = "VLLM_SENTINEL_TARGET")]
+    pub target: String,
+    /// Model to request; default: the first model of the target's /v1/models.
+    #[arg(long, env = "VLLM_SENTINEL_MODEL")]
+    pub model: Option<String>,
+    /// OpenAI endpoint to send requests to.
+    #[arg(long, value_enum, default_value_t = Endpoint::Completions, env = "VLLM_SENTINEL_ENDPOINT")]
+    pub endpoint: Endpoint,
+    /// Environment variable holding the target's API key (sent as a Bearer token).
+    #[arg(long, env = "VLLM_SENTINEL_API_KEY_ENV")]
+    pub api_key_env: Option<String>,
+    /// Give up on one request after this long (e.g. 60s).
+    #[arg(long, default_value = "120s", value_parser = crate::cli::parse_duration, env = "VLLM_SENTINEL_REQUEST_TIMEOUT")]
+    pub request_timeout: Duration,
+    /// Write the JSON report here (default with --out-dir: DIR/<experiment>.json).
+    #[arg(long, env = "VLLM_SENTINEL_JSON")]
+    pub json: Option<PathBuf>,
+    /// Write CSV here (default with --out-dir: DIR/<experiment>.csv).
+    #[arg(long, env = "VLLM_SENTINEL_CSV")]
+    pub csv: Option<PathBuf>,
+    /// Directory for the report, CSV and PNG/SVG plots (created if missing).
+    #[arg(long, env = "VLLM_SENTINEL_OUT_DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// No progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long, env = "VLLM_SENTINEL_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+/// Where an experiment writes its files.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    pub json: Option<PathBuf>,
+    pub csv: Option<PathBuf>,
+    /// Plots go here.
+    pub plot_dir: Option<PathBuf>,
+}
+
+impl Outputs {
+    /// Resolves the output paths for experiment `kind` and checks, before any load is sent,
+    /// that they can be written (a bad path must not cost a long run).
+    pub fn prepare(c: &CommonArgs, kind: &str) -> anyhow::Result<Self> {
+        let mut o = Outputs {
+            json: c.json.clone(),
+            csv: c.csv.clone(),
+            plot_dir: None,
+        };
+        if let Some(dir) = &c.out_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--out-dir: cannot create {}", dir.display()))?;
+            o.json
+                .get_or_insert_with(|| dir.join(format!("{kind}.json")));
+            o.csv.get_or_insert_with(|| dir.join(format!("{kind}.csv")));
+            o.plot_dir = Some(dir.clone());
+        }
+        for (flag, p) in [("--json", &o.json), ("--csv", &o.csv)] {
+            if let Some(p) = p {
+                let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+                if let Some(d) = parent
+                    && !d.is_dir()
+                {
+                    bail!("{flag}: directory {} does not exist", d.display());
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    /// Path of a second CSV beside the main one (e.g. `kv-scale-grid.csv`).
+    pub fn sibling_csv(&self, suffix: &str) -> Option<PathBuf> {
+        let p = self.csv.as_ref()?;
+        let stem = p.file_stem()?.to_string_lossy().to_string();
+        Some(p.with_file_name(format!("{stem}-{suffix}.csv")))
+    }
+}
+
+/// Validates the base URL of `--target`.
+pub fn check_target_url(url: &str) -> anyhow::Result<String> {
+    let u = url.trim().trim_end_matches('/');
+    if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() <= "http://".len() {
+        bail!(
+            "--target: {url:?} is not an http:// or https:// URL (example: http://127.0.0.1:8000)"
+        );
+    }
+    Ok(u.to_string())
+}
+
+/// Reads the API key named by `--api-key-env`.
+pub fn api_key(c: &CommonArgs) -> anyhow::Result<Option<String>> {
+    match &c.api_key_env {
+        None => Ok(None),
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+            _ => bail!("--api-key-env: environment variable {var} is not set or empty"),
+        },
+    }
+}
+
+/// Summaries of the successful samples among `samples`.
+pub fn summarize<'a>(samples: impl IntoIterator<Item = &'a Sample> + Clone) -> LatencySummaries {
+    let ok: Vec<&Sample> = samples.into_iter().filter(|s| s.ok()).collect();
+    LatencySummaries {
+        ttfb_s: Summary::of(ok.iter().filter_map(|s| s.ttfb_s)),
+        ttft_s: Summary::of(ok.iter().filter_map(|s| s.ttft_s)),
+        itl_s: Summary::of(ok.iter().flat_map(|s| s.itl_s.iter().copied())),
+        tpot_s: Summary::of(ok.iter().filter_map(|s| s.tpot_s)),
+        e2e_s: Summary::of(ok.iter().map(|s| s.e2e_s)),
+        output_tokens_per_s: Summary::of(ok.iter().filter_map(|s| {
+            let t = f64::from(s.output_tokens?);
+            (s.e2e_s > 0.0).then(|| t / s.e2e_s)
+        })),
+        output_tokens: Summary::of(ok.iter().filter_map(|s| s.output_tokens.map(f64::from))),
+        prompt_tokens: Summary::of(ok.iter().filter_map(|s| s.prompt_tokens.map(f64::from))),
+    }
+}
+
+/// Failures by class.
+pub fn errors_by_class<'a>(
+    samples: impl IntoIterator<Item = &'a Sample>,
+) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for s in samples.into_iter().filter(|s| !s.ok()) {
+        *m.entry(s.outcome.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// The most frequent failure, for error messages: `class: message`.
+pub fn first_failure<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> String {
+    samples
+        .into_iter()
+        .find(|s| !s.ok())
+        .map(|s| {
+            format!(
+                "{}{}: {}",
+                s.outcome,
+                s.status.map(|c| format!(" (HTTP {c})")).unwrap_or_default(),
+                s.error_message.as_deref().unwrap_or("no message")
+            )
+        })
+        .unwrap_or_else(|| "no request was sent".to_string())
+}
+
+/// Exit code of an interrupted run (the shell convention for SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Prints the table, writes the report, CSV files and plots, and returns the exit code.
+pub fn emit(
+    report: &Report,
+    outputs: &Outputs,
+    table: &str,
+    csvs: &[(Option<PathBuf>, String)],
+    plots: impl FnOnce(&Path) -> anyhow::Result<Vec<PathBuf>>,
+) -> anyhow::Result<ExitCode> {
+    println!("{table}");
+    for n in &report.notes {
+        println!("note: {n}");
+    }
+    let mut written = Vec::new();
+    if let Some(p) = &outputs.json {
+        report.write_json(p)?;
+        written.push(p.clone());
+    }
+    for (path, text) in csvs {
+        if let Some(p) = path {
+            super::report::write_text(p, text)?;
+            written.push(p.clone());
+        }
+    }
+    if let Some(dir) = &outputs.plot_dir {
+        match plots(dir) {
+            Ok(files) => written.extend(files),
+            Err(e) => eprintln!("warning: plots not written: {e:#}"),
+        }
+    }
+    for w in &written {
+        eprintln!("wrote {}", w.display());
+    }
+    if report.partial {
+        eprintln!(
+            "partial report: {}",
+            report.partial_reason.as_deref().unwrap_or("interrupted")
+        );
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(out: Option<PathBuf>) -> CommonArgs {
+        CommonArgs {
+            target: "http://127.0.0.1:1".into(),
+            model: None,
+            endpoint: Endpoint::Completions,
+            api_key_env: None,
+            request_timeout: Duration::from_secs(1),
+            json: None,
+            csv: None,
+            out_dir: out,
+            no_progress: true,
+        }
+    }
+
+    #[test]
+    fn outputs_default_into_out_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let o = Outputs::prepare(&common(Some(d.path().join("new"))), "sweep").unwrap();
+        assert_eq!(o.json.unwrap(), d.path().join("new/sweep.json"));
+        assert!(d.path().join("new").is_dir());
+        let c = o.csv.unwrap();
+        assert_eq!(c, d.path().join("new/sweep.csv"));
+        let o = Outputs {
+            csv: Some(c),
+            ..Default::default()
+        };
+        assert_eq!(
+            o.sibling_csv("grid").unwrap(),
+            d.path().join("new/sweep-grid.csv")
+        );
+    }
+
+    #[test]
+    fn bad_output_path_fails_before_running() {
+        let mut c = common(None);
+        c.json = Some("/no/such/dir/x.json".into());
+        let e = Outputs::prepare(&c, "bench").unwrap_err().to_string();
+        assert!(e.contains("--json") && e.contains("/no/such/dir"), "{e}");
+        c.json = Some("x.json".into());
+        assert!(
+            Outputs::prepare(&c, "bench").is_ok(),
+            "a bare file name is fine"
+        );
+    }
+
+    #[test]
+    fn target_url_checked() {
+        assert_eq!(check_target_url("http://h:8000/").unwrap(), "http://h:8000");
+        assert!(check_target_url("h:8000").is_err());
+        assert!(check_target_url("http://").is_err());
+    }
+
+    #[test]
+    fn api_key_from_env() {
+        let mut c = common(None);
+        assert_eq!(api_key(&c).unwrap(), None);
+        c.api_key_env = Some("VLLM_SENTINEL_TEST_SURELY_UNSET_VAR".into());
+        assert!(api_key(&c).unwrap_err().to_string().contains("not set"));
+    }
+
+    #[test]
+    fn summaries_use_only_successes() {
+        let ok = Sample {
+            outcome: "ok".into(),
+            e2e_s: 2.0,
+            ttft_s: Some(0.5),
+            output_tokens: Some(10),
+            itl_s: vec![0.1, 0.2],
+            ..Default::default()
+        };
+        let bad = Sample {
+            outcome: "http_500".into(),
+            status: Some(500),
+            e2e_s: 99.0,
+            ..Default::default()
+        };
+        let v = vec![ok.clone(), bad.clone(), ok];
+        let s = summarize(&v);
+        assert_eq!(s.e2e_s.count, 2);
+        assert_eq!(s.e2e_s.max, Some(2.0));
+        assert_eq!(s.output_tokens_per_s.p50, Some(5.0));
+        assert_eq!(s.itl_s.count, 4);
+        let e = errors_by_class(&v);
+        assert_eq!(e.get("http_500"), Some(&1));
+        assert!(first_failure(&v).contains("HTTP 500"));
+        assert_eq!(first_failure(&[]), "no request was sent");
+    }
+}

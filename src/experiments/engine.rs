@@ -1,0 +1,183 @@
+//! What the experiments need from a server, as one narrow trait: discover the model, send one
+//! request and measure it, read the server's own gauges, read the GPU.
+//!
+//! The experiments run against [`Target`] so that their logic (levels, windows, knees,
+//! capacity) is tested against an in-process fake with a virtual clock, and the real
+//! implementation ([`super::http::HttpTarget`]) maps it onto the prober's single-request engine
+//! and the scrape module, so a one-shot number means what the daemon's number means.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+/// One model the server offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The model id to put in requests.
+    pub id: String,
+    /// The server's context limit for it (vLLM publishes `max_model_len` in `/v1/models`).
+    pub max_model_len: Option<u32>,
+}
+
+/// What one request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSpec {
+    /// Prompt length in tokens.
+    pub prompt_tokens: u32,
+    /// `max_tokens` of the request.
+    pub max_tokens: u32,
+    /// Streaming (SSE) or not.
+    pub stream: bool,
+}
+
+/// The measurement of one request, whatever happened to it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    /// `"ok"` for a successful request, otherwise the prober's error class (e.g.
+    /// `http_400_context_length`, `connect`, `timeout`).
+    pub outcome: String,
+    /// HTTP status, when a response arrived.
+    pub status: Option<u16>,
+    /// The server's error message (for a 4xx/5xx) or the client's, when it failed.
+    pub error_message: Option<String>,
+    /// Time to the first byte of the response body, seconds.
+    pub ttfb_s: Option<f64>,
+    /// Time to the first token (streaming only), seconds.
+    pub ttft_s: Option<f64>,
+    /// Mean time per output token after the first, seconds.
+    pub tpot_s: Option<f64>,
+    /// Gaps between consecutive token-bearing chunks, seconds.
+    pub itl_s: Vec<f64>,
+    /// End-to-end latency, seconds (measured from the intended start when one was given).
+    pub e2e_s: f64,
+    /// Prompt tokens as the server counted them (`usage`).
+    pub prompt_tokens: Option<u32>,
+    /// Output tokens as the server counted them (`usage`), else as counted on the stream.
+    pub output_tokens: Option<u32>,
+    /// `finish_reason` of the (first) choice.
+    pub finish_reason: Option<String>,
+}
+
+impl Sample {
+    /// Whether the request succeeded.
+    pub fn ok(&self) -> bool {
+        self.outcome == "ok"
+    }
+
+    /// A failed sample (for requests that never reached the engine).
+    pub fn failed(outcome: &str, message: impl Into<String>) -> Self {
+        Self {
+            outcome: outcome.to_string(),
+            error_message: Some(message.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// The server's own gauges at one instant (from its `/metrics`). A field is `None` when the
+/// server does not export that family.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerSnapshot {
+    /// `vllm:kv_cache_usage_perc` (0–1).
+    pub kv_usage: Option<f64>,
+    /// `vllm:num_requests_running`.
+    pub running: Option<f64>,
+    /// `vllm:num_requests_waiting`.
+    pub waiting: Option<f64>,
+    /// `vllm:num_preemptions_total` (a counter).
+    pub preemptions_total: Option<f64>,
+    /// From `vllm:cache_config_info`.
+    pub cache: Option<CacheConfig>,
+}
+
+/// The KV-cache geometry a vLLM server publishes in `vllm:cache_config_info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheConfig {
+    /// Tokens per KV block.
+    pub block_size: u64,
+    /// KV blocks on the GPU (or CPU KV space).
+    pub num_gpu_blocks: u64,
+}
+
+impl CacheConfig {
+    /// Total tokens the KV cache holds.
+    pub fn capacity_tokens(&self) -> u64 {
+        self.block_size.saturating_mul(self.num_gpu_blocks)
+    }
+}
+
+/// GPU state at one instant (NVML), summed over the devices in use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuSnapshot {
+    /// Utilisation 0–1 (mean over devices).
+    pub utilization: f64,
+    /// Memory used, bytes (sum over devices).
+    pub memory_used_bytes: f64,
+}
+
+/// A server to experiment on.
+pub trait Target: Send + Sync + 'static {
+    /// `/v1/models`: the models offered. Fails when the server cannot be reached.
+    fn models(&self) -> impl Future<Output = anyhow::Result<Vec<ModelInfo>>> + Send;
+    /// Sends one request and measures it. Never fails: a failure is a [`Sample`] with its class.
+    /// `late_by_s` is how far behind its intended start the request is sent (open-loop load);
+    /// it is added to the end-to-end latency so latency counts from the intended start.
+    fn execute(&self, spec: RequestSpec, late_by_s: f64) -> impl Future<Output = Sample> + Send;
+    /// Reads the server's gauges from its `/metrics`. Fails when there is no `/metrics`.
+    fn metrics(&self) -> impl Future<Output = anyhow::Result<ServerSnapshot>> + Send;
+    /// Reads the GPUs, or says why it cannot (e.g. no NVML on this machine).
+    fn gpu(&self) -> Result<GpuSnapshot, String> {
+        Err("not available".to_string())
+    }
+}
+
+/// Resolves the model to use: the one asked for (which must exist when the server lists
+/// models), else the first the server offers.
+pub fn choose_model(models: &[ModelInfo], wanted: Option<&str>) -> anyhow::Result<ModelInfo> {
+    match wanted {
+        Some(w) => Ok(models
+            .iter()
+            .find(|m| m.id == w)
+            .cloned()
+            .unwrap_or_else(|| ModelInfo {
+                id: w.to_string(),
+                max_model_len: None,
+            })),
+        None => models.first().cloned().ok_or_else(|| {
+            anyhow::anyhow!("the server lists no models in /v1/models; pass --model")
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_choice() {
+        let ms = vec![
+            ModelInfo {
+                id: "a".into(),
+                max_model_len: Some(2048),
+            },
+            ModelInfo {
+                id: "b".into(),
+                max_model_len: Some(4096),
+            },
+        ];
+        assert_eq!(choose_model(&ms, None).unwrap().id, "a");
+        assert_eq!(
+            choose_model(&ms, Some("b")).unwrap().max_model_len,
+            Some(4096)
+        );
+        assert_eq!(choose_model(&ms, Some("c")).unwrap().max_model_len, None);
+        assert!(choose_model(&[], None).is_err());
+        let c = CacheConfig {
+            block_size: 16,
+            num_gpu_blocks: 1024,
+        };
+        assert_eq!(c.capacity_tokens(), 16_384);
+        assert!(Sample::failed("connect", "refused").error_message.is_some());
+        assert!(!Sample::failed("connect", "refused").ok());
+    }
+}

@@ -1,0 +1,182 @@
+//! An in-process fake server for the experiments' unit tests, on tokio's clock (tests run
+//! with a paused clock, so its service times are exact and cost no wall time).
+//!
+//! It runs at most `max_seqs` requests at once and holds `ceil((prompt + output) / 16)` KV
+//! blocks of a 64-block cache for each; the rest wait. A request takes 10 ms of prefill, then
+//! 5 ms per further token.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::common::CommonArgs;
+use super::engine::{
+    CacheConfig, GpuSnapshot, ModelInfo, RequestSpec, Sample, ServerSnapshot, Target,
+};
+
+pub const BLOCK_SIZE: u64 = 16;
+pub const NUM_BLOCKS: u64 = 64;
+pub const MAX_MODEL_LEN: u32 = 512;
+
+#[derive(Debug, Default)]
+struct State {
+    running: f64,
+    waiting: f64,
+    blocks: u64,
+}
+
+/// The fake.
+#[derive(Debug, Clone)]
+pub struct FakeServer {
+    slots: Arc<Semaphore>,
+    kv: Arc<Semaphore>,
+    state: Arc<Mutex<State>>,
+    seen: Arc<AtomicUsize>,
+    fail: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
+    no_metrics: Arc<AtomicBool>,
+}
+
+/// Common flags for tests.
+pub fn common_args() -> CommonArgs {
+    CommonArgs {
+        target: "http://127.0.0.1:9".into(),
+        model: None,
+        endpoint: crate::config::Endpoint::Completions,
+        api_key_env: None,
+        request_timeout: Duration::from_secs(30),
+        json: None,
+        csv: None,
+        out_dir: None,
+        no_progress: true,
+    }
+}
+
+impl FakeServer {
+    pub fn new(max_seqs: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_seqs)),
+            kv: Arc::new(Semaphore::new(NUM_BLOCKS as usize)),
+            state: Arc::default(),
+            seen: Arc::default(),
+            fail: Arc::default(),
+            down: Arc::default(),
+            no_metrics: Arc::default(),
+        }
+    }
+    pub fn fail_all(&self) {
+        self.fail.store(true, Ordering::SeqCst);
+    }
+    pub fn go_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+    }
+    pub fn without_metrics(&self) {
+        self.no_metrics.store(true, Ordering::SeqCst);
+    }
+    pub fn requests_seen(&self) -> usize {
+        self.seen.load(Ordering::SeqCst)
+    }
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+impl Target for FakeServer {
+    async fn models(&self) -> anyhow::Result<Vec<ModelInfo>> {
+        if self.down.load(Ordering::SeqCst) {
+            anyhow::bail!("connection refused");
+        }
+        Ok(vec![ModelInfo {
+            id: "fake".into(),
+            max_model_len: Some(MAX_MODEL_LEN),
+        }])
+    }
+
+    async fn execute(&self, spec: RequestSpec, late_by_s: f64) -> Sample {
+        self.seen.fetch_add(1, Ordering::SeqCst);
+        let t0 = Instant::now();
+        if self.fail.load(Ordering::SeqCst) {
+            return Sample {
+                outcome: "http_500".into(),
+                status: Some(500),
+                error_message: Some("internal error".into()),
+                ..Default::default()
+            };
+        }
+        if spec.prompt_tokens >= MAX_MODEL_LEN {
+            return Sample {
+                outcome: "http_400_context_length".into(),
+                status: Some(400),
+                error_message: Some(format!(
+                    "This model's maximum context length is {MAX_MODEL_LEN} tokens."
+                )),
+                ..Default::default()
+            };
+        }
+        let out = spec.max_tokens.min(MAX_MODEL_LEN - spec.prompt_tokens);
+        let blocks = u64::from(spec.prompt_tokens + out).div_ceil(BLOCK_SIZE);
+        self.update(|s| s.waiting += 1.0);
+        let slot = self.slots.acquire().await;
+        let kv = self.kv.acquire_many(blocks as u32).await;
+        self.update(|s| {
+            s.waiting -= 1.0;
+            s.running += 1.0;
+            s.blocks += blocks;
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let ttft = t0.elapsed().as_secs_f64();
+        let mut itl = Vec::new();
+        for _ in 1..out {
+            let a = Instant::now();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            itl.push(a.elapsed().as_secs_f64());
+        }
+        drop(kv);
+        drop(slot);
+        self.update(|s| {
+            s.running -= 1.0;
+            s.blocks -= blocks;
+        });
+        let e2e = t0.elapsed().as_secs_f64() + late_by_s;
+        Sample {
+            outcome: "ok".into(),
+            status: Some(200),
+            ttfb_s: Some(ttft),
+            ttft_s: spec.stream.then_some(ttft + late_by_s),
+            tpot_s: (out > 1).then(|| (e2e - ttft - late_by_s) / f64::from(out - 1)),
+            itl_s: if spec.stream { itl } else { Vec::new() },
+            e2e_s: e2e,
+            prompt_tokens: Some(spec.prompt_tokens),
+            output_tokens: Some(out),
+            finish_reason: Some("length".into()),
+            error_message: None,
+        }
+    }
+
+    async fn metrics(&self) -> anyhow::Result<ServerSnapshot> {
+        if self.no_metrics.load(Ordering::SeqCst) {
+            anyhow::bail!("GET /metrics: HTTP 404");
+        }
+        let s = self.state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        Ok(ServerSnapshot {
+            kv_usage: Some(s.blocks as f64 / NUM_BLOCKS as f64),
+            running: Some(s.running),
+            waiting: Some(s.waiting),
+            preemptions_total: Some(0.0),
+            cache: Some(CacheConfig {
+                block_size: BLOCK_SIZE,
+                num_gpu_blocks: NUM_BLOCKS,
+            }),
+        })
+    }
+
+    fn gpu(&self) -> Result<GpuSnapshot, String> {
+        Err("not available (fake)".into())
+    }
+}

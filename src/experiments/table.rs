@@ -1,0 +1,334 @@
+//! Summary tables printed at the end of each experiment (comfy-table). Latencies are shown in
+//! milliseconds, throughput in tokens or requests per second; the JSON keeps base units.
+
+use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
+
+use super::report::{BenchSection, KvScaleSection, SweepSection};
+use super::stats::Summary;
+
+fn new_table(header: Vec<String>) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
+    // numbers right-aligned; the first (the level) and the last (marks, reasons) left
+    let n = t.column_count();
+    for i in 1..n.saturating_sub(1) {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
+}
+
+/// Milliseconds with a precision that suits the magnitude; `-` when absent.
+pub fn ms(v: Option<f64>) -> String {
+    match v {
+        None => "-".to_string(),
+        Some(s) => {
+            let m = s * 1000.0;
+            if m >= 100.0 {
+                format!("{m:.0}")
+            } else if m >= 10.0 {
+                format!("{m:.1}")
+            } else {
+                format!("{m:.2}")
+            }
+        }
+    }
+}
+
+/// A number with one decimal; `-` when absent.
+pub fn num(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into())
+}
+
+/// A ratio as a percentage; `-` when absent.
+pub fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.1}%", x * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn summary_row(name: &str, s: &Summary, f: fn(Option<f64>) -> String) -> Vec<String> {
+    vec![
+        name.to_string(),
+        s.count.to_string(),
+        f(s.mean),
+        f(s.p50),
+        f(s.p90),
+        f(s.p99),
+        f(s.min),
+        f(s.max),
+    ]
+}
+
+/// The bench table: one block of rows per mode.
+pub fn bench(b: &BenchSection) -> String {
+    let mut out = String::new();
+    for m in &b.modes {
+        let mut t = new_table(
+            ["metric", "n", "mean", "p50", "p90", "p99", "min", "max"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let l = &m.latency;
+        t.add_row(summary_row("TTFB (ms)", &l.ttfb_s, ms));
+        if m.stream {
+            t.add_row(summary_row("TTFT (ms)", &l.ttft_s, ms));
+            t.add_row(summary_row("ITL (ms)", &l.itl_s, ms));
+            t.add_row(summary_row("TPOT (ms)", &l.tpot_s, ms));
+        }
+        t.add_row(summary_row("E2E (ms)", &l.e2e_s, ms));
+        t.add_row(summary_row("output tok/s", &l.output_tokens_per_s, num));
+        t.add_row(summary_row("output tokens", &l.output_tokens, num));
+        let errors = if m.errors_by_class.is_empty() {
+            "none".to_string()
+        } else {
+            m.errors_by_class
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "{} — {} requests, {} ok; errors: {}\n{t}\n",
+            if m.stream {
+                "streaming"
+            } else {
+                "non-streaming"
+            },
+            m.requests,
+            m.ok,
+            errors
+        ));
+    }
+    out
+}
+
+/// The sweep table: one row per level, the knee and the goodput level marked.
+pub fn sweep(s: &SweepSection) -> String {
+    let load_name = if s.mode == "rate" {
+        "rate (req/s)"
+    } else {
+        "concurrency"
+    };
+    let mut t = new_table(
+        [
+            load_name,
+            "ok/fail",
+            "req/s",
+            "out tok/s",
+            "TTFT p50",
+            "TTFT p99",
+            "TPOT p50",
+            "E2E p50",
+            "E2E p99",
+            "KV max",
+            "waiting max",
+            "goodput",
+            "",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    let knee = s.knee.as_ref().map(|k| k.level_index);
+    let best = s.slo.as_ref().and_then(|g| g.best_level);
+    for (i, l) in s.levels.iter().enumerate() {
+        let mut mark = Vec::new();
+        if knee == Some(i) {
+            mark.push("knee");
+        }
+        if best == Some(i) {
+            mark.push("best under SLO");
+        }
+        if l.partial {
+            mark.push("partial");
+        }
+        t.add_row(vec![
+            format!("{}", l.load),
+            format!("{}/{}", l.ok, l.failed),
+            format!("{:.2}", l.request_throughput_rps),
+            format!("{:.1}", l.output_token_throughput_tps),
+            ms(l.latency.ttft_s.p50),
+            ms(l.latency.ttft_s.p99),
+            ms(l.latency.tpot_s.p50),
+            ms(l.latency.e2e_s.p50),
+            ms(l.latency.e2e_s.p99),
+            pct(l.server.kv_cache_usage.max),
+            num(l.server.requests_waiting.max),
+            l.goodput_rps
+                .map(|g| format!("{g:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            mark.join(", "),
+        ]);
+    }
+    let mut out = format!("latencies in ms\n{t}\n");
+    match &s.knee {
+        Some(k) => out.push_str(&format!(
+            "saturation knee at {}: {}\n",
+            k.load, k.explanation
+        )),
+        None => out.push_str("no saturation knee within the levels run\n"),
+    }
+    if let Some(r) = &s.stop_reason {
+        out.push_str(&format!("stopped early: {r}\n"));
+    }
+    if let Some(g) = &s.slo {
+        match (g.best_load, g.best_goodput_rps) {
+            (Some(load), Some(gp)) => out.push_str(&format!(
+                "highest load meeting the SLOs: {load} ({gp:.2} req/s within SLO)\n"
+            )),
+            _ => out.push_str("no level met the SLOs\n"),
+        }
+    }
+    out
+}
+
+/// The kv-scale tables: the ladder, the boundary and the grid.
+pub fn kv_scale(k: &KvScaleSection) -> String {
+    let mut t = new_table(
+        [
+            "prompt",
+            "max_tokens",
+            "feasibility",
+            "TTFT (ms)",
+            "out tokens",
+            "KV peak",
+            "KV by request",
+            "KV expected",
+            "reason",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for r in &k.ladder {
+        t.add_row(vec![
+            r.prompt_tokens_requested.to_string(),
+            r.max_tokens.to_string(),
+            r.feasibility.clone(),
+            ms(r.ttft_s),
+            r.output_tokens
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "-".into()),
+            pct(r.kv_usage_peak),
+            pct(r.kv_usage_delta),
+            pct(r.kv_usage_expected),
+            r.reason
+                .as_deref()
+                .map(|s| s.chars().take(60).collect::<String>())
+                .unwrap_or_default(),
+        ]);
+    }
+    let mut out = format!("{t}\n");
+    if let Some(b) = &k.boundary {
+        out.push_str(&format!(
+            "context boundary: longest accepted prompt {} tokens, shortest rejected {} (max_model_len {}), {} probes\n",
+            b.max_accepted_prompt_tokens,
+            b.min_rejected_prompt_tokens,
+            k.max_model_len
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            b.probes
+        ));
+    }
+    if !k.grid.is_empty() {
+        let mut g = new_table(
+            [
+                "context",
+                "blocks/seq",
+                "capacity (computed)",
+                "fits (observed)",
+                "cells (concurrency: fit?)",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        for row in &k.grid {
+            g.add_row(vec![
+                row.context_tokens.to_string(),
+                row.blocks_per_sequence
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                row.capacity_computed
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                row.max_fitting_observed
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                row.cells
+                    .iter()
+                    .map(|c| format!("{}:{}", c.concurrency, if c.fits { "yes" } else { "no" }))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]);
+        }
+        out.push_str(&format!("{g}\n"));
+    }
+    out.push_str(&k.gpu_memory_note);
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiments::report::{BenchMode, LatencySummaries, SweepLevel};
+
+    #[test]
+    fn formats() {
+        assert_eq!(ms(Some(0.0123)), "12.3");
+        assert_eq!(ms(Some(1.5)), "1500");
+        assert_eq!(ms(Some(0.0012)), "1.20");
+        assert_eq!(ms(None), "-");
+        assert_eq!(pct(Some(0.5)), "50.0%");
+    }
+
+    #[test]
+    fn bench_table_lists_streaming_metrics() {
+        let b = BenchSection {
+            modes: vec![BenchMode {
+                stream: true,
+                requests: 3,
+                ok: 3,
+                latency: LatencySummaries {
+                    ttft_s: Summary::of([0.01, 0.02, 0.03]),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }],
+            requests: vec![],
+        };
+        let s = bench(&b);
+        assert!(s.contains("TTFT (ms)"), "{s}");
+        assert!(s.contains("20.0"), "{s}");
+        assert!(s.contains("errors: none"), "{s}");
+    }
+
+    #[test]
+    fn sweep_table_marks_knee() {
+        let s = SweepSection {
+            mode: "concurrency".into(),
+            levels: vec![
+                SweepLevel {
+                    load: 1.0,
+                    ..Default::default()
+                },
+                SweepLevel {
+                    load: 2.0,
+                    ..Default::default()
+                },
+            ],
+            knee: Some(crate::experiments::knee::Knee {
+                level_index: 1,
+                load: 2.0,
+                next_step_efficiency: 0.0,
+                next_step_latency_growth: 1.0,
+                explanation: "flat".into(),
+            }),
+            ..Default::default()
+        };
+        let text = sweep(&s);
+        assert!(text.contains("knee"), "{text}");
+        assert!(text.contains("saturation knee at 2: flat"), "{text}");
+    }
+}

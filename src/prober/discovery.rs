@@ -1,0 +1,240 @@
+//! Model discovery (`GET /v1/models`) and the server's tokenizer (`POST /tokenize`).
+
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use serde::Deserialize;
+
+use super::event;
+
+/// One model the server advertises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub id: String,
+    /// vLLM's `max_model_len` (absent on servers that do not publish it).
+    pub max_model_len: Option<u32>,
+}
+
+/// Why discovery or tokenisation failed. Messages never hold the API key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("cannot reach {0}")]
+    Unreachable(String),
+    #[error("HTTP {status} from {path}: {message}")]
+    Http {
+        status: u16,
+        path: &'static str,
+        message: String,
+    },
+    #[error("unexpected response from {path}: {message}")]
+    BadResponse { path: &'static str, message: String },
+    #[error("the server lists no models")]
+    NoModels,
+    #[error("model {wanted:?} is not served (served: {served})")]
+    ModelNotFound { wanted: String, served: String },
+}
+
+#[derive(Deserialize)]
+struct ModelList {
+    data: Vec<ModelEntry>,
+}
+
+#[derive(Deserialize)]
+struct ModelEntry {
+    id: String,
+    #[serde(default)]
+    max_model_len: Option<u64>,
+}
+
+fn auth(b: reqwest::RequestBuilder, api_key: Option<&str>) -> reqwest::RequestBuilder {
+    match api_key.and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok()) {
+        Some(mut v) => {
+            v.set_sensitive(true);
+            b.header(AUTHORIZATION, v)
+        }
+        None => b,
+    }
+}
+
+async fn get_json(
+    b: reqwest::RequestBuilder,
+    path: &'static str,
+    timeout: Duration,
+) -> Result<Vec<u8>, DiscoveryError> {
+    let resp = b
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| DiscoveryError::Unreachable(event::short(&e.without_url().to_string())))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| DiscoveryError::Unreachable(event::short(&e.without_url().to_string())))?;
+    if !(200..300).contains(&status) {
+        let message = event::parse_error_body(&body)
+            .map(|e| e.message)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        return Err(DiscoveryError::Http {
+            status,
+            path,
+            message: event::short(&message),
+        });
+    }
+    Ok(body.to_vec())
+}
+
+/// `GET {base}/v1/models`.
+pub async fn list_models(
+    client: &reqwest::Client,
+    base_url: &str,
+    api_key: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<ModelInfo>, DiscoveryError> {
+    let b = auth(client.get(format!("{base_url}/v1/models")), api_key);
+    let body = get_json(b, "/v1/models", timeout).await?;
+    parse_models(&body)
+}
+
+/// Parses a `/v1/models` body.
+pub fn parse_models(body: &[u8]) -> Result<Vec<ModelInfo>, DiscoveryError> {
+    let list: ModelList =
+        serde_json::from_slice(body).map_err(|e| DiscoveryError::BadResponse {
+            path: "/v1/models",
+            message: event::short(&e.to_string()),
+        })?;
+    Ok(list
+        .data
+        .into_iter()
+        .map(|m| ModelInfo {
+            id: m.id,
+            max_model_len: m.max_model_len.map(|n| n.min(u64::from(u32::MAX)) as u32),
+        })
+        .collect())
+}
+
+/// The model to probe: `wanted` when given (it must be listed, unless the server lists none
+/// of that name but the caller insists — then its limit is unknown), else the first listed.
+pub async fn discover_model(
+    client: &reqwest::Client,
+    base_url: &str,
+    api_key: Option<&str>,
+    wanted: Option<&str>,
+    timeout: Duration,
+) -> Result<ModelInfo, DiscoveryError> {
+    let models = list_models(client, base_url, api_key, timeout).await?;
+    pick_model(models, wanted)
+}
+
+/// Chooses from a model list (see [`discover_model`]).
+pub fn pick_model(
+    models: Vec<ModelInfo>,
+    wanted: Option<&str>,
+) -> Result<ModelInfo, DiscoveryError> {
+    match wanted {
+        Some(w) => match models.iter().find(|m| m.id == w) {
+            Some(m) => Ok(m.clone()),
+            None => Err(DiscoveryError::ModelNotFound {
+                wanted: w.to_string(),
+                served: models
+                    .iter()
+                    .map(|m| m.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        },
+        None => models.into_iter().next().ok_or(DiscoveryError::NoModels),
+    }
+}
+
+/// What to tokenise.
+#[derive(Debug, Clone)]
+pub enum TokenizeInput<'a> {
+    /// A plain prompt (completions).
+    Prompt(&'a str),
+    /// One user message, with the chat template and generation prompt applied.
+    ChatUser(&'a str),
+}
+
+/// The answer of `/tokenize`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Tokenized {
+    pub count: u32,
+    #[serde(default)]
+    pub max_model_len: Option<u32>,
+    #[serde(default)]
+    pub tokens: Vec<u32>,
+}
+
+/// `POST {base}/tokenize` (vLLM).
+pub async fn tokenize(
+    client: &reqwest::Client,
+    base_url: &str,
+    api_key: Option<&str>,
+    model: &str,
+    input: TokenizeInput<'_>,
+    timeout: Duration,
+) -> Result<Tokenized, DiscoveryError> {
+    let body = match input {
+        TokenizeInput::Prompt(p) => serde_json::json!({"model": model, "prompt": p}),
+        TokenizeInput::ChatUser(t) => serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": t}],
+            "add_generation_prompt": true,
+        }),
+    };
+    let b = auth(client.post(format!("{base_url}/tokenize")), api_key).json(&body);
+    let body = get_json(b, "/tokenize", timeout).await?;
+    serde_json::from_slice(&body).map_err(|e| DiscoveryError::BadResponse {
+        path: "/tokenize",
+        message: event::short(&e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vllm_models_and_tokenize() {
+        let m = parse_models(include_bytes!("../../tests/data/prober/v1_models.body")).unwrap();
+        assert_eq!(
+            m,
+            vec![ModelInfo {
+                id: "tiny".into(),
+                max_model_len: Some(2048)
+            }]
+        );
+        let t: Tokenized =
+            serde_json::from_slice(include_bytes!("../../tests/data/prober/tokenize.json"))
+                .unwrap();
+        assert_eq!(t.count, 6);
+        assert_eq!(t.tokens.len(), 6);
+        assert_eq!(t.max_model_len, Some(2048));
+    }
+
+    #[test]
+    fn pick() {
+        let ms = vec![
+            ModelInfo {
+                id: "a".into(),
+                max_model_len: None,
+            },
+            ModelInfo {
+                id: "b".into(),
+                max_model_len: Some(4),
+            },
+        ];
+        assert_eq!(pick_model(ms.clone(), None).unwrap().id, "a");
+        assert_eq!(
+            pick_model(ms.clone(), Some("b")).unwrap().max_model_len,
+            Some(4)
+        );
+        assert!(matches!(
+            pick_model(ms, Some("c")),
+            Err(DiscoveryError::ModelNotFound { .. })
+        ));
+        assert_eq!(pick_model(vec![], None), Err(DiscoveryError::NoModels));
+        assert!(parse_models(b"{}").is_err());
+    }
+}

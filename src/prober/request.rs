@@ -1,0 +1,868 @@
+//! The single-request engine: sends one probe request, measures it, and classifies how it ended.
+//!
+//! Shared by the daemon's workloads and the one-shot experiments (`bench`, `sweep`, `kv-scale`),
+//! so a one-shot number and a daemon number mean the same thing. [`execute`] never fails: every
+//! way a request can end is an [`Outcome`] in the returned [`RequestRecord`].
+//!
+//! # Timing (all on `CLOCK_MONOTONIC`, [`crate::clock::monotonic_ns`])
+//! * Latencies count from `intended_start`: the time the request *should* have been sent. In a
+//!   closed loop that is the moment it is sent; in an open loop it is the scheduled arrival, so
+//!   a late send (a busy runtime, an in-flight cap) is charged to the latency, not hidden
+//!   (no coordinated omission). [`RequestRecord::schedule_lag`] says how late the send was.
+//! * TTFB: to the response headers. TTFT: to the first event that carries generated output
+//!   (non-empty `text`, `content`, `reasoning_content`/`reasoning`, or a tool call; the chat
+//!   role-only prelude and empty events do not count). ITL: every gap between consecutive
+//!   output-carrying events. TPOT: (last output time − first output time) / (completion_tokens
+//!   − 1), with completion_tokens from the server's `usage` (the request always asks for it with
+//!   `stream_options.include_usage`), never from counting chunks. E2E: to the `[DONE]` event (or
+//!   the end of the body when a server sends none).
+//! * Each event is stamped with the receive time of the network read in which its first
+//!   `data:` line completed, taken before any parsing.
+//!
+//! Timeouts: `connect` is a property of the client ([`build_client`]); `first_token` bounds the
+//! time from the send to the first output event (headers included); `request` bounds the whole
+//! request. One timer is armed per request and moved once, not one per chunk.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::event::{self, ErrorInfo};
+use super::sse::{SseError, SseParser};
+use crate::clock::monotonic_ns;
+pub use crate::config::Endpoint;
+
+/// The prompt of a probe.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Token ids (completions only): the prompt length is exact.
+    TokenIds(Vec<u32>),
+    /// Text: a completions `prompt` string, or the user message of a chat request.
+    Text(String),
+}
+
+impl Prompt {
+    /// Token ids of a token prompt; `None` for text.
+    pub fn token_len(&self) -> Option<usize> {
+        match self {
+            Prompt::TokenIds(v) => Some(v.len()),
+            Prompt::Text(_) => None,
+        }
+    }
+}
+
+/// One probe request, as plain data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeRequest {
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub prompt: Prompt,
+    pub max_tokens: u32,
+    /// Ask the server to ignore end-of-sequence tokens (vLLM's `ignore_eos`), so the output
+    /// length is `max_tokens`.
+    pub ignore_eos: bool,
+    pub temperature: Option<f64>,
+    pub stream: bool,
+    /// Extra body fields, passed through as given (they may override the fields above).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ProbeRequest {
+    /// The JSON body. Token-id prompts on the chat endpoint are sent as their decimal ids
+    /// joined by spaces (chat has no token-id form); callers should build text prompts for chat.
+    pub fn body(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Msg<'a> {
+            role: &'static str,
+            content: &'a str,
+        }
+        #[derive(Serialize)]
+        struct StreamOptions {
+            include_usage: bool,
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            model: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            prompt: Option<PromptRef<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            messages: Option<[Msg<'a>; 1]>,
+            max_tokens: u32,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            ignore_eos: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            temperature: Option<f64>,
+            stream: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stream_options: Option<StreamOptions>,
+            #[serde(flatten)]
+            extra: &'a serde_json::Map<String, serde_json::Value>,
+        }
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum PromptRef<'a> {
+            Ids(&'a [u32]),
+            Text(&'a str),
+        }
+        let joined;
+        let (prompt, messages) = match (self.endpoint, &self.prompt) {
+            (Endpoint::Completions, Prompt::TokenIds(ids)) => (Some(PromptRef::Ids(ids)), None),
+            (Endpoint::Completions, Prompt::Text(t)) => (Some(PromptRef::Text(t)), None),
+            (Endpoint::Chat, Prompt::Text(t)) => (
+                None,
+                Some([Msg {
+                    role: "user",
+                    content: t,
+                }]),
+            ),
+            (Endpoint::Chat, Prompt::TokenIds(ids)) => {
+                joined = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+                (
+                    None,
+                    Some([Msg {
+                        role: "user",
+                        content: &joined,
+                    }]),
+                )
+            }
+        };
+        let body = Body {
+            model: &self.model,
+            prompt,
+            messages,
+            max_tokens: self.max_tokens,
+            ignore_eos: self.ignore_eos,
+            temperature: self.temperature,
+            stream: self.stream,
+            stream_options: self.stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+            extra: &self.extra,
+        };
+        // Serialising plain structs, strings, numbers and a JSON map cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+/// Per-request time limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect (applied by [`build_client`]).
+    pub connect: Duration,
+    /// Send to the first output event (response headers included).
+    pub first_token: Duration,
+    /// Send to the end of the response.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_token: Duration::from_secs(60),
+            request: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How a request ended. [`Outcome::as_str`] is the `outcome` label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// A complete, successful response.
+    Ok,
+    /// Rejected because the prompt (or prompt + output) exceeds the context length.
+    ContextLength,
+    /// Another 4xx (or an unexpected non-2xx status below 400).
+    ClientError,
+    /// 429.
+    RateLimited,
+    /// 503 (vLLM's "overloaded" / not ready).
+    Overloaded,
+    /// Another 5xx.
+    ServerError,
+    /// Connection refused or reset before a response, DNS failure.
+    Connect,
+    /// TCP connect took longer than `Timeouts::connect`.
+    TimeoutConnect,
+    /// No output event within `Timeouts::first_token`.
+    TimeoutFirstToken,
+    /// The response did not finish within `Timeouts::request`.
+    TimeoutRequest,
+    /// An error event inside a 200 stream.
+    StreamError,
+    /// The stream ended without `[DONE]` or a finish reason, mid-line, or was reset mid-stream.
+    Truncated,
+    /// An event that is not the expected JSON, or a response over the byte cap.
+    Malformed,
+    /// The prober shut down while the request was in flight.
+    Cancelled,
+}
+
+impl Outcome {
+    /// Every outcome, in label order.
+    pub const ALL: [Outcome; 14] = [
+        Outcome::Ok,
+        Outcome::ContextLength,
+        Outcome::ClientError,
+        Outcome::RateLimited,
+        Outcome::Overloaded,
+        Outcome::ServerError,
+        Outcome::Connect,
+        Outcome::TimeoutConnect,
+        Outcome::TimeoutFirstToken,
+        Outcome::TimeoutRequest,
+        Outcome::StreamError,
+        Outcome::Truncated,
+        Outcome::Malformed,
+        Outcome::Cancelled,
+    ];
+
+    /// The `outcome` label value (docs/metrics.md).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ContextLength => "context_length",
+            Outcome::ClientError => "client_error",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Overloaded => "overloaded",
+            Outcome::ServerError => "server_error",
+            Outcome::Connect => "connect",
+            Outcome::TimeoutConnect => "timeout_connect",
+            Outcome::TimeoutFirstToken => "timeout_first_token",
+            Outcome::TimeoutRequest => "timeout_request",
+            Outcome::StreamError => "stream_error",
+            Outcome::Truncated => "truncated",
+            Outcome::Malformed => "malformed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// The outcome of a non-2xx response, from its status and (parsed) error body.
+    pub fn from_status(status: u16, error: Option<&ErrorInfo>) -> Outcome {
+        match status {
+            400 | 413 | 422 if error.is_some_and(ErrorInfo::is_context_length) => {
+                Outcome::ContextLength
+            }
+            429 => Outcome::RateLimited,
+            503 => Outcome::Overloaded,
+            500..=599 => Outcome::ServerError,
+            _ => Outcome::ClientError,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The measurement of one request: plain data, sent to the aggregator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRecord {
+    pub outcome: Outcome,
+    /// Status of the response, when headers arrived.
+    pub http_status: Option<u16>,
+    /// Actual send time − intended start (zero in a closed loop).
+    pub schedule_lag: Duration,
+    /// `CLOCK_MONOTONIC` ns at the actual send (to line up with server-side stamps).
+    pub sent_ns: u64,
+    /// Intended start to response headers.
+    pub ttfb: Option<Duration>,
+    /// Intended start to the first output-carrying event (streaming only).
+    pub ttft: Option<Duration>,
+    /// Gaps between consecutive output-carrying events.
+    pub itl: Vec<Duration>,
+    /// (last output − first output) / (completion_tokens − 1); needs `usage` and ≥ 2 tokens.
+    pub tpot: Option<Duration>,
+    /// Intended start to the end of the response (or to the failure).
+    pub e2e: Duration,
+    /// `usage.prompt_tokens`.
+    pub prompt_tokens: Option<u32>,
+    /// `usage.completion_tokens`.
+    pub output_tokens: Option<u32>,
+    /// Output-carrying events received (a chunk is not always one token).
+    pub output_events: u32,
+    /// The last `finish_reason` seen.
+    pub finish_reason: Option<String>,
+    /// A short description of the failure (never a secret, never more than ~200 characters).
+    pub error: Option<String>,
+    /// Body bytes read.
+    pub response_bytes: u64,
+}
+
+impl RequestRecord {
+    fn new(intended_ns: u64, sent_ns: u64) -> Self {
+        Self {
+            outcome: Outcome::Ok,
+            http_status: None,
+            schedule_lag: Duration::from_nanos(sent_ns.saturating_sub(intended_ns)),
+            sent_ns,
+            ttfb: None,
+            ttft: None,
+            itl: Vec::new(),
+            tpot: None,
+            e2e: Duration::ZERO,
+            prompt_tokens: None,
+            output_tokens: None,
+            output_events: 0,
+            finish_reason: None,
+            error: None,
+            response_bytes: 0,
+        }
+    }
+}
+
+/// Sees every event of a streamed response as it arrives (for the overhead benchmark, which
+/// compares receive times with the server's own send stamps). `()` ignores them.
+pub trait ChunkObserver {
+    /// `recv_ns`: the event's receive time on `CLOCK_MONOTONIC`; `data`: its raw data.
+    fn on_event(&mut self, recv_ns: u64, data: &[u8]);
+}
+
+impl ChunkObserver for () {
+    #[inline]
+    fn on_event(&mut self, _: u64, _: &[u8]) {}
+}
+
+/// Where and how to send: the connection-level settings of a target.
+#[derive(Clone, Copy)]
+pub struct Conn<'a> {
+    pub client: &'a reqwest::Client,
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8000`.
+    pub base_url: &'a str,
+    /// Bearer token; never logged.
+    pub api_key: Option<&'a str>,
+    pub timeouts: &'a Timeouts,
+    /// Cancelling it ends the request as [`Outcome::Cancelled`].
+    pub cancel: Option<&'a CancellationToken>,
+    /// The most body bytes read from one response; more is [`Outcome::Malformed`].
+    pub max_response_bytes: u64,
+}
+
+impl std::fmt::Debug for Conn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.map(|_| "<redacted>"))
+            .field("timeouts", &self.timeouts)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default cap on the bytes read from one response.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+/// Cap on the bytes of one SSE event.
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// Cap on the bytes kept of a non-2xx body.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+/// A client for one target: HTTP/1.1, `TCP_NODELAY`, no proxy, no redirects, no retries, an
+/// idle pool of `pool_size` connections, and `timeouts.connect` on connect.
+pub fn build_client(timeouts: &Timeouts, pool_size: usize) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never())
+        .pool_max_idle_per_host(pool_size.max(1))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .connect_timeout(timeouts.connect)
+        .user_agent(concat!("vllm-sentinel/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Sends `req` and measures it. See the module doc for what each figure means.
+pub async fn execute(
+    client: &reqwest::Client,
+    base_url: &str,
+    api_key: Option<&str>,
+    req: &ProbeRequest,
+    timeouts: &Timeouts,
+    intended_start: Instant,
+) -> RequestRecord {
+    let conn = Conn {
+        client,
+        base_url,
+        api_key,
+        timeouts,
+        cancel: None,
+        max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+    };
+    execute_with(&conn, req, intended_start, &mut ()).await
+}
+
+/// [`execute`] with cancellation, a byte cap and an event observer.
+pub async fn execute_with<O: ChunkObserver>(
+    conn: &Conn<'_>,
+    req: &ProbeRequest,
+    intended_start: Instant,
+    observer: &mut O,
+) -> RequestRecord {
+    let body = req.body();
+    let url = format!("{}{}", conn.base_url, req.endpoint.path());
+    let sent_instant = Instant::now();
+    let sent_ns = monotonic_ns();
+    let behind = sent_instant.saturating_duration_since(intended_start);
+    let intended_ns = sent_ns.saturating_sub(behind.as_nanos() as u64);
+    let mut rec = RequestRecord::new(intended_ns, sent_ns);
+
+    let mut builder = conn
+        .client
+        .post(&url)
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .body(body);
+    if let Some(key) = conn.api_key {
+        match HeaderValue::from_str(&format!("Bearer {key}")) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                builder = builder.header(AUTHORIZATION, v);
+            }
+            Err(_) => {
+                rec.outcome = Outcome::ClientError;
+                rec.error = Some("the API key is not a valid header value".into());
+                return rec;
+            }
+        }
+    }
+
+    let t = conn.timeouts;
+    let first_limit = t.first_token.min(t.request);
+    let first_is_request = t.request <= t.first_token;
+    let request_deadline = tokio::time::Instant::from_std(sent_instant + t.request);
+    let sleep =
+        tokio::time::sleep_until(tokio::time::Instant::from_std(sent_instant + first_limit));
+    tokio::pin!(sleep);
+    let mut in_request_phase = first_is_request;
+    let never = CancellationToken::new();
+    let cancelled = conn.cancel.unwrap_or(&never).cancelled();
+    tokio::pin!(cancelled);
+    let ns_since = |ns: u64| Duration::from_nanos(ns.saturating_sub(intended_ns));
+    let timeout_outcome = |in_request: bool| {
+        if in_request {
+            Outcome::TimeoutRequest
+        } else {
+            Outcome::TimeoutFirstToken
+        }
+    };
+
+    // Phase 1: headers.
+    let send = builder.send();
+    let resp = tokio::select! {
+        biased;
+        _ = &mut cancelled => {
+            return finish(rec, Outcome::Cancelled, Some("shutdown before response headers"), ns_since(monotonic_ns()));
+        }
+        _ = &mut sleep => {
+            let o = timeout_outcome(in_request_phase);
+            return finish(rec, o, Some("no response headers in time"), ns_since(monotonic_ns()));
+        }
+        r = send => r,
+    };
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            let now = ns_since(monotonic_ns());
+            let outcome = if e.is_connect() && e.is_timeout() {
+                Outcome::TimeoutConnect
+            } else if e.is_timeout() {
+                timeout_outcome(in_request_phase)
+            } else {
+                Outcome::Connect
+            };
+            return finish(rec, outcome, Some(&error_chain(&e)), now);
+        }
+    };
+    let headers_ns = monotonic_ns();
+    rec.ttfb = Some(ns_since(headers_ns));
+    let status = resp.status().as_u16();
+    rec.http_status = Some(status);
+
+    // Phase 2a: a non-2xx status: read (a capped part of) the error body and classify.
+    if !resp.status().is_success() {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => break,
+                _ = &mut sleep => break,
+                c = resp.chunk() => match c {
+                    Ok(Some(b)) => {
+                        rec.response_bytes += b.len() as u64;
+                        let room = (MAX_ERROR_BODY as usize).saturating_sub(buf.len());
+                        buf.extend_from_slice(&b[..b.len().min(room)]);
+                        if rec.response_bytes >= MAX_ERROR_BODY { break; }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let info = event::parse_error_body(&buf);
+        let outcome = Outcome::from_status(status, info.as_ref());
+        let msg = match &info {
+            Some(i) => format!("HTTP {status}: {}", event::short(&i.message)),
+            None => format!(
+                "HTTP {status}: {}",
+                event::short(String::from_utf8_lossy(&buf).trim())
+            ),
+        };
+        return finish(rec, outcome, Some(&msg), ns_since(monotonic_ns()));
+    }
+
+    let is_sse = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+
+    // Phase 2b: a whole JSON body (stream off, or a server that ignored `stream`).
+    if !is_sse {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut outcome = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => { outcome = Some((Outcome::Cancelled, "shutdown mid-response".to_string())); break; }
+                _ = &mut sleep => {
+                    if in_request_phase {
+                        outcome = Some((Outcome::TimeoutRequest, "response not complete in time".to_string()));
+                        break;
+                    }
+                    in_request_phase = true;
+                    sleep.as_mut().reset(request_deadline);
+                }
+                c = resp.chunk() => match c {
+                    Ok(Some(b)) => {
+                        rec.response_bytes += b.len() as u64;
+                        if rec.response_bytes > conn.max_response_bytes {
+                            outcome = Some((Outcome::Malformed, format!("response larger than {} bytes", conn.max_response_bytes)));
+                            break;
+                        }
+                        buf.extend_from_slice(&b);
+                    }
+                    Ok(None) => break,
+                    Err(e) => { outcome = Some((Outcome::Truncated, error_chain(&e))); break; }
+                }
+            }
+        }
+        let end = ns_since(monotonic_ns());
+        if let Some((o, m)) = outcome {
+            return finish(rec, o, Some(&m), end);
+        }
+        return match event::parse(&buf) {
+            Err(e) => finish(rec, Outcome::Malformed, Some(&e.0), end),
+            Ok(ev) => {
+                rec.prompt_tokens = ev.prompt_tokens;
+                rec.output_tokens = ev.completion_tokens;
+                rec.finish_reason = ev.finish_reason;
+                if let Some(err) = ev.error {
+                    let m = format!("error in a 200 response: {}", event::short(&err.message));
+                    return finish(rec, Outcome::StreamError, Some(&m), end);
+                }
+                rec.output_events = u32::from(ev.content);
+                finish(rec, Outcome::Ok, None, end)
+            }
+        };
+    }
+
+    // Phase 2c: the SSE stream.
+    let mut parser = SseParser::new(MAX_EVENT_BYTES);
+    let mut st = StreamState::default();
+    let mut failure: Option<(Outcome, String)> = None;
+    let mut end_ns = 0u64;
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            _ = &mut cancelled => { failure = Some((Outcome::Cancelled, "shutdown mid-stream".into())); break; }
+            _ = &mut sleep => {
+                if in_request_phase {
+                    failure = Some((Outcome::TimeoutRequest, "stream not complete in time".into()));
+                } else {
+                    failure = Some((Outcome::TimeoutFirstToken, "no output event in time".into()));
+                }
+                break;
+            }
+            c = resp.chunk() => c,
+        };
+        match chunk {
+            Ok(Some(bytes)) => {
+                let recv_ns = monotonic_ns();
+                rec.response_bytes += bytes.len() as u64;
+                if rec.response_bytes > conn.max_response_bytes {
+                    failure = Some((
+                        Outcome::Malformed,
+                        format!("response larger than {} bytes", conn.max_response_bytes),
+                    ));
+                    break;
+                }
+                let had_first = st.first_ns.is_some();
+                let fed = parser.feed(&bytes, recv_ns, &mut |data, ns| {
+                    st.on_event(data, ns, observer, &mut rec)
+                });
+                match fed {
+                    Err(SseError::TooLong) => {
+                        failure = Some((
+                            Outcome::Malformed,
+                            format!("an SSE event longer than {MAX_EVENT_BYTES} bytes"),
+                        ));
+                        break;
+                    }
+                    Ok(false) => {
+                        if let Some(f) = st.failure.take() {
+                            failure = Some(f);
+                            break;
+                        }
+                    }
+                    Ok(true) => {}
+                }
+                if !had_first && st.first_ns.is_some() && !in_request_phase {
+                    in_request_phase = true;
+                    sleep.as_mut().reset(request_deadline);
+                }
+            }
+            Ok(None) => {
+                end_ns = monotonic_ns();
+                let cut = parser.finish(&mut |data, ns| st.on_event(data, ns, observer, &mut rec));
+                if let Some(f) = st.failure.take() {
+                    failure = Some(f);
+                } else if cut && !st.done {
+                    failure = Some((
+                        Outcome::Truncated,
+                        "stream ended in the middle of a line".into(),
+                    ));
+                }
+                break;
+            }
+            Err(e) => {
+                failure = Some((Outcome::Truncated, error_chain(&e)));
+                break;
+            }
+        }
+    }
+    if end_ns == 0 {
+        end_ns = monotonic_ns();
+    }
+    // E2E ends at `[DONE]` when there is one (the close of the body follows it).
+    let e2e = ns_since(st.done_ns.unwrap_or(end_ns));
+    if let Some((o, m)) = failure {
+        return finish_stream(rec, &st, o, Some(&m), e2e, intended_ns);
+    }
+    if !st.done && rec.finish_reason.is_none() {
+        return finish_stream(
+            rec,
+            &st,
+            Outcome::Truncated,
+            Some("stream ended without a finish reason or [DONE]"),
+            e2e,
+            intended_ns,
+        );
+    }
+    finish_stream(rec, &st, Outcome::Ok, None, e2e, intended_ns)
+}
+
+#[derive(Default)]
+struct StreamState {
+    first_ns: Option<u64>,
+    last_ns: u64,
+    done: bool,
+    done_ns: Option<u64>,
+    failure: Option<(Outcome, String)>,
+}
+
+impl StreamState {
+    /// Handles one event; returns `false` to stop reading.
+    #[inline]
+    fn on_event<O: ChunkObserver>(
+        &mut self,
+        data: &[u8],
+        ns: u64,
+        observer: &mut O,
+        rec: &mut RequestRecord,
+    ) -> bool {
+        observer.on_event(ns, data);
+        if self.done {
+            return true; // anything after [DONE] is ignored
+        }
+        if data == b"[DONE]" {
+            self.done = true;
+            self.done_ns = Some(ns);
+            return true;
+        }
+        let ev = match event::parse(data) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.failure = Some((Outcome::Malformed, format!("malformed event: {}", e.0)));
+                return false;
+            }
+        };
+        if let Some(err) = ev.error {
+            self.failure = Some((
+                Outcome::StreamError,
+                format!("error event in the stream: {}", event::short(&err.message)),
+            ));
+            return false;
+        }
+        if ev.content {
+            match self.first_ns {
+                None => self.first_ns = Some(ns),
+                Some(_) => rec
+                    .itl
+                    .push(Duration::from_nanos(ns.saturating_sub(self.last_ns))),
+            }
+            self.last_ns = ns;
+            rec.output_events += 1;
+        }
+        if ev.finish_reason.is_some() {
+            rec.finish_reason = ev.finish_reason;
+        }
+        if ev.prompt_tokens.is_some() {
+            rec.prompt_tokens = ev.prompt_tokens;
+        }
+        if ev.completion_tokens.is_some() {
+            rec.output_tokens = ev.completion_tokens;
+        }
+        true
+    }
+}
+
+fn finish_stream(
+    mut rec: RequestRecord,
+    st: &StreamState,
+    outcome: Outcome,
+    error: Option<&str>,
+    e2e: Duration,
+    intended_ns: u64,
+) -> RequestRecord {
+    if let Some(first) = st.first_ns {
+        rec.ttft = Some(Duration::from_nanos(first.saturating_sub(intended_ns)));
+        if let Some(n) = rec.output_tokens
+            && n >= 2
+        {
+            let span = st.last_ns.saturating_sub(first);
+            rec.tpot = Some(Duration::from_nanos(span / u64::from(n - 1)));
+        }
+    }
+    finish(rec, outcome, error, e2e)
+}
+
+fn finish(
+    mut rec: RequestRecord,
+    outcome: Outcome,
+    error: Option<&str>,
+    e2e: Duration,
+) -> RequestRecord {
+    rec.outcome = outcome;
+    rec.error = error.map(event::short);
+    rec.e2e = e2e;
+    rec
+}
+
+/// The error and its sources, without the URL (which could hold credentials).
+fn error_chain(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut s = String::new();
+    let mut cur: Option<&dyn std::error::Error> = e.source();
+    let head = match () {
+        _ if e.is_connect() => "connect error",
+        _ if e.is_timeout() => "timed out",
+        _ if e.is_body() => "error reading the body",
+        _ if e.is_request() => "request error",
+        _ => "HTTP error",
+    };
+    s.push_str(head);
+    let mut depth = 0;
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+        depth += 1;
+        if depth > 4 {
+            break;
+        }
+    }
+    event::short(&s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(endpoint: Endpoint, prompt: Prompt) -> ProbeRequest {
+        ProbeRequest {
+            endpoint,
+            model: "tiny".into(),
+            prompt,
+            max_tokens: 8,
+            ignore_eos: true,
+            temperature: Some(0.0),
+            stream: true,
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn completions_body_with_token_ids() {
+        let r = req(Endpoint::Completions, Prompt::TokenIds(vec![1, 2, 3]));
+        let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(v["prompt"], serde_json::json!([1, 2, 3]));
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["ignore_eos"], true);
+        assert_eq!(v["max_tokens"], 8);
+        assert!(v.get("messages").is_none());
+    }
+
+    #[test]
+    fn chat_body_and_extra_passthrough() {
+        let mut r = req(Endpoint::Chat, Prompt::Text("hi".into()));
+        r.stream = false;
+        r.ignore_eos = false;
+        r.extra.insert("top_k".into(), serde_json::json!(5));
+        let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(v["messages"][0]["content"], "hi");
+        assert_eq!(v["messages"][0]["role"], "user");
+        assert_eq!(v["top_k"], 5);
+        assert!(v.get("stream_options").is_none());
+        assert!(v.get("ignore_eos").is_none());
+        assert!(v.get("prompt").is_none());
+    }
+
+    #[test]
+    fn outcome_from_status() {
+        let ctx = ErrorInfo {
+            message: "This model's maximum context length is 2048 tokens.".into(),
+            param: Some("input_tokens".into()),
+            kind: None,
+        };
+        let other = ErrorInfo {
+            message: "max_tokens must be at least 1".into(),
+            param: Some("max_tokens".into()),
+            kind: None,
+        };
+        assert_eq!(
+            Outcome::from_status(400, Some(&ctx)),
+            Outcome::ContextLength
+        );
+        assert_eq!(
+            Outcome::from_status(400, Some(&other)),
+            Outcome::ClientError
+        );
+        assert_eq!(Outcome::from_status(400, None), Outcome::ClientError);
+        assert_eq!(Outcome::from_status(404, None), Outcome::ClientError);
+        assert_eq!(Outcome::from_status(429, None), Outcome::RateLimited);
+        assert_eq!(Outcome::from_status(503, None), Outcome::Overloaded);
+        assert_eq!(Outcome::from_status(500, None), Outcome::ServerError);
+        assert_eq!(Outcome::from_status(302, None), Outcome::ClientError);
+    }
+
+    #[test]
+    fn labels_are_unique() {
+        let mut s: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        s.sort_unstable();
+        s.dedup();
+        assert_eq!(s.len(), Outcome::ALL.len());
+    }
+}

@@ -1,0 +1,1377 @@
+//! A parser for the Prometheus text exposition format 0.0.4 and OpenMetrics 1.0 text.
+//!
+//! Why our own: no maintained Rust crate parses what real LLM servers emit.
+//! `prometheus-parse` matches names with `\w+`, so every `vllm:`/`sglang:`/`llamacpp:` series
+//! is silently dropped, and it splits labels naively so escaped values break;
+//! `openmetrics-parser` is LGPL-3.0 and all-or-nothing (one untyped line after a typed family
+//! fails the whole body); `prom_text_format_parser` rejects OpenMetrics counters. What we need
+//! is small: one pass over the body, names with colons, `_created` series, a histogram whose
+//! name ends in `_total` (`vllm:iteration_tokens_total`), labels beginning with `_`, escaped
+//! label values, `NaN`/`±Inf`, timestamps, exemplars, `# UNIT`, comments, blank lines and CRLF.
+//!
+//! Design:
+//! * **Zero-copy where possible.** Names, label names and unescaped label values borrow from the
+//!   body; only a label value or HELP text that contains an escape is copied (`Cow::Owned`).
+//!   Samples and labels live in two flat vectors sized from the body's line count before the
+//!   pass, so a parse makes a fixed handful of allocations whatever the number of samples.
+//! * **Grouping into families.** A sample belongs to the family of the last `# TYPE`/`# HELP`
+//!   when its name is that family's name or the name plus a suffix legal for the type
+//!   (histogram `_bucket/_sum/_count`, summary `_sum/_count`, counter `_total`, OpenMetrics
+//!   `_created` and `_info`). Counters come both ways: 0.0.4 style (`# TYPE x_total counter`,
+//!   sample `x_total`) and OpenMetrics style (`# TYPE x counter`, sample `x_total`);
+//!   [`Family::base_name`] gives the name without `_total` in both cases. A sample with no
+//!   declared family starts an untyped one.
+//! * **Errors are per line and per family, never fatal.** A malformed line is counted by
+//!   [`ErrorKind`] and the family it belongs to is marked [`Family::damaged`], so a consumer can
+//!   drop that family whole rather than use half of it. Only body-level problems (not UTF-8,
+//!   HTML, truncated, no samples) make a body unusable; [`Exposition::fatal`] reports those.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// The format a body claims (from the `Content-Type`) or appears to be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Prometheus text 0.0.4 (also what `text/plain; version=1.0.0` from Python clients is).
+    #[default]
+    Prometheus,
+    /// OpenMetrics 1.0 text: requires `# EOF`; timestamps are seconds.
+    OpenMetrics,
+}
+
+impl Format {
+    /// Picks the format from a `Content-Type` header value.
+    pub fn from_content_type(ct: Option<&str>) -> Format {
+        match ct {
+            Some(ct)
+                if ct
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/openmetrics-text") =>
+            {
+                Format::OpenMetrics
+            }
+            _ => Format::Prometheus,
+        }
+    }
+}
+
+/// The declared type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+    GaugeHistogram,
+    Summary,
+    Info,
+    StateSet,
+    /// `untyped` (0.0.4), `unknown` (OpenMetrics), or no `# TYPE` line at all.
+    Unknown,
+}
+
+impl MetricType {
+    fn parse(s: &str) -> Option<MetricType> {
+        Some(match s {
+            "counter" => MetricType::Counter,
+            "gauge" => MetricType::Gauge,
+            "histogram" => MetricType::Histogram,
+            "gaugehistogram" => MetricType::GaugeHistogram,
+            "summary" => MetricType::Summary,
+            "info" => MetricType::Info,
+            "stateset" => MetricType::StateSet,
+            "untyped" | "unknown" => MetricType::Unknown,
+            _ => return None,
+        })
+    }
+
+    /// The keyword of a `# TYPE` line (`untyped` for [`MetricType::Unknown`] in 0.0.4).
+    pub fn as_str(self, format: Format) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+            MetricType::GaugeHistogram => "gaugehistogram",
+            MetricType::Summary => "summary",
+            MetricType::Info => "info",
+            MetricType::StateSet => "stateset",
+            MetricType::Unknown => match format {
+                Format::Prometheus => "untyped",
+                Format::OpenMetrics => "unknown",
+            },
+        }
+    }
+
+    /// Sample-name suffixes legal for this type (besides the bare family name).
+    fn suffixes(self) -> &'static [(&'static str, Suffix)] {
+        match self {
+            MetricType::Counter => &[("_total", Suffix::Total), ("_created", Suffix::Created)],
+            MetricType::Histogram => &[
+                ("_bucket", Suffix::Bucket),
+                ("_sum", Suffix::Sum),
+                ("_count", Suffix::Count),
+                ("_created", Suffix::Created),
+            ],
+            MetricType::GaugeHistogram => &[
+                ("_bucket", Suffix::Bucket),
+                ("_gsum", Suffix::Sum),
+                ("_gcount", Suffix::Count),
+            ],
+            MetricType::Summary => &[
+                ("_sum", Suffix::Sum),
+                ("_count", Suffix::Count),
+                ("_created", Suffix::Created),
+            ],
+            MetricType::Info => &[("_info", Suffix::Info)],
+            MetricType::Gauge | MetricType::StateSet | MetricType::Unknown => &[],
+        }
+    }
+}
+
+/// Which part of its family a sample is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Suffix {
+    /// The sample name equals the family name.
+    None,
+    Total,
+    Created,
+    Bucket,
+    Sum,
+    Count,
+    Info,
+}
+
+/// Why a line or a body was not (fully) understood. Exported as the `kind` label of
+/// `vllm_sentinel_upstream_parse_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// Body-level: the body is not an exposition (HTML, JSON, binary).
+    ContentType,
+    /// Body-level: not valid UTF-8.
+    Encoding,
+    /// Body-level: the last line has no newline, or OpenMetrics without `# EOF`.
+    Truncated,
+    /// Body-level: no sample at all.
+    Empty,
+    /// A line that is neither a comment nor a well-formed sample.
+    Syntax,
+    /// A sample value that is not a number.
+    Value,
+    /// A malformed label set: bad name, bad escape, unterminated value, repeated name.
+    Label,
+    /// A timestamp that is not a number.
+    Timestamp,
+    /// The same series (name and label set) twice.
+    DuplicateSeries,
+    /// A second `# TYPE`, metadata after samples, a family split in two, a sample suffix the
+    /// type does not allow.
+    TypeConflict,
+    /// A malformed `# HELP`/`# TYPE`/`# UNIT` line.
+    Metadata,
+    /// Lines after OpenMetrics `# EOF`.
+    AfterEof,
+    /// A histogram without `+Inf` bucket, with a non-numeric `le`, or with decreasing buckets.
+    Histogram,
+}
+
+impl ErrorKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::ContentType,
+        ErrorKind::Encoding,
+        ErrorKind::Truncated,
+        ErrorKind::Empty,
+        ErrorKind::Syntax,
+        ErrorKind::Value,
+        ErrorKind::Label,
+        ErrorKind::Timestamp,
+        ErrorKind::DuplicateSeries,
+        ErrorKind::TypeConflict,
+        ErrorKind::Metadata,
+        ErrorKind::AfterEof,
+        ErrorKind::Histogram,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::ContentType => "content_type",
+            ErrorKind::Encoding => "encoding",
+            ErrorKind::Truncated => "truncated",
+            ErrorKind::Empty => "empty",
+            ErrorKind::Syntax => "syntax",
+            ErrorKind::Value => "value",
+            ErrorKind::Label => "label",
+            ErrorKind::Timestamp => "timestamp",
+            ErrorKind::DuplicateSeries => "duplicate_series",
+            ErrorKind::TypeConflict => "type_conflict",
+            ErrorKind::Metadata => "metadata",
+            ErrorKind::AfterEof => "after_eof",
+            ErrorKind::Histogram => "histogram",
+        }
+    }
+
+    /// True for problems that make the whole body unusable.
+    pub fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ContentType | ErrorKind::Encoding | ErrorKind::Truncated | ErrorKind::Empty
+        )
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One error, with the 1-based line it was found on (0 for body-level errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseError {
+    pub kind: ErrorKind,
+    pub line: u32,
+}
+
+/// One label. The value is borrowed unless it contained an escape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label<'a> {
+    pub name: &'a str,
+    pub value: Cow<'a, str>,
+}
+
+/// An OpenMetrics exemplar (` # {labels} value [timestamp]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exemplar {
+    /// Range into [`Exposition::labels`].
+    pub labels: (u32, u32),
+    pub value: f64,
+    pub timestamp: Option<f64>,
+}
+
+/// One sample line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample<'a> {
+    pub name: &'a str,
+    pub suffix: Suffix,
+    /// Range into [`Exposition::labels`].
+    pub labels: (u32, u32),
+    pub value: f64,
+    /// As written: milliseconds in 0.0.4, seconds in OpenMetrics.
+    pub timestamp: Option<f64>,
+    pub exemplar: Option<Exemplar>,
+}
+
+/// A metric family: metadata and a contiguous run of samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family<'a> {
+    /// The name as declared (or the sample name for an undeclared family).
+    pub name: &'a str,
+    pub typ: MetricType,
+    pub help: Option<Cow<'a, str>>,
+    pub unit: Option<&'a str>,
+    /// Range into [`Exposition::samples`].
+    pub samples: (u32, u32),
+    /// True when a line of this family was malformed: consumers should drop the family whole.
+    pub damaged: bool,
+    /// True when a `# TYPE` line declared it.
+    pub typed: bool,
+}
+
+impl Family<'_> {
+    /// The name without a counter's `_total` (0.0.4 bodies declare `# TYPE x_total counter`,
+    /// OpenMetrics bodies `# TYPE x counter`; both give `x`). Other types: the name.
+    pub fn base_name(&self) -> &str {
+        if self.typ == MetricType::Counter {
+            self.name.strip_suffix("_total").unwrap_or(self.name)
+        } else {
+            self.name
+        }
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        (self.samples.1 - self.samples.0) as usize
+    }
+
+    /// True when the family has no sample.
+    pub fn is_empty(&self) -> bool {
+        self.samples.0 == self.samples.1
+    }
+}
+
+/// Everything parsed from one body.
+#[derive(Debug, Clone, Default)]
+pub struct Exposition<'a> {
+    pub format: Format,
+    pub families: Vec<Family<'a>>,
+    pub samples: Vec<Sample<'a>>,
+    pub labels: Vec<Label<'a>>,
+    /// The first errors found (at most [`MAX_KEPT_ERRORS`]); [`Exposition::error_counts`] has all.
+    pub errors: Vec<ParseError>,
+    counts: [u32; ErrorKind::ALL.len()],
+    /// True when an OpenMetrics `# EOF` line was seen.
+    pub saw_eof: bool,
+}
+
+/// How many individual errors a parse keeps (all are counted).
+pub const MAX_KEPT_ERRORS: usize = 64;
+
+impl<'a> Exposition<'a> {
+    /// The labels of a sample.
+    pub fn sample_labels(&self, s: &Sample<'a>) -> &[Label<'a>] {
+        &self.labels[s.labels.0 as usize..s.labels.1 as usize]
+    }
+
+    /// The samples of a family.
+    pub fn family_samples(&self, f: &Family<'a>) -> &[Sample<'a>] {
+        &self.samples[f.samples.0 as usize..f.samples.1 as usize]
+    }
+
+    /// The value of label `name` on sample `s`.
+    pub fn label<'s>(&'s self, s: &Sample<'a>, name: &str) -> Option<&'s str> {
+        self.sample_labels(s)
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.value.as_ref())
+    }
+
+    /// Counts of errors by kind (kinds with none are left out).
+    pub fn error_counts(&self) -> impl Iterator<Item = (ErrorKind, u32)> + '_ {
+        ErrorKind::ALL
+            .iter()
+            .map(|k| (*k, self.counts[k.index()]))
+            .filter(|(_, n)| *n > 0)
+    }
+
+    /// Total number of errors.
+    pub fn error_total(&self) -> u32 {
+        self.counts.iter().sum()
+    }
+
+    /// The first body-level error, if the body is unusable.
+    pub fn fatal(&self) -> Option<ErrorKind> {
+        ErrorKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.is_fatal() && self.counts[k.index()] > 0)
+    }
+
+    fn error(&mut self, kind: ErrorKind, line: u32) {
+        self.counts[kind.index()] = self.counts[kind.index()].saturating_add(1);
+        if self.errors.len() < MAX_KEPT_ERRORS {
+            self.errors.push(ParseError { kind, line });
+        }
+    }
+}
+
+/// Parses raw bytes: checks UTF-8 and sniffs non-expositions, then [`parse`].
+pub fn parse_bytes(body: &[u8], format: Format) -> Exposition<'_> {
+    match std::str::from_utf8(body) {
+        Ok(text) => parse(text, format),
+        Err(_) => {
+            let mut e = Exposition {
+                format,
+                ..Default::default()
+            };
+            e.error(ErrorKind::Encoding, 0);
+            e
+        }
+    }
+}
+
+/// Parses a body. Never fails: problems are recorded in [`Exposition::errors`].
+pub fn parse(body: &str, format: Format) -> Exposition<'_> {
+    let lines = memchr::memchr_iter(b'\n', body.as_bytes()).count() + 1;
+    let mut exp = Exposition {
+        format,
+        families: Vec::with_capacity(lines / 4 + 4),
+        samples: Vec::with_capacity(lines),
+        // Most series carry two or three labels.
+        labels: Vec::with_capacity(lines * 3),
+        ..Default::default()
+    };
+    let head = body.trim_start();
+    if head.starts_with('<') || head.starts_with('{') || head.starts_with('[') {
+        // An HTML error page, a JSON error: not an exposition at all.
+        exp.error(ErrorKind::ContentType, 1);
+        return exp;
+    }
+    let mut p = Parser {
+        exp,
+        by_name: HashMap::with_capacity(lines / 4 + 4),
+        series: HashMap::with_capacity_and_hasher(lines, BuildIdentity::default()),
+        current: None,
+        line_no: 0,
+    };
+    p.run(body);
+    let mut exp = p.exp;
+    if exp.samples.is_empty() && exp.fatal().is_none() {
+        exp.error(ErrorKind::Empty, 0);
+    }
+    exp
+}
+
+struct Parser<'a> {
+    exp: Exposition<'a>,
+    /// Family index by declared name.
+    by_name: HashMap<&'a str, u32>,
+    /// Series identity hash -> sample index (for duplicates).
+    series: HashMap<u64, u32, BuildIdentity>,
+    /// The family that samples are currently being added to.
+    current: Option<u32>,
+    line_no: u32,
+}
+
+impl<'a> Parser<'a> {
+    fn run(&mut self, body: &'a str) {
+        let bytes = body.as_bytes();
+        let mut start = 0usize;
+        let mut eof_line = None;
+        while start < bytes.len() {
+            self.line_no += 1;
+            let (end, next) = match memchr::memchr(b'\n', &bytes[start..]) {
+                Some(i) => (start + i, start + i + 1),
+                None => {
+                    // The last line has no newline: the body was cut off.
+                    self.exp.error(ErrorKind::Truncated, self.line_no);
+                    (bytes.len(), bytes.len())
+                }
+            };
+            let mut line = &body[start..end];
+            if let Some(l) = line.strip_suffix('\r') {
+                line = l;
+            }
+            start = next;
+            if eof_line.is_some() {
+                if !line.trim().is_empty() {
+                    self.exp.error(ErrorKind::AfterEof, self.line_no);
+                }
+                continue;
+            }
+            if line.is_empty() {
+                continue;
+            }
+            if line.as_bytes()[0] == b'#' {
+                if line == "# EOF" {
+                    eof_line = Some(self.line_no);
+                    self.exp.saw_eof = true;
+                    continue;
+                }
+                self.comment(line);
+            } else {
+                self.sample_line(line);
+            }
+        }
+        if self.exp.format == Format::OpenMetrics && !self.exp.saw_eof {
+            self.exp.error(ErrorKind::Truncated, self.line_no);
+        }
+        self.close_current();
+    }
+
+    fn close_current(&mut self) {
+        if let Some(fi) = self.current.take() {
+            self.check_family(fi);
+        }
+    }
+
+    /// Checks family-level rules once its samples are all in.
+    fn check_family(&mut self, fi: u32) {
+        let f = &self.exp.families[fi as usize];
+        if f.damaged || !matches!(f.typ, MetricType::Histogram | MetricType::GaugeHistogram) {
+            return;
+        }
+        if !histogram_ok(&self.exp, f) {
+            let line = self.line_no;
+            self.exp.error(ErrorKind::Histogram, line);
+            self.exp.families[fi as usize].damaged = true;
+        }
+    }
+
+    fn new_family(&mut self, name: &'a str, typ: MetricType, typed: bool) -> u32 {
+        self.close_current();
+        let at = self.exp.samples.len() as u32;
+        self.exp.families.push(Family {
+            name,
+            typ,
+            help: None,
+            unit: None,
+            samples: (at, at),
+            damaged: false,
+            typed,
+        });
+        let fi = (self.exp.families.len() - 1) as u32;
+        self.by_name.insert(name, fi);
+        self.current = Some(fi);
+        fi
+    }
+
+    fn damage(&mut self, fi: u32, kind: ErrorKind) {
+        let line = self.line_no;
+        self.exp.error(kind, line);
+        if let Some(f) = self.exp.families.get_mut(fi as usize) {
+            f.damaged = true;
+        }
+    }
+
+    fn comment(&mut self, line: &'a str) {
+        let rest = &line[1..];
+        let rest = rest.trim_start_matches([' ', '\t']);
+        let (kw, rest) = split_word(rest);
+        let kind = match kw {
+            "HELP" => 0,
+            "TYPE" => 1,
+            "UNIT" => 2,
+            _ => return, // an ordinary comment
+        };
+        let rest = rest.trim_start_matches([' ', '\t']);
+        let (name, text) = split_word(rest);
+        if !valid_metric_name(name) {
+            let line_no = self.line_no;
+            self.exp.error(ErrorKind::Metadata, line_no);
+            return;
+        }
+        let text = text.strip_prefix([' ', '\t']).unwrap_or(text);
+        // Find or start the family this metadata is for.
+        let fi = match self.by_name.get(name) {
+            Some(&fi) => {
+                let f = &self.exp.families[fi as usize];
+                let has_samples = !f.is_empty();
+                let already = match kind {
+                    0 => f.help.is_some(),
+                    1 => f.typed,
+                    _ => f.unit.is_some(),
+                };
+                if has_samples || already || self.current != Some(fi) {
+                    self.damage(fi, ErrorKind::TypeConflict);
+                    return;
+                }
+                fi
+            }
+            None => self.new_family(name, MetricType::Unknown, false),
+        };
+        match kind {
+            0 => {
+                self.exp.families[fi as usize].help = Some(unescape_help(text));
+            }
+            1 => {
+                let t = text.trim_end_matches([' ', '\t']);
+                match MetricType::parse(t) {
+                    Some(t) => {
+                        let f = &mut self.exp.families[fi as usize];
+                        f.typ = t;
+                        f.typed = true;
+                    }
+                    None => self.damage(fi, ErrorKind::Metadata),
+                }
+            }
+            _ => {
+                let u = text.trim_end_matches([' ', '\t']);
+                self.exp.families[fi as usize].unit = Some(u);
+            }
+        }
+    }
+
+    /// Which family a sample named `name` belongs to, and its suffix.
+    fn resolve(&mut self, name: &'a str) -> Result<(u32, Suffix), u32> {
+        if let Some(fi) = self.current
+            && let Some(sfx) = match_family(&self.exp.families[fi as usize], name)
+        {
+            return Ok((fi, sfx));
+        }
+        // Not the current family: is it a family seen before (split in two)?
+        let mut earlier = self.by_name.get(name).copied();
+        if earlier.is_none() {
+            for (sfx, _) in ALL_SUFFIXES {
+                if let Some(base) = name.strip_suffix(sfx)
+                    && let Some(&fi) = self.by_name.get(base)
+                    && match_family(&self.exp.families[fi as usize], name).is_some()
+                {
+                    earlier = Some(fi);
+                    break;
+                }
+            }
+        }
+        if let Some(fi) = earlier {
+            return Err(fi);
+        }
+        Ok((
+            self.new_family(name, MetricType::Unknown, false),
+            Suffix::None,
+        ))
+    }
+
+    fn sample_line(&mut self, line: &'a str) {
+        let b = line.as_bytes();
+        let name_end = scan_name(b, 0);
+        if name_end == 0 {
+            let line_no = self.line_no;
+            self.exp.error(ErrorKind::Syntax, line_no);
+            return;
+        }
+        let name = &line[..name_end];
+        let (fi, suffix) = match self.resolve(name) {
+            Ok(x) => x,
+            Err(fi) => {
+                self.damage(fi, ErrorKind::TypeConflict);
+                return;
+            }
+        };
+        let label_start = self.exp.labels.len();
+        let mut i = name_end;
+        if b.get(i) == Some(&b'{') {
+            match parse_labels(line, i + 1, &mut self.exp.labels) {
+                Ok(end) => i = end,
+                Err(kind) => {
+                    self.exp.labels.truncate(label_start);
+                    self.damage(fi, kind);
+                    return;
+                }
+            }
+        }
+        let label_end = self.exp.labels.len();
+        // Value.
+        let ws = skip_ws(b, i);
+        if ws == i {
+            self.exp.labels.truncate(label_start);
+            self.damage(fi, ErrorKind::Syntax);
+            return;
+        }
+        let (vtok, after) = token(line, ws);
+        let Some(value) = parse_value(vtok) else {
+            self.exp.labels.truncate(label_start);
+            self.damage(fi, ErrorKind::Value);
+            return;
+        };
+        let mut i = skip_ws(b, after);
+        let mut timestamp = None;
+        let mut exemplar = None;
+        if i < b.len() && b[i] != b'#' {
+            let (ttok, after) = token(line, i);
+            match parse_value(ttok) {
+                Some(t) if t.is_finite() => timestamp = Some(t),
+                _ => {
+                    self.exp.labels.truncate(label_start);
+                    self.damage(fi, ErrorKind::Timestamp);
+                    return;
+                }
+            }
+            i = skip_ws(b, after);
+        }
+        if i < b.len() {
+            if b[i] == b'#' {
+                match parse_exemplar(line, i + 1, &mut self.exp.labels) {
+                    Ok(ex) => exemplar = Some(ex),
+                    Err(kind) => {
+                        self.exp.labels.truncate(label_start);
+                        self.damage(fi, kind);
+                        return;
+                    }
+                }
+            } else {
+                self.exp.labels.truncate(label_start);
+                self.damage(fi, ErrorKind::Syntax);
+                return;
+            }
+        }
+        // Duplicate label names, duplicate series.
+        let labels = &self.exp.labels[label_start..label_end];
+        for (j, l) in labels.iter().enumerate() {
+            if labels[..j].iter().any(|o| o.name == l.name) {
+                self.exp.labels.truncate(label_start);
+                self.damage(fi, ErrorKind::Label);
+                return;
+            }
+        }
+        let h = series_hash(name, labels);
+        let idx = self.exp.samples.len() as u32;
+        if let Some(&prev) = self.series.get(&h) {
+            let p = &self.exp.samples[prev as usize];
+            let pl = &self.exp.labels[p.labels.0 as usize..p.labels.1 as usize];
+            if p.name == name && same_label_set(pl, labels) {
+                self.exp.labels.truncate(label_start);
+                self.damage(fi, ErrorKind::DuplicateSeries);
+                return;
+            }
+        } else {
+            self.series.insert(h, idx);
+        }
+        self.exp.samples.push(Sample {
+            name,
+            suffix,
+            labels: (label_start as u32, label_end as u32),
+            value,
+            timestamp,
+            exemplar,
+        });
+        self.exp.families[fi as usize].samples.1 = idx + 1;
+    }
+}
+
+/// The series map's keys are already hashes: pass them through.
+#[derive(Default, Clone, Copy)]
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type BuildIdentity = std::hash::BuildHasherDefault<IdentityHasher>;
+
+const ALL_SUFFIXES: [(&str, Suffix); 9] = [
+    ("_total", Suffix::Total),
+    ("_created", Suffix::Created),
+    ("_bucket", Suffix::Bucket),
+    ("_sum", Suffix::Sum),
+    ("_count", Suffix::Count),
+    ("_gsum", Suffix::Sum),
+    ("_gcount", Suffix::Count),
+    ("_info", Suffix::Info),
+    ("", Suffix::None),
+];
+
+fn match_family(f: &Family<'_>, name: &str) -> Option<Suffix> {
+    if name == f.name {
+        return Some(Suffix::None);
+    }
+    let rest = name.strip_prefix(f.name)?;
+    f.typ
+        .suffixes()
+        .iter()
+        .find(|(s, _)| *s == rest)
+        .map(|(_, sfx)| *sfx)
+}
+
+/// Histogram rules: every series has a `+Inf` bucket, `le` values are numbers, counts do not
+/// decrease with `le`.
+fn histogram_ok(exp: &Exposition<'_>, f: &Family<'_>) -> bool {
+    match group_histograms(exp, f) {
+        Ok(series) => series.iter().all(|s| {
+            s.buckets.last().is_some_and(|b| b.0 == f64::INFINITY)
+                && s.buckets.windows(2).all(|w| w[0].1 <= w[1].1)
+        }),
+        Err(BadHistogram) => false,
+    }
+}
+
+/// One labelled series of a histogram family, buckets sorted by `le`, counts cumulative as
+/// exposed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSeries<'e> {
+    /// The labels without `le`.
+    pub labels: Vec<(&'e str, &'e str)>,
+    pub buckets: Vec<(f64, f64)>,
+    pub sum: Option<f64>,
+    pub count: Option<f64>,
+    pub created: Option<f64>,
+}
+
+/// A histogram sample without a usable `le`, or with a suffix histograms do not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadHistogram;
+
+/// Groups a histogram family's samples by label set (without `le`). `Err` when an `le` is
+/// missing or not a number.
+pub fn group_histograms<'e, 'a: 'e>(
+    exp: &'e Exposition<'a>,
+    f: &Family<'a>,
+) -> Result<Vec<HistogramSeries<'e>>, BadHistogram> {
+    let mut out: Vec<HistogramSeries<'e>> = Vec::new();
+    for s in exp.family_samples(f) {
+        let mut le = None;
+        let mut labels: Vec<(&'e str, &'e str)> = Vec::new();
+        for l in exp.sample_labels(s) {
+            if l.name == "le" && s.suffix == Suffix::Bucket {
+                le = Some(parse_value(l.value.as_ref()).ok_or(BadHistogram)?);
+            } else {
+                labels.push((l.name, l.value.as_ref()));
+            }
+        }
+        labels.sort_unstable();
+        let pos = match out.iter().position(|h| h.labels == labels) {
+            Some(p) => p,
+            None => {
+                out.push(HistogramSeries {
+                    labels,
+                    buckets: Vec::new(),
+                    sum: None,
+                    count: None,
+                    created: None,
+                });
+                out.len() - 1
+            }
+        };
+        let h = &mut out[pos];
+        match s.suffix {
+            Suffix::Bucket => {
+                let le = le.ok_or(BadHistogram)?;
+                if le.is_nan() {
+                    return Err(BadHistogram);
+                }
+                h.buckets.push((le, s.value));
+            }
+            Suffix::Sum => h.sum = Some(s.value),
+            Suffix::Count => h.count = Some(s.value),
+            Suffix::Created => h.created = Some(s.value),
+            _ => return Err(BadHistogram),
+        }
+    }
+    for h in &mut out {
+        h.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    Ok(out)
+}
+
+fn split_word(s: &str) -> (&str, &str) {
+    match s.find([' ', '\t']) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    }
+}
+
+#[inline]
+fn is_name_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c == b':'
+}
+
+#[inline]
+fn is_name_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b':'
+}
+
+/// End of a metric name starting at `i` (== `i` when there is none).
+#[inline]
+fn scan_name(b: &[u8], i: usize) -> usize {
+    if i >= b.len() || !is_name_start(b[i]) {
+        return i;
+    }
+    let mut j = i + 1;
+    while j < b.len() && is_name_char(b[j]) {
+        j += 1;
+    }
+    j
+}
+
+/// True for a legal metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
+pub fn valid_metric_name(s: &str) -> bool {
+    !s.is_empty() && scan_name(s.as_bytes(), 0) == s.len()
+}
+
+/// True for a legal label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+pub fn valid_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+#[inline]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+        i += 1;
+    }
+    i
+}
+
+#[inline]
+fn token(line: &str, i: usize) -> (&str, usize) {
+    let b = line.as_bytes();
+    let mut j = i;
+    while j < b.len() && b[j] != b' ' && b[j] != b'\t' {
+        j += 1;
+    }
+    (&line[i..j], j)
+}
+
+/// Parses a sample value, `le`/`quantile` or timestamp: Go `ParseFloat` syntax as far as
+/// expositions use it (`NaN`, `+Inf`, `-Inf`, `Inf`, decimals, exponents).
+pub fn parse_value(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return None;
+    }
+    // Fast path: a plain non-negative integer, optionally with ".0" (the common case).
+    let mut v: u64 = 0;
+    let mut i = 0;
+    while i < b.len() && b[i].is_ascii_digit() && i < 15 {
+        v = v * 10 + u64::from(b[i] - b'0');
+        i += 1;
+    }
+    if i > 0 && (i == b.len() || (&b[i..] == b".0")) {
+        return Some(v as f64);
+    }
+    match b[0] {
+        b'+' | b'-' | b'.' | b'0'..=b'9' | b'N' | b'n' | b'I' | b'i' => {}
+        _ => return None,
+    }
+    // Rust accepts "inf", "infinity", "nan" in any case with an optional sign, as Go does.
+    // It also accepts nothing Go would reject except a leading '+' on NaN, which is harmless.
+    s.parse::<f64>().ok()
+}
+
+/// Parses `name="value",...}` starting after `{`; returns the index after `}`.
+fn parse_labels<'a>(
+    line: &'a str,
+    mut i: usize,
+    out: &mut Vec<Label<'a>>,
+) -> Result<usize, ErrorKind> {
+    let b = line.as_bytes();
+    loop {
+        i = skip_ws(b, i);
+        match b.get(i) {
+            None => return Err(ErrorKind::Label),
+            Some(b'}') => return Ok(i + 1),
+            _ => {}
+        }
+        let ns = i;
+        if !(b[i].is_ascii_alphabetic() || b[i] == b'_') {
+            return Err(ErrorKind::Label);
+        }
+        i += 1;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+            i += 1;
+        }
+        let lname = &line[ns..i];
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b'=') {
+            return Err(ErrorKind::Label);
+        }
+        i = skip_ws(b, i + 1);
+        if b.get(i) != Some(&b'"') {
+            return Err(ErrorKind::Label);
+        }
+        i += 1;
+        let vs = i;
+        // Find the closing quote, noting escapes.
+        let mut escaped = false;
+        loop {
+            match memchr::memchr2(b'"', b'\\', &b[i..]) {
+                None => return Err(ErrorKind::Label),
+                Some(k) => {
+                    i += k;
+                    if b[i] == b'\\' {
+                        escaped = true;
+                        i += 2;
+                        if i > b.len() {
+                            return Err(ErrorKind::Label);
+                        }
+                    } else {
+                        break;
+                    }
+                }
+            }
+        }
+        let raw = &line[vs..i];
+        let value = if escaped {
+            Cow::Owned(unescape_label(raw).ok_or(ErrorKind::Label)?)
+        } else {
+            Cow::Borrowed(raw)
+        };
+        out.push(Label { name: lname, value });
+        i = skip_ws(b, i + 1);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => return Ok(i + 1),
+            _ => return Err(ErrorKind::Label),
+        }
+    }
+}
+
+fn unescape_label(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next()? {
+                '\\' => out.push('\\'),
+                '"' => out.push('"'),
+                'n' => out.push('\n'),
+                _ => return None,
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+fn unescape_help(raw: &str) -> Cow<'_, str> {
+    if !raw.contains('\\') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('\\') => out.push('\\'),
+                Some('n') => out.push('\n'),
+                Some('"') => out.push('"'),
+                Some(o) => {
+                    out.push('\\');
+                    out.push(o);
+                }
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn parse_exemplar<'a>(
+    line: &'a str,
+    i: usize,
+    labels: &mut Vec<Label<'a>>,
+) -> Result<Exemplar, ErrorKind> {
+    let b = line.as_bytes();
+    let mut i = skip_ws(b, i);
+    if b.get(i) != Some(&b'{') {
+        return Err(ErrorKind::Syntax);
+    }
+    let ls = labels.len() as u32;
+    i = parse_labels(line, i + 1, labels)?;
+    let le = labels.len() as u32;
+    let ws = skip_ws(b, i);
+    if ws == i {
+        return Err(ErrorKind::Syntax);
+    }
+    let (vtok, after) = token(line, ws);
+    let value = parse_value(vtok).ok_or(ErrorKind::Value)?;
+    let i = skip_ws(b, after);
+    let mut timestamp = None;
+    if i < b.len() {
+        let (ttok, after) = token(line, i);
+        timestamp = Some(parse_value(ttok).ok_or(ErrorKind::Timestamp)?);
+        if skip_ws(b, after) != b.len() {
+            return Err(ErrorKind::Syntax);
+        }
+    }
+    Ok(Exemplar {
+        labels: (ls, le),
+        value,
+        timestamp,
+    })
+}
+
+/// An order-independent hash of a series identity (FNV-1a per label, summed).
+fn series_hash(name: &str, labels: &[Label<'_>]) -> u64 {
+    fn fnv(mut h: u64, s: &[u8]) -> u64 {
+        for &c in s {
+            h ^= u64::from(c);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+    const SEED: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = fnv(SEED, name.as_bytes());
+    let mut acc = 0u64;
+    for l in labels {
+        let x = fnv(fnv(SEED, l.name.as_bytes()) ^ 0xff, l.value.as_bytes());
+        acc = acc.wrapping_add(x.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    }
+    h ^= acc;
+    h.wrapping_mul(0x0100_0000_01b3)
+}
+
+fn same_label_set(a: &[Label<'_>], b: &[Label<'_>]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|x| b.iter().any(|y| y.name == x.name && y.value == x.value))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering (for round trips, the fuzz harness and tests).
+
+/// Writes a float the way expositions do (`NaN`, `+Inf`, `-Inf`, shortest round-trip digits).
+pub fn write_value(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if v == f64::NEG_INFINITY {
+        out.push_str("-Inf");
+    } else {
+        let _ = write!(out, "{v:?}");
+    }
+}
+
+/// Escapes a label value (`\\`, `\"`, `\n`).
+pub fn escape_label_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn write_labels(out: &mut String, labels: &[Label<'_>]) {
+    if labels.is_empty() {
+        return;
+    }
+    out.push('{');
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(l.name);
+        out.push_str("=\"");
+        escape_label_value(out, &l.value);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+/// Renders an exposition back to text in its own format (damaged families included as they
+/// were kept). Parsing the result gives the same families and samples.
+pub fn render(exp: &Exposition<'_>) -> String {
+    let mut out = String::with_capacity(exp.samples.len() * 64);
+    for f in &exp.families {
+        if let Some(h) = &f.help {
+            out.push_str("# HELP ");
+            out.push_str(f.name);
+            out.push(' ');
+            for c in h.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('\n');
+        }
+        if f.typed {
+            out.push_str("# TYPE ");
+            out.push_str(f.name);
+            out.push(' ');
+            out.push_str(f.typ.as_str(exp.format));
+            out.push('\n');
+        }
+        if let Some(u) = f.unit {
+            out.push_str("# UNIT ");
+            out.push_str(f.name);
+            out.push(' ');
+            out.push_str(u);
+            out.push('\n');
+        }
+        for s in exp.family_samples(f) {
+            out.push_str(s.name);
+            write_labels(&mut out, exp.sample_labels(s));
+            out.push(' ');
+            write_value(&mut out, s.value);
+            if let Some(t) = s.timestamp {
+                out.push(' ');
+                write_value(&mut out, t);
+            }
+            if let Some(ex) = &s.exemplar {
+                out.push_str(" # ");
+                let ls = &exp.labels[ex.labels.0 as usize..ex.labels.1 as usize];
+                out.push('{');
+                for (i, l) in ls.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(l.name);
+                    out.push_str("=\"");
+                    escape_label_value(&mut out, &l.value);
+                    out.push('"');
+                }
+                out.push_str("} ");
+                write_value(&mut out, ex.value);
+                if let Some(t) = ex.timestamp {
+                    out.push(' ');
+                    write_value(&mut out, t);
+                }
+            }
+            out.push('\n');
+        }
+    }
+    if exp.format == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vllm_style_counter_histogram_and_created() {
+        let body = "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n\
+# TYPE vllm:prompt_tokens_total counter\n\
+vllm:prompt_tokens_total{engine=\"0\",model_name=\"tiny\"} 11815.0\n\
+# HELP vllm:prompt_tokens_created Number of prefill tokens processed.\n\
+# TYPE vllm:prompt_tokens_created gauge\n\
+vllm:prompt_tokens_created{engine=\"0\",model_name=\"tiny\"} 1.795851424336865e+09\n\
+# TYPE vllm:iteration_tokens_total histogram\n\
+vllm:iteration_tokens_total_bucket{engine=\"0\",le=\"1.0\",model_name=\"tiny\"} 3.0\n\
+vllm:iteration_tokens_total_bucket{engine=\"0\",le=\"+Inf\",model_name=\"tiny\"} 5.0\n\
+vllm:iteration_tokens_total_count{engine=\"0\",model_name=\"tiny\"} 5.0\n\
+vllm:iteration_tokens_total_sum{engine=\"0\",model_name=\"tiny\"} 13620.0\n";
+        let e = parse(body, Format::Prometheus);
+        assert_eq!(e.error_total(), 0, "{:?}", e.errors);
+        assert_eq!(e.families.len(), 3);
+        assert_eq!(e.families[0].base_name(), "vllm:prompt_tokens");
+        assert_eq!(e.families[0].typ, MetricType::Counter);
+        assert_eq!(e.samples[0].value, 11815.0);
+        assert_eq!(e.families[1].typ, MetricType::Gauge);
+        let h = &e.families[2];
+        assert_eq!(h.typ, MetricType::Histogram);
+        assert_eq!(h.len(), 4);
+        let g = group_histograms(&e, h).unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].buckets, vec![(1.0, 3.0), (f64::INFINITY, 5.0)]);
+        assert_eq!(g[0].sum, Some(13620.0));
+        assert_eq!(g[0].labels, vec![("engine", "0"), ("model_name", "tiny")]);
+    }
+
+    #[test]
+    fn openmetrics_counter_info_exemplar_unit_eof() {
+        let body = "# TYPE foo counter\n# UNIT foo seconds\n# HELP foo A \\\"help\\\".\n\
+foo_total{a=\"x\"} 1.5 # {trace_id=\"abc\"} 0.5 123.25\nfoo_created{a=\"x\"} 1.7e9\n\
+# TYPE bar info\nbar_info{version=\"1\"} 1\n# EOF\n";
+        let e = parse(body, Format::OpenMetrics);
+        assert_eq!(e.error_total(), 0, "{:?}", e.errors);
+        assert!(e.saw_eof);
+        let f = &e.families[0];
+        assert_eq!(
+            (f.name, f.base_name(), f.unit),
+            ("foo", "foo", Some("seconds"))
+        );
+        assert_eq!(f.help.as_deref(), Some("A \"help\"."));
+        let s = e.samples[0];
+        assert_eq!(s.suffix, Suffix::Total);
+        let ex = s.exemplar.unwrap();
+        assert_eq!((ex.value, ex.timestamp), (0.5, Some(123.25)));
+        assert_eq!(e.labels[ex.labels.0 as usize].value, "abc");
+        assert_eq!(e.samples[1].suffix, Suffix::Created);
+        assert_eq!(e.families[1].typ, MetricType::Info);
+        assert_eq!(e.samples[2].suffix, Suffix::Info);
+    }
+
+    #[test]
+    fn escapes_specials_crlf_timestamps_and_underscore_labels() {
+        let body = "a{_x=\"q\\\"\\\\\\n\",b=\"}{,\"} NaN 1700000000000\r\n\r\nb +Inf\nc -Inf\n# just a comment\nd{} 1e-3\t \n";
+        let e = parse(body, Format::Prometheus);
+        assert_eq!(e.error_total(), 0, "{:?}", e.errors);
+        assert_eq!(e.samples.len(), 4);
+        assert!(e.samples[0].value.is_nan());
+        assert_eq!(e.samples[0].timestamp, Some(1.7e12));
+        assert_eq!(e.sample_labels(&e.samples[0])[0].name, "_x");
+        assert_eq!(e.sample_labels(&e.samples[0])[0].value, "q\"\\\n");
+        assert_eq!(e.sample_labels(&e.samples[0])[1].value, "}{,");
+        assert_eq!(e.samples[1].value, f64::INFINITY);
+        assert_eq!(e.samples[2].value, f64::NEG_INFINITY);
+        assert_eq!(e.samples[3].value, 0.001);
+        // Rendering and parsing again gives the same samples.
+        let again = render(&e);
+        let e2 = parse(&again, Format::Prometheus);
+        assert_eq!(e2.samples.len(), 4);
+        assert_eq!(
+            e2.sample_labels(&e2.samples[0]),
+            e.sample_labels(&e.samples[0])
+        );
+    }
+
+    #[test]
+    fn errors_are_counted_and_damage_only_their_family() {
+        let body = "# TYPE g gauge\ng{a=\"1\"} 1\ng{a=\"1\"} 2\nok 1\nbad{a=1} 2\nzz 1 notatime\n\
+v abc\n!!!\n# TYPE ok counter\n";
+        let e = parse(body, Format::Prometheus);
+        let counts: Vec<_> = e.error_counts().collect();
+        assert!(
+            counts.contains(&(ErrorKind::DuplicateSeries, 1)),
+            "{counts:?}"
+        );
+        assert!(counts.contains(&(ErrorKind::Label, 1)), "{counts:?}");
+        assert!(counts.contains(&(ErrorKind::Timestamp, 1)), "{counts:?}");
+        assert!(counts.contains(&(ErrorKind::Value, 1)), "{counts:?}");
+        assert!(counts.contains(&(ErrorKind::Syntax, 1)), "{counts:?}");
+        assert!(counts.contains(&(ErrorKind::TypeConflict, 1)), "{counts:?}");
+        assert!(e.fatal().is_none());
+        let g = e.families.iter().find(|f| f.name == "g").unwrap();
+        assert!(g.damaged);
+        let ok = e.families.iter().find(|f| f.name == "ok").unwrap();
+        assert!(ok.damaged, "TYPE after samples damages the family");
+    }
+
+    #[test]
+    fn body_level_failures() {
+        assert_eq!(
+            parse("<!doctype html><html>oops</html>\n", Format::Prometheus).fatal(),
+            Some(ErrorKind::ContentType)
+        );
+        assert_eq!(
+            parse("a 1\nb 2", Format::Prometheus).fatal(),
+            Some(ErrorKind::Truncated)
+        );
+        assert_eq!(
+            parse("a 1\n", Format::OpenMetrics).fatal(),
+            Some(ErrorKind::Truncated)
+        );
+        assert_eq!(
+            parse("\n# c\n", Format::Prometheus).fatal(),
+            Some(ErrorKind::Empty)
+        );
+        assert_eq!(
+            parse_bytes(b"a 1\n\xff\n", Format::Prometheus).fatal(),
+            Some(ErrorKind::Encoding)
+        );
+        let e = parse("a 1\n# EOF\nb 2\n", Format::OpenMetrics);
+        assert_eq!(
+            e.error_counts().collect::<Vec<_>>(),
+            vec![(ErrorKind::AfterEof, 1)]
+        );
+    }
+
+    #[test]
+    fn histogram_rules() {
+        let no_inf = "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n";
+        let e = parse(no_inf, Format::Prometheus);
+        assert!(e.families[0].damaged);
+        let decreasing = "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n";
+        assert!(parse(decreasing, Format::Prometheus).families[0].damaged);
+        let split = "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nx 1\nh_sum 1\n";
+        let e = parse(split, Format::Prometheus);
+        assert_eq!(
+            e.error_counts().collect::<Vec<_>>(),
+            vec![(ErrorKind::TypeConflict, 1)]
+        );
+    }
+
+    #[test]
+    fn values() {
+        for (s, v) in [
+            ("0", 0.0),
+            ("28.0", 28.0),
+            ("1.5", 1.5),
+            ("-2", -2.0),
+            ("1e3", 1000.0),
+            ("+Inf", f64::INFINITY),
+            ("Inf", f64::INFINITY),
+            ("-inf", f64::NEG_INFINITY),
+            ("1.7958514243365703e+09", 1.7958514243365703e9),
+            ("123456789012345678", 123456789012345678.0),
+        ] {
+            assert_eq!(parse_value(s), Some(v), "{s}");
+        }
+        assert!(parse_value("NaN").unwrap().is_nan());
+        for bad in ["", "abc", "1,5", "0x", "--1", "1.2.3"] {
+            assert_eq!(parse_value(bad), None, "{bad}");
+        }
+    }
+}

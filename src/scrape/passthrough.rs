@@ -1,0 +1,257 @@
+//! Pass-through: every upstream family re-exported under its own name with a `target` label.
+//!
+//! Rules (also in docs/scrape.md):
+//! * Counters whose samples end in `_total` stay counters (prometheus-client appends `_total`
+//!   itself, so the family is registered without it); a counter without `_total` (TGI) is
+//!   re-exported untyped so that its name stays exactly as upstream wrote it.
+//! * Gauges stay gauges; OpenMetrics `info` stays info; histograms keep their buckets;
+//!   summaries, gauge histograms, state sets and untyped families become untyped families, one
+//!   per sample name (`x{quantile=..}`, `x_sum`, `x_count`) so every name is kept.
+//! * `_created` samples and Python's separate `x_created` gauge families are dropped (they are
+//!   start times, not data), as are exemplars and timestamps.
+//! * An upstream label that clashes with ours (`target`) is renamed `exported_target`
+//!   (`exported_exported_target` if that is taken too), as Prometheus does with
+//!   `honor_labels: false`.
+//! * Families whose names we export ourselves (`process_*`, `vllm_sentinel_*`) are dropped:
+//!   two families of one name would make the whole exposition invalid.
+//! * At most `passthrough_max_series` sample lines per target; series past the cap are dropped
+//!   whole (a histogram series is its buckets plus `_sum` and `_count`) and counted.
+
+use std::collections::HashSet;
+
+use super::expfmt::{Exposition, MetricType, Suffix, group_histograms};
+
+/// How a pass-through family is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassType {
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    Unknown,
+}
+
+/// One series' value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PassValue {
+    Scalar(f64),
+    /// Buckets with per-bucket (not cumulative) counts, as prometheus-client wants them.
+    Histogram {
+        buckets: Vec<(f64, u64)>,
+        sum: f64,
+        count: u64,
+    },
+}
+
+/// One series: labels (the `target` label first) and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassSeries {
+    pub labels: Vec<(String, String)>,
+    pub value: PassValue,
+}
+
+/// One re-exported family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassFamily {
+    /// Name given to the encoder (counters without `_total`, info without `_info`).
+    pub name: String,
+    pub help: String,
+    pub typ: PassType,
+    pub series: Vec<PassSeries>,
+}
+
+/// A target's pass-through families and what was dropped.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PassThrough {
+    pub families: Vec<PassFamily>,
+    /// Series dropped by the cap.
+    pub dropped_series: u64,
+}
+
+/// True for names we export ourselves.
+fn ours(name: &str) -> bool {
+    name.starts_with("process_") || name.starts_with("vllm_sentinel_")
+}
+
+/// Renames clashing labels (`target` -> `exported_target`, repeatedly) and puts ours first.
+fn relabel(target: &str, labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(labels.len() + 1);
+    out.push(("target".to_string(), target.to_string()));
+    let taken: HashSet<&str> = labels.iter().map(|(k, _)| *k).collect();
+    for (k, v) in labels {
+        let mut name = (*k).to_string();
+        if name == "target" {
+            name = format!("exported_{name}");
+            while taken.contains(name.as_str()) {
+                name = format!("exported_{name}");
+            }
+        }
+        out.push((name, (*v).to_string()));
+    }
+    out
+}
+
+fn labels_of<'e>(
+    exp: &'e Exposition<'_>,
+    s: &super::expfmt::Sample<'_>,
+) -> Vec<(&'e str, &'e str)> {
+    exp.labels[s.labels.0 as usize..s.labels.1 as usize]
+        .iter()
+        .map(|l| (l.name, l.value.as_ref()))
+        .collect()
+}
+
+/// Builds the pass-through families of one body.
+pub fn build(exp: &Exposition<'_>, target: &str, max_series: usize) -> PassThrough {
+    let mut out = PassThrough::default();
+    let mut budget = max_series;
+    // Names of counter/histogram/summary families, to spot Python's `x_created` gauges.
+    let with_created: HashSet<&str> = exp
+        .families
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.typ,
+                MetricType::Counter | MetricType::Histogram | MetricType::Summary
+            )
+        })
+        .map(|f| f.base_name())
+        .collect();
+    let mut seen_names: HashSet<String> = HashSet::new();
+    for f in &exp.families {
+        if f.damaged || f.is_empty() || ours(f.name) {
+            continue;
+        }
+        if let Some(base) = f.name.strip_suffix("_created")
+            && with_created.contains(base)
+        {
+            continue;
+        }
+        let help = f.help.as_deref().unwrap_or("").to_string();
+        let samples = exp.family_samples(f);
+        let mut fams: Vec<PassFamily> = Vec::new();
+        match f.typ {
+            MetricType::Histogram => {
+                let Ok(series) = group_histograms(exp, f) else {
+                    continue;
+                };
+                let mut pf = PassFamily {
+                    name: f.name.to_string(),
+                    help,
+                    typ: PassType::Histogram,
+                    series: Vec::new(),
+                };
+                for h in series {
+                    let cost = h.buckets.len() + 2;
+                    if cost > budget {
+                        out.dropped_series += 1;
+                        continue;
+                    }
+                    budget -= cost;
+                    let mut prev = 0.0f64;
+                    let buckets = h
+                        .buckets
+                        .iter()
+                        .map(|(le, c)| {
+                            let d = (c - prev).max(0.0).round() as u64;
+                            prev = prev.max(*c);
+                            (*le, d)
+                        })
+                        .collect();
+                    let count = h
+                        .count
+                        .or(h.buckets.last().map(|b| b.1))
+                        .unwrap_or(0.0)
+                        .max(0.0)
+                        .round() as u64;
+                    pf.series.push(PassSeries {
+                        labels: relabel(target, &h.labels),
+                        value: PassValue::Histogram {
+                            buckets,
+                            sum: h.sum.unwrap_or(0.0),
+                            count,
+                        },
+                    });
+                }
+                fams.push(pf);
+            }
+            MetricType::Counter | MetricType::Gauge | MetricType::Info => {
+                let all_total = samples
+                    .iter()
+                    .filter(|s| s.suffix != Suffix::Created)
+                    .all(|s| s.name.ends_with("_total"));
+                let (name, typ) = match f.typ {
+                    MetricType::Counter if all_total => (
+                        samples
+                            .iter()
+                            .find(|s| s.suffix != Suffix::Created)
+                            .map(|s| s.name.strip_suffix("_total").unwrap_or(s.name))
+                            .unwrap_or(f.base_name())
+                            .to_string(),
+                        PassType::Counter,
+                    ),
+                    MetricType::Counter => (f.name.to_string(), PassType::Unknown),
+                    MetricType::Info => (f.name.to_string(), PassType::Info),
+                    _ => (f.name.to_string(), PassType::Gauge),
+                };
+                let mut pf = PassFamily {
+                    name,
+                    help,
+                    typ,
+                    series: Vec::new(),
+                };
+                for s in samples.iter().filter(|s| s.suffix != Suffix::Created) {
+                    if budget == 0 {
+                        out.dropped_series += 1;
+                        continue;
+                    }
+                    budget -= 1;
+                    pf.series.push(PassSeries {
+                        labels: relabel(target, &labels_of(exp, s)),
+                        value: PassValue::Scalar(s.value),
+                    });
+                }
+                fams.push(pf);
+            }
+            _ => {
+                // One untyped family per sample name keeps every name exactly.
+                for s in samples.iter().filter(|s| s.suffix != Suffix::Created) {
+                    if budget == 0 {
+                        out.dropped_series += 1;
+                        continue;
+                    }
+                    budget -= 1;
+                    let series = PassSeries {
+                        labels: relabel(target, &labels_of(exp, s)),
+                        value: PassValue::Scalar(s.value),
+                    };
+                    match fams.iter_mut().find(|p| p.name == s.name) {
+                        Some(p) => p.series.push(series),
+                        None => fams.push(PassFamily {
+                            name: s.name.to_string(),
+                            help: help.clone(),
+                            typ: PassType::Unknown,
+                            series: vec![series],
+                        }),
+                    }
+                }
+            }
+        }
+        for pf in fams {
+            if pf.series.is_empty() {
+                continue;
+            }
+            // Two upstream families that would encode under one name: keep the first.
+            let exported = match pf.typ {
+                PassType::Counter => format!("{}_total", pf.name),
+                _ => pf.name.clone(),
+            };
+            if !seen_names.insert(exported) {
+                out.dropped_series += pf.series.len() as u64;
+                continue;
+            }
+            out.families.push(pf);
+        }
+    }
+    out
+}
