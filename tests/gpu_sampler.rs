@@ -188,6 +188,10 @@ fn unsupported_fields_are_skipped_remembered_and_never_zero() {
     assert_eq!(ctl.reads(uuid, Field::PcieGeneration), opens);
     assert_eq!(ctl.reads(uuid, Field::RemappedRows), opens);
     assert!(ctl.reads(uuid, Field::Memory) >= 3);
+    // Maximum clocks cannot change under a loaded driver: read once per session, still exported.
+    assert_eq!(ctl.reads(uuid, Field::SmClockMax), opens);
+    assert_eq!(ctl.reads(uuid, Field::MemoryClockMax), opens);
+    assert!(t.contains("vllm_sentinel_gpu_sm_clock_max_hertz{"), "{t}");
 }
 
 #[test]
