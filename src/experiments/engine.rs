@@ -119,6 +119,9 @@ pub struct GpuSnapshot {
 pub trait Target: Send + Sync + 'static {
     /// `/v1/models`: the models offered. Fails when the server cannot be reached.
     fn models(&self) -> impl Future<Output = anyhow::Result<Vec<ModelInfo>>> + Send;
+    /// Gets ready to send requests for `model` (e.g. calibrates prompt lengths against the
+    /// server's tokenizer). Returns notes for the report (e.g. "prompt lengths are estimates").
+    fn prepare(&self, model: &ModelInfo) -> impl Future<Output = Vec<String>> + Send;
     /// Sends one request and measures it. Never fails: a failure is a [`Sample`] with its class.
     /// `late_by_s` is how far behind its intended start the request is sent (open-loop load);
     /// it is added to the end-to-end latency so latency counts from the intended start.

@@ -98,6 +98,10 @@ impl Target for FakeServer {
         }])
     }
 
+    async fn prepare(&self, _model: &ModelInfo) -> Vec<String> {
+        Vec::new()
+    }
+
     async fn execute(&self, spec: RequestSpec, late_by_s: f64) -> Sample {
         self.seen.fetch_add(1, Ordering::SeqCst);
         let t0 = Instant::now();

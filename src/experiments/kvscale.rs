@@ -345,6 +345,7 @@ pub async fn measure<T: Target>(
             max_model_len,
         },
     );
+    report.notes.extend(t.prepare(&model).await);
     report.set("lengths", &lengths);
     report.set("max_tokens", args.max_tokens);
     report.set("sample_interval_s", args.sample_interval.as_secs_f64());

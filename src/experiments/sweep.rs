@@ -290,6 +290,7 @@ pub async fn measure<T: Target>(
             max_model_len: model.max_model_len,
         },
     );
+    report.notes.extend(t.prepare(&model).await);
     let rate_mode = matches!(loads.first(), Some(Load::Rate(_)));
     let loads_v: Vec<f64> = loads.iter().map(|l| l.value()).collect();
     report.set("mode", if rate_mode { "rate" } else { "concurrency" });
