@@ -100,9 +100,15 @@ pub struct CacheConfig {
 }
 
 impl CacheConfig {
-    /// Total tokens the KV cache holds.
+    /// Total tokens of the KV cache, as vLLM reports it (`kv_cache_size_tokens`).
     pub fn capacity_tokens(&self) -> u64 {
         self.block_size.saturating_mul(self.num_gpu_blocks)
+    }
+
+    /// Blocks requests can use: vLLM keeps one block aside (its null block), and
+    /// `kv_cache_usage_perc` is used blocks over this number.
+    pub fn usable_blocks(&self) -> u64 {
+        self.num_gpu_blocks.saturating_sub(1)
     }
 }
 
@@ -180,6 +186,7 @@ mod tests {
             num_gpu_blocks: 1024,
         };
         assert_eq!(c.capacity_tokens(), 16_384);
+        assert_eq!(c.usable_blocks(), 1023);
         assert!(Sample::failed("connect", "refused").error_message.is_some());
         assert!(!Sample::failed("connect", "refused").ok());
     }
