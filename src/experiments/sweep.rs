@@ -363,8 +363,9 @@ pub async fn measure<T: Target>(
                     "most requests failed".to_string()
                 } else {
                     format!(
-                        "{} consecutive levels added no throughput while latency climbed",
-                        params.stop_after
+                        "{} consecutive levels turned less than {:.0}% of the added load into throughput while latency climbed",
+                        params.stop_after,
+                        params.min_efficiency * 100.0
                     )
                 }
             ));
