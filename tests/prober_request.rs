@@ -38,7 +38,7 @@ fn short_timeouts() -> Timeouts {
 }
 
 async fn run_script(steps: Vec<Step>, endpoint: Endpoint, t: Timeouts) -> RequestRecord {
-    let fake = start(move |_, _| steps.clone()).await;
+    let fake = start(move |_, _, _| steps.clone()).await;
     let client = build_client(&t, 4).unwrap();
     execute(
         &client,
@@ -53,7 +53,7 @@ async fn run_script(steps: Vec<Step>, endpoint: Endpoint, t: Timeouts) -> Reques
 
 #[tokio::test]
 async fn replays_vllm_completions_stream() {
-    let mut fake = start(|_, _| sse_script(&fixture("sse_completions.raw"))).await;
+    let mut fake = start(|_, _, _| sse_script(&fixture("sse_completions.raw"))).await;
     let t = Timeouts::default();
     let client = build_client(&t, 4).unwrap();
     let r = execute(
@@ -195,7 +195,7 @@ async fn known_gaps_are_measured() {
 }
 
 async fn start_fake(steps: Vec<Step>) -> String {
-    start(move |_, _| steps.clone()).await.url
+    start(move |_, _, _| steps.clone()).await.url
 }
 
 #[tokio::test]
@@ -494,7 +494,7 @@ async fn open_loop_latency_counts_from_the_intended_start() {
 
 #[tokio::test]
 async fn keep_alive_connection_is_reused() {
-    let fake = start(|_, _| sse_script(&fixture("sse_completions.raw"))).await;
+    let fake = start(|_, _, _| sse_script(&fixture("sse_completions.raw"))).await;
     let t = Timeouts::default();
     let client = build_client(&t, 1).unwrap();
     for _ in 0..3 {

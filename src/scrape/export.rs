@@ -145,6 +145,21 @@ impl Board {
             m.insert(view.target.clone(), view);
         }
     }
+    /// Swaps in a target's new view unless its loop was cancelled (checked under the lock, so
+    /// a loop stopped by a reload cannot re-publish after [`Board::remove`]).
+    pub fn publish_unless_cancelled(
+        &self,
+        view: Arc<TargetView>,
+        token: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        if let Ok(mut m) = self.views.write()
+            && !token.is_cancelled()
+        {
+            m.insert(view.target.clone(), view);
+            return true;
+        }
+        false
+    }
     /// Removes a target (it left the configuration).
     pub fn remove(&self, target: &str) {
         if let Ok(mut m) = self.views.write() {

@@ -353,7 +353,9 @@ impl Loops {
                     _ = token.cancelled() => return,
                     v = ts.scrape() => Arc::new(v),
                 };
-                me.board.publish(view.clone());
+                if !me.board.publish_unless_cancelled(view.clone(), &token) {
+                    return;
+                }
                 let up = view.health.up;
                 let err = ts.last_error.clone();
                 me.status.update(&label, |s| {

@@ -541,11 +541,9 @@ impl<'e, 'a> Lookup<'e, 'a> {
 
     fn key_parts(&self, engine: Engine, labels: &[(&str, &str)]) -> (String, String) {
         let get = |n: &str| labels.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
-        let model = match engine {
-            Engine::Trtllm => get("model"),
-            _ => get("model_name"),
-        }
-        .unwrap_or(self.fallback_model);
+        let model = get("model_name")
+            .or_else(|| get("model"))
+            .unwrap_or(self.fallback_model);
         let idx = match engine {
             Engine::Vllm => get("engine"),
             Engine::Sglang => get("dp_rank"),
@@ -772,14 +770,18 @@ fn add_capacity(lk: &Lookup<'_, '_>, engine: Engine, out: &mut ServerSeries) {
             }
         }
         Engine::Trtllm => {
-            let single =
-                |name: &str, filter: Option<(&str, &str)>| -> Option<(f64, Option<String>)> {
-                    let f = lk.family(name)?;
-                    exp.family_samples(f)
-                        .iter()
-                        .find(|s| filter.is_none_or(|(k, v)| exp.label(s, k) == Some(v)))
-                        .map(|s| (s.value, exp.label(s, "model").map(str::to_string)))
-                };
+            let single = |name: &str,
+                          filter: Option<(&str, &str)>|
+             -> Option<(f64, Option<String>)> {
+                let f = lk.family(name)?;
+                exp.family_samples(f)
+                    .iter()
+                    .find(|s| filter.is_none_or(|(k, v)| exp.label(s, k) == Some(v)))
+                    .map(|s| {
+                        let model = exp.label(s, "model_name").or_else(|| exp.label(s, "model"));
+                        (s.value, model.map(str::to_string))
+                    })
+            };
             if let (Some((m, model)), Some((t, _))) = (
                 single("trtllm_kv_cache_max_blocks", None),
                 single("trtllm_kv_cache_tokens_per_block", None),

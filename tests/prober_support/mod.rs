@@ -72,7 +72,7 @@ pub fn fixed(status: u16, content_type: &str, body: &[u8]) -> Vec<Step> {
     vec![Step::Raw(head)]
 }
 
-/// The fake: serves `script(n)` to the n-th request (0-based) on any path.
+/// The fake: serves `script(n, path, body)` to the n-th request (0-based).
 pub struct Fake {
     pub url: String,
     pub requests: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
@@ -81,7 +81,9 @@ pub struct Fake {
     pub conns: Arc<AtomicUsize>,
 }
 
-pub async fn start(script: impl Fn(usize, &str) -> Vec<Step> + Send + Sync + 'static) -> Fake {
+pub async fn start(
+    script: impl Fn(usize, &str, &[u8]) -> Vec<Step> + Send + Sync + 'static,
+) -> Fake {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -113,7 +115,7 @@ pub async fn start(script: impl Fn(usize, &str) -> Vec<Step> + Send + Sync + 'st
 
 async fn serve_conn(
     mut sock: TcpStream,
-    script: Arc<impl Fn(usize, &str) -> Vec<Step> + Send + Sync>,
+    script: Arc<impl Fn(usize, &str, &[u8]) -> Vec<Step> + Send + Sync>,
     tx: mpsc::UnboundedSender<(String, Vec<u8>)>,
     served: Arc<AtomicUsize>,
 ) {
@@ -150,8 +152,8 @@ async fn serve_conn(
         let body = buf[head_end..head_end + len].to_vec();
         buf.drain(..head_end + len);
         let n = served.fetch_add(1, Ordering::SeqCst);
-        let _ = tx.send((format!("{}\n{}", path, head), body));
-        for step in script(n, &path) {
+        let _ = tx.send((format!("{}\n{}", path, head), body.clone()));
+        for step in script(n, &path, &body) {
             let r = match step {
                 Step::Raw(b) => sock.write_all(&b).await,
                 Step::Chunk(b) => {
@@ -194,4 +196,47 @@ pub async fn dead_url() -> String {
     let a = l.local_addr().unwrap();
     drop(l);
     format!("http://{a}")
+}
+
+/// A vLLM-like fake: `/v1/models` and `/tokenize` from the captures, completions streamed
+/// from `sse_completions.raw`, and vLLM's 400 for a prompt over 2048 tokens.
+pub fn vllm_like(_n: usize, path: &str, body: &[u8]) -> Vec<Step> {
+    match path {
+        "/v1/models" => fixed(200, "application/json", &fixture("v1_models.body")),
+        "/tokenize" => fixed(200, "application/json", &fixture("tokenize.json")),
+        _ => {
+            if prompt_len(body) > 2048 {
+                fixed(
+                    400,
+                    "application/json",
+                    &fixture("ctx_prompt_too_long.body"),
+                )
+            } else {
+                sse_script(&fixture("sse_completions.raw"))
+            }
+        }
+    }
+}
+
+/// The prompt length of a completions body (token ids, or words of a text prompt).
+pub fn prompt_len(body: &[u8]) -> usize {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match &v["prompt"] {
+        serde_json::Value::Array(a) => a.len(),
+        serde_json::Value::String(s) => s.split_whitespace().count(),
+        _ => 0,
+    }
+}
+
+/// The value of the series `name{...}` whose labels contain every `labels` fragment, summed
+/// over matching series (0 when none).
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
+        })
+        .filter(|l| labels.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

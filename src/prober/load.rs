@@ -1,0 +1,266 @@
+//! Load generation for one workload: a closed loop of N streams or an open loop of arrivals at
+//! R per second, resizable while running.
+//!
+//! * Closed loop: N worker tasks, each sending its next request when the previous one ends.
+//!   A resize adds workers, or asks the surplus ones to stop after their current request, so
+//!   no measurement is lost and no series is reset.
+//! * Open loop: one scheduler draws arrival times (Poisson or constant gaps) and spawns a task
+//!   per arrival, whose latency counts from the arrival's *intended* time. An arrival that
+//!   finds `max_in_flight` requests in flight is dropped and counted, never queued. A rate
+//!   change re-anchors the schedule at the moment of the change.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::metrics::WorkloadMetrics;
+use super::prompt::{PromptBuilder, SharedPrefix};
+use super::request::{Conn, Endpoint, Outcome, ProbeRequest, Timeouts, execute_with};
+use super::settings::{Arrival, Load, WorkloadConfig};
+
+/// Counters the self-health task reads (shared by every workload of the prober).
+#[derive(Debug, Default)]
+pub struct HealthCounters {
+    /// Open-loop sends.
+    pub sends: AtomicU64,
+    /// Open-loop sends later than the saturation threshold.
+    pub late_sends: AtomicU64,
+    /// Open-loop arrivals dropped at the in-flight cap.
+    pub dropped: AtomicU64,
+    /// Late threshold in ns.
+    pub late_threshold_ns: AtomicU64,
+}
+
+/// What every request of a target shares.
+pub struct TargetShared {
+    pub label: String,
+    pub client: reqwest::Client,
+    pub base_url: String,
+    /// Bearer token; never logged (see the `Debug` impl).
+    pub api_key: Option<String>,
+    pub model: String,
+    pub timeouts: Timeouts,
+    pub max_response_bytes: u64,
+    pub prompts: PromptBuilder,
+    /// Cancelled on shutdown: in-flight requests end as `cancelled`.
+    pub shutdown: CancellationToken,
+    pub health: Arc<HealthCounters>,
+    pub tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for TargetShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetShared")
+            .field("label", &self.label)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("model", &self.model)
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TargetShared {
+    /// The connection settings for [`execute_with`].
+    pub fn conn(&self) -> Conn<'_> {
+        Conn {
+            client: &self.client,
+            base_url: &self.base_url,
+            api_key: self.api_key.as_deref(),
+            timeouts: &self.timeouts,
+            cancel: Some(&self.shutdown),
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+}
+
+/// A workload's settings as the runner uses them.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    pub cfg: WorkloadConfig,
+    pub label: String,
+    pub endpoint: Endpoint,
+    pub max_in_flight: u32,
+    pub error_backoff: Duration,
+    pub shared_prefix: SharedPrefix,
+}
+
+impl WorkloadSpec {
+    /// The next request of this workload.
+    pub fn request(
+        &self,
+        prompts: &PromptBuilder,
+        model: &str,
+        rng: &mut SmallRng,
+    ) -> ProbeRequest {
+        let len = self.cfg.prompt_tokens.sample(rng);
+        ProbeRequest {
+            endpoint: self.endpoint,
+            model: model.to_string(),
+            prompt: prompts.build(rng, self.endpoint, len, &self.shared_prefix),
+            max_tokens: self.cfg.max_tokens,
+            ignore_eos: self.cfg.ignore_eos,
+            temperature: self.cfg.temperature,
+            stream: self.cfg.stream,
+            extra: self.cfg.extra_body.clone(),
+        }
+    }
+}
+
+/// Runs one workload until `stop` (graceful: in-flight requests finish) or the target's
+/// shutdown token (in-flight requests are cancelled) fires. New settings arrive on `spec`.
+pub async fn run_workload(
+    shared: Arc<TargetShared>,
+    metrics: WorkloadMetrics,
+    mut spec: watch::Receiver<Arc<WorkloadSpec>>,
+    stop: CancellationToken,
+) {
+    let mut workers: Vec<CancellationToken> = Vec::new();
+    let mut open: Option<CancellationToken> = None;
+    let in_flight = Arc::new(AtomicU32::new(0));
+    loop {
+        let current = spec.borrow_and_update().clone();
+        match current.cfg.load() {
+            Load::Closed { concurrency } => {
+                if let Some(o) = open.take() {
+                    o.cancel();
+                }
+                let want = concurrency as usize;
+                while workers.len() > want {
+                    if let Some(w) = workers.pop() {
+                        w.cancel();
+                    }
+                }
+                while workers.len() < want {
+                    let w = stop.child_token();
+                    workers.push(w.clone());
+                    let (sh, m, rx) = (shared.clone(), metrics.clone(), spec.clone());
+                    let seed = rand::rng().random();
+                    shared.tracker.spawn(closed_worker(sh, m, rx, w, seed));
+                }
+                metrics.target_concurrency.set(i64::from(concurrency));
+                metrics.target_rate.set(0.0);
+            }
+            Load::Open { rate } => {
+                for w in workers.drain(..) {
+                    w.cancel();
+                }
+                if open.is_none() {
+                    let o = stop.child_token();
+                    open = Some(o.clone());
+                    let (sh, m, rx, inf) = (
+                        shared.clone(),
+                        metrics.clone(),
+                        spec.clone(),
+                        in_flight.clone(),
+                    );
+                    shared.tracker.spawn(open_scheduler(sh, m, rx, o, inf));
+                }
+                metrics.target_concurrency.set(0);
+                metrics.target_rate.set(rate);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = shared.shutdown.cancelled() => break,
+            r = spec.changed() => if r.is_err() { break },
+        }
+    }
+    for w in workers {
+        w.cancel();
+    }
+    if let Some(o) = open {
+        o.cancel();
+    }
+}
+
+async fn closed_worker(
+    shared: Arc<TargetShared>,
+    metrics: WorkloadMetrics,
+    spec: watch::Receiver<Arc<WorkloadSpec>>,
+    stop: CancellationToken,
+    seed: u64,
+) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let conn = shared.conn();
+    while !stop.is_cancelled() && !shared.shutdown.is_cancelled() {
+        let s = spec.borrow().clone();
+        let req = s.request(&shared.prompts, &shared.model, &mut rng);
+        metrics.in_flight.inc();
+        let rec = execute_with(&conn, &req, Instant::now(), &mut ()).await;
+        metrics.in_flight.dec();
+        metrics.record(&rec);
+        if rec.outcome != Outcome::Ok && rec.outcome != Outcome::Cancelled {
+            tokio::select! {
+                _ = tokio::time::sleep(s.error_backoff) => {}
+                _ = stop.cancelled() => {}
+                _ = shared.shutdown.cancelled() => {}
+            }
+        }
+    }
+}
+
+async fn open_scheduler(
+    shared: Arc<TargetShared>,
+    metrics: WorkloadMetrics,
+    mut spec: watch::Receiver<Arc<WorkloadSpec>>,
+    stop: CancellationToken,
+    in_flight: Arc<AtomicU32>,
+) {
+    let mut rng = SmallRng::seed_from_u64(rand::rng().random());
+    let mut next = Instant::now();
+    loop {
+        let s = spec.borrow_and_update().clone();
+        let Load::Open { rate } = s.cfg.load() else {
+            return;
+        };
+        let gap = match s.cfg.arrival {
+            Arrival::Constant => 1.0 / rate,
+            Arrival::Poisson => {
+                let u: f64 = rng.random_range(f64::EPSILON..1.0);
+                -u.ln() / rate
+            }
+        };
+        next += Duration::from_secs_f64(gap.min(86_400.0));
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = shared.shutdown.cancelled() => return,
+            r = spec.changed() => {
+                if r.is_err() { return; }
+                // New settings: re-anchor the schedule now (Poisson gaps are memoryless).
+                next = Instant::now();
+                continue;
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+        }
+        if in_flight.load(Ordering::Relaxed) >= s.max_in_flight {
+            metrics.dropped.inc();
+            shared.health.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let req = s.request(&shared.prompts, &shared.model, &mut rng);
+        let (sh, m, inf, intended) = (shared.clone(), metrics.clone(), in_flight.clone(), next);
+        shared.tracker.spawn(async move {
+            m.in_flight.inc();
+            let rec = execute_with(&sh.conn(), &req, intended, &mut ()).await;
+            m.in_flight.dec();
+            inf.fetch_sub(1, Ordering::Relaxed);
+            m.schedule_lag.observe(rec.schedule_lag.as_secs_f64());
+            sh.health.sends.fetch_add(1, Ordering::Relaxed);
+            if rec.schedule_lag.as_nanos() as u64
+                > sh.health.late_threshold_ns.load(Ordering::Relaxed)
+            {
+                sh.health.late_sends.fetch_add(1, Ordering::Relaxed);
+            }
+            m.record(&rec);
+        });
+    }
+}

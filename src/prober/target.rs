@@ -1,0 +1,339 @@
+//! One target's life: read its key, build its client, discover its model (retrying with
+//! backoff while it is down), calibrate prompts through its tokenizer, then run its workloads
+//! and canary, applying new settings as they arrive.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::discovery;
+use super::load::{HealthCounters, TargetShared, WorkloadSpec, run_workload};
+use super::metrics::{ProbeLabels, ProberMetrics, WorkloadMetrics};
+use super::prompt::{PromptBuilder, SharedPrefix};
+use super::request::{Endpoint, build_client};
+use super::settings::{Load, ProberConfig, effective_workloads};
+use crate::config::TargetConfig;
+use crate::exporter::StatusBoard;
+use crate::exporter::readiness::ReadySlot;
+
+/// The settings a target task runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetRun {
+    pub target: TargetConfig,
+    pub prober: ProberConfig,
+}
+
+impl TargetRun {
+    /// Settings whose change needs a fresh client and a new discovery (the target task is
+    /// restarted; series are not reset). Everything else is applied in place.
+    pub fn restart_key(&self) -> impl PartialEq + use<> {
+        let t = &self.target;
+        let p = &self.prober;
+        (
+            t.url.clone(),
+            t.model.clone(),
+            t.api_key_env.clone(),
+            t.api_key_file.clone(),
+            (p.connect_timeout, p.first_token_timeout, p.request_timeout),
+            p.max_response_bytes,
+        )
+    }
+}
+
+/// Marks the prober ready once every initial target has made its first discovery attempt.
+#[derive(Debug, Clone)]
+pub struct ReadyGroup {
+    pub pending: Arc<AtomicUsize>,
+    pub slot: ReadySlot,
+}
+
+/// One target's share of a [`ReadyGroup`]; [`ReadyOnce::done`] is idempotent.
+#[derive(Debug, Default)]
+pub struct ReadyOnce(pub Option<ReadyGroup>);
+
+impl ReadyOnce {
+    pub fn done(&mut self) {
+        if let Some(g) = self.0.take()
+            && g.pending.fetch_sub(1, Ordering::SeqCst) == 1
+        {
+            g.slot.mark_ready();
+        }
+    }
+}
+
+/// What a target task needs from the prober.
+#[derive(Debug, Clone)]
+pub struct TargetDeps {
+    pub metrics: ProberMetrics,
+    pub health: Arc<HealthCounters>,
+    pub status: StatusBoard,
+    pub tracker: TaskTracker,
+    /// Shutdown: in-flight requests are cancelled.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs a target until `stop` (graceful) or shutdown.
+pub async fn run_target(
+    mut cfg_rx: watch::Receiver<Arc<TargetRun>>,
+    deps: TargetDeps,
+    stop: CancellationToken,
+    mut ready: ReadyOnce,
+) {
+    let run = cfg_rx.borrow_and_update().clone();
+    let t = &run.target;
+    let label = t.label();
+    let base_url = t.url.trim_end_matches('/').to_string();
+    let wait_for_end = |stop: CancellationToken, shutdown: CancellationToken| async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    };
+
+    let api_key = match t.api_key() {
+        Ok(k) => k,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!(target = %label, error = %msg, "cannot read the API key; not probing this target");
+            deps.status.update(&label, |s| s.last_error = Some(msg));
+            ready.done();
+            wait_for_end(stop, deps.shutdown.clone()).await;
+            return;
+        }
+    };
+    let timeouts = run.prober.timeouts();
+    let pool: usize = effective_workloads(t)
+        .iter()
+        .map(|w| match w.load() {
+            Load::Closed { concurrency } => concurrency as usize,
+            Load::Open { .. } => w.max_in_flight.unwrap_or(run.prober.max_in_flight) as usize,
+        })
+        .sum::<usize>()
+        + 2;
+    let client = match build_client(&timeouts, pool) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot build an HTTP client: {e}");
+            tracing::error!(target = %label, error = %msg);
+            deps.status.update(&label, |s| s.last_error = Some(msg));
+            ready.done();
+            wait_for_end(stop, deps.shutdown.clone()).await;
+            return;
+        }
+    };
+
+    // Discovery, retried with backoff while the target is down.
+    let discovery_timeout = timeouts.connect + Duration::from_secs(10);
+    let mut backoff = run.prober.discovery_retry_min;
+    let mut attempts = 0u32;
+    let info = loop {
+        match discovery::discover_model(
+            &client,
+            &base_url,
+            api_key.as_deref(),
+            t.model.as_deref(),
+            discovery_timeout,
+        )
+        .await
+        {
+            Ok(m) => break m,
+            Err(e) => {
+                attempts += 1;
+                let msg = format!("model discovery: {e}");
+                if attempts == 1 || attempts.is_power_of_two() {
+                    tracing::warn!(target = %label, error = %msg, retry_in = ?backoff, "target not ready; retrying");
+                }
+                deps.status.update(&label, |s| s.last_error = Some(msg));
+                ready.done();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                    _ = deps.shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(run.prober.discovery_retry_max);
+            }
+        }
+    };
+    ready.done();
+    tracing::info!(target = %label, model = %info.id, max_model_len = ?info.max_model_len, "target discovered");
+    deps.status.update(&label, |s| {
+        s.model = Some(info.id.clone());
+        s.last_error = None;
+    });
+
+    let wants_chat = effective_workloads(t)
+        .iter()
+        .any(|w| w.endpoint.unwrap_or(t.endpoint) == Endpoint::Chat);
+    let prompts = match PromptBuilder::calibrate(
+        &client,
+        &base_url,
+        api_key.as_deref(),
+        &info.id,
+        wants_chat,
+        discovery_timeout,
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(target = %label, error = %e, "no /tokenize: prompts are text, lengths estimated at one word per token");
+            PromptBuilder::uncalibrated()
+        }
+    };
+
+    if let Some(limit) = info.max_model_len {
+        deps.metrics
+            .canary_max_model_len
+            .get_or_create(&super::metrics::CanaryLabels {
+                target: label.clone(),
+                model: info.id.clone(),
+            })
+            .set(i64::from(limit));
+    }
+
+    let shared = Arc::new(TargetShared {
+        label: label.clone(),
+        client,
+        base_url,
+        api_key,
+        model: info.id.clone(),
+        timeouts,
+        max_response_bytes: run.prober.max_response_bytes,
+        prompts,
+        shutdown: deps.shutdown.clone(),
+        health: deps.health.clone(),
+        tracker: deps.tracker.clone(),
+    });
+
+    let (canary_tx, canary_rx) = watch::channel(t.canary.clone());
+    let canary_stop = stop.child_token();
+    deps.tracker.spawn(super::canary::run(
+        shared.clone(),
+        deps.metrics.clone(),
+        canary_rx,
+        canary_stop.clone(),
+        info.max_model_len,
+    ));
+
+    let mut workloads: HashMap<String, RunningWorkload> = HashMap::new();
+    let mut current = run;
+    loop {
+        reconcile(&shared, &deps, &current, &mut workloads, &stop);
+        canary_tx.send_if_modified(|c| {
+            let changed = *c != current.target.canary;
+            *c = current.target.canary.clone();
+            changed
+        });
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = deps.shutdown.cancelled() => break,
+            r = cfg_rx.changed() => {
+                if r.is_err() { break; }
+                current = cfg_rx.borrow_and_update().clone();
+            }
+        }
+    }
+    canary_stop.cancel();
+    for (_, w) in workloads.drain() {
+        w.stop.cancel();
+    }
+}
+
+struct RunningWorkload {
+    endpoint: Endpoint,
+    tx: watch::Sender<Arc<WorkloadSpec>>,
+    stop: CancellationToken,
+    metrics: WorkloadMetrics,
+}
+
+fn reconcile(
+    shared: &Arc<TargetShared>,
+    deps: &TargetDeps,
+    run: &TargetRun,
+    running: &mut HashMap<String, RunningWorkload>,
+    stop: &CancellationToken,
+) {
+    let t = &run.target;
+    let mut seen = Vec::new();
+    for (i, w) in effective_workloads(t).into_iter().enumerate() {
+        let label = w.label(i);
+        let endpoint = w.endpoint.unwrap_or(t.endpoint);
+        let shared_prefix = if w.shared_prefix_tokens > 0 {
+            shared
+                .prompts
+                .shared_prefix(w.shared_prefix_tokens, seed_of(&label))
+        } else {
+            SharedPrefix::default()
+        };
+        let spec = Arc::new(WorkloadSpec {
+            max_in_flight: w.max_in_flight.unwrap_or(run.prober.max_in_flight),
+            error_backoff: run.prober.error_backoff,
+            label: label.clone(),
+            endpoint,
+            shared_prefix,
+            cfg: w,
+        });
+        seen.push(label.clone());
+        if let Some(r) = running.get(&label) {
+            if r.endpoint == endpoint {
+                r.tx.send_replace(spec);
+                continue;
+            }
+            // A new endpoint means new series: stop the old runner, start a new one.
+            if let Some(old) = running.remove(&label) {
+                retire(old);
+            }
+        }
+        let metrics = deps.metrics.workload(&ProbeLabels {
+            target: shared.label.clone(),
+            model: shared.model.clone(),
+            workload: label.clone(),
+            endpoint: endpoint.as_str().to_string(),
+        });
+        let (tx, rx) = watch::channel(spec);
+        let wstop = stop.child_token();
+        deps.tracker.spawn(run_workload(
+            shared.clone(),
+            metrics.clone(),
+            rx,
+            wstop.clone(),
+        ));
+        running.insert(
+            label,
+            RunningWorkload {
+                endpoint,
+                tx,
+                stop: wstop,
+                metrics,
+            },
+        );
+    }
+    let gone: Vec<String> = running
+        .keys()
+        .filter(|k| !seen.contains(k))
+        .cloned()
+        .collect();
+    for k in gone {
+        if let Some(old) = running.remove(&k) {
+            retire(old);
+        }
+    }
+}
+
+fn retire(w: RunningWorkload) {
+    w.stop.cancel();
+    w.metrics.target_concurrency.set(0);
+    w.metrics.target_rate.set(0.0);
+}
+
+fn seed_of(s: &str) -> u64 {
+    // FNV-1a: a stable seed per workload name, so a shared prefix survives restarts.
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,455 @@
+//! The prober as the daemon runs it: discovery, workloads, canary, failure classes, reload and
+//! shutdown, against raw fakes replaying real vLLM captures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod prober_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use prober_support::{Step, fixed, fixture, metric, sse_head, sse_script, start, vllm_like};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vllm_sentinel::config::{Config, from_toml};
+use vllm_sentinel::daemon::RunContext;
+use vllm_sentinel::exporter::{Readiness, StatusBoard, encode};
+use vllm_sentinel::prober::Prober;
+
+struct Harness {
+    reg: Registry,
+    tx: watch::Sender<Arc<Config>>,
+    ctx: RunContext,
+}
+
+fn config(url: &str, extra: &str) -> Config {
+    let text = format!(
+        "[prober]\ndiscovery_retry_min = \"20ms\"\ndiscovery_retry_max = \"100ms\"\nerror_backoff = \"20ms\"\nsaturation_window = \"1s\"\nfirst_token_timeout = \"2s\"\nrequest_timeout = \"5s\"\n\n[[targets]]\nname = \"t\"\nurl = \"{url}\"\n{extra}"
+    );
+    let cfg = from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    vllm_sentinel::config::validate(&cfg).unwrap();
+    cfg
+}
+
+fn start_prober(cfg: Config) -> Harness {
+    let mut reg = Registry::default();
+    let prober = Prober::new(&cfg, &mut reg).unwrap();
+    let (tx, rx) = watch::channel(Arc::new(cfg));
+    let ctx = RunContext {
+        tracker: TaskTracker::new(),
+        token: CancellationToken::new(),
+        config: rx,
+        readiness: Readiness::default(),
+        status: StatusBoard::default(),
+    };
+    prober.spawn(&ctx);
+    Harness { reg, tx, ctx }
+}
+
+impl Harness {
+    fn text(&self) -> String {
+        encode(&self.reg, None).unwrap().0
+    }
+
+    /// Waits (up to 30 s) until `cond` holds on the exposition; returns it.
+    async fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.text();
+            if cond(&t) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{t}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn shutdown(self) -> String {
+        self.ctx.token.cancel();
+        self.ctx.tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), self.ctx.tracker.wait())
+            .await
+            .expect("prober tasks did not stop");
+        encode(&self.reg, None).unwrap().0
+    }
+}
+
+const REQ: &str = "vllm_sentinel_probe_requests_total";
+
+#[tokio::test]
+async fn probes_canary_readiness_and_status() {
+    let fake = start(vllm_like).await;
+    let h = start_prober(config(
+        &fake.url,
+        "[[targets.workloads]]\nname = \"w\"\nconcurrency = 2\nprompt_tokens = 16\nmax_tokens = 8\n[targets.canary]\ninterval = \"1s\"\n",
+    ));
+    let t = h
+        .wait_for("ok requests and a canary verdict", |t| {
+            metric(t, REQ, &["outcome=\"ok\""]) >= 4.0
+                && metric(t, "vllm_sentinel_canary_limit_honoured", &[]) == 1.0
+        })
+        .await;
+    let l = [
+        "target=\"t\"",
+        "model=\"tiny\"",
+        "workload=\"w\"",
+        "endpoint=\"completions\"",
+    ];
+    assert!(metric(&t, "vllm_sentinel_probe_ttft_seconds_count", &l) >= 4.0);
+    assert!(metric(&t, "vllm_sentinel_probe_itl_seconds_count", &l) >= 24.0);
+    assert!(metric(&t, "vllm_sentinel_probe_tpot_seconds_count", &l) >= 4.0);
+    assert!(metric(&t, "vllm_sentinel_probe_output_tokens_total", &l) >= 32.0);
+    assert!(
+        metric(
+            &t,
+            "vllm_sentinel_probe_finish_reasons_total",
+            &["reason=\"length\""]
+        ) >= 4.0
+    );
+    assert_eq!(
+        metric(&t, "vllm_sentinel_probe_target_concurrency", &l),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &t,
+            "vllm_sentinel_canary_max_model_len_tokens",
+            &["target=\"t\""]
+        ),
+        2048.0
+    );
+    assert_eq!(
+        metric(&t, "vllm_sentinel_canary_max_prompt_served_tokens", &[]),
+        6.0
+    ); // the fixture's usage
+    assert!(
+        metric(
+            &t,
+            "vllm_sentinel_canary_probes_total",
+            &["probe=\"over\"", "result=\"rejected\""]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &t,
+            "vllm_sentinel_canary_probes_total",
+            &["probe=\"inside\"", "result=\"served\""]
+        ) >= 1.0
+    );
+    // Every outcome series exists from the start (zero), so alerts on rate() work.
+    assert!(t.contains("outcome=\"timeout_first_token\""));
+    assert!(h.ctx.readiness.is_ready());
+    let st = h.ctx.status.snapshot();
+    assert_eq!(st[0].1.model.as_deref(), Some("tiny"));
+    // Canary probes do not count as workload requests.
+    assert_eq!(metric(&t, REQ, &["outcome=\"context_length\""]), 0.0);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn target_down_at_start_then_up() {
+    let fails = Arc::new(AtomicUsize::new(0));
+    let f2 = fails.clone();
+    let fake = start(move |n, path, body| {
+        if path == "/v1/models" && f2.fetch_add(1, Ordering::SeqCst) < 3 {
+            return fixed(503, "text/plain", b"starting");
+        }
+        vllm_like(n, path, body)
+    })
+    .await;
+    let h = start_prober(config(&fake.url, "[targets.canary]\nenabled = false\n"));
+    // Ready after the first (failed) discovery attempt; the landing page shows the error.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h.ctx.readiness.is_ready() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.wait_for("probes after recovery", |t| {
+        metric(t, REQ, &["outcome=\"ok\""]) >= 1.0
+    })
+    .await;
+    assert!(fails.load(Ordering::SeqCst) >= 4);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_failure_lands_in_its_class_and_stays_out_of_success_histograms() {
+    let events = prober_support::split_events(&fixture("sse_completions.raw"));
+    let e0 = events[0].clone();
+    let fake = start(move |n, path, body| {
+        if path != "/v1/completions" {
+            return vllm_like(n, path, body);
+        }
+        match n % 8 {
+            0 => sse_script(&fixture("sse_completions.raw")),
+            1 => fixed(500, "text/plain", b"boom"),
+            2 => fixed(429, "text/plain", b"slow down"),
+            3 => fixed(503, "text/plain", b"overloaded"),
+            4 => vec![sse_head(), Step::Chunk(e0.clone()), Step::Close],
+            5 => vec![
+                sse_head(),
+                Step::Chunk(b"data: {nope\n\n".to_vec()),
+                Step::EndChunks,
+            ],
+            6 => vec![
+                sse_head(),
+                Step::Chunk(b"data: {\"error\":{\"message\":\"oom\"}}\n\n".to_vec()),
+                Step::EndChunks,
+            ],
+            _ => fixed(
+                400,
+                "application/json",
+                &fixture("ctx_prompt_too_long.body"),
+            ),
+        }
+    })
+    .await;
+    let h = start_prober(config(
+        &fake.url,
+        "[[targets.workloads]]\nconcurrency = 1\nprompt_tokens = 8\n[targets.canary]\nenabled = false\n",
+    ));
+    let classes = [
+        "ok",
+        "server_error",
+        "rate_limited",
+        "overloaded",
+        "truncated",
+        "malformed",
+        "stream_error",
+        "context_length",
+    ];
+    let t = h
+        .wait_for("every class", |t| {
+            classes
+                .iter()
+                .all(|c| metric(t, REQ, &[&format!("outcome=\"{c}\"")]) >= 1.0)
+        })
+        .await;
+    let ok = metric(&t, REQ, &["outcome=\"ok\""]);
+    // Only successful requests are in the success histograms.
+    assert_eq!(metric(&t, "vllm_sentinel_probe_e2e_seconds_count", &[]), ok);
+    assert_eq!(
+        metric(&t, "vllm_sentinel_probe_ttft_seconds_count", &[]),
+        ok
+    );
+    let failed = metric(&t, "vllm_sentinel_probe_failed_duration_seconds_count", &[]);
+    let all = metric(&t, REQ, &[]);
+    assert_eq!(failed, all - ok);
+    for c in &classes[1..] {
+        assert!(
+            metric(
+                &t,
+                "vllm_sentinel_probe_failed_duration_seconds_count",
+                &[&format!("outcome=\"{c}\"")]
+            ) >= 1.0,
+            "{c}"
+        );
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_changes_concurrency_without_resetting_counters() {
+    let fake = start(vllm_like).await;
+    let cfg = config(
+        &fake.url,
+        "[[targets.workloads]]\nname = \"w\"\nconcurrency = 1\n[targets.canary]\nenabled = false\n",
+    );
+    let h = start_prober(cfg.clone());
+    let t = h
+        .wait_for("some requests", |t| {
+            metric(t, REQ, &["outcome=\"ok\""]) >= 3.0
+        })
+        .await;
+    let before = metric(&t, REQ, &["outcome=\"ok\""]);
+    let mut new = cfg.clone();
+    new.targets[0].workloads[0].concurrency = Some(4);
+    h.tx.send_replace(Arc::new(new));
+    let t = h
+        .wait_for("concurrency 4 and in-flight above 1", |t| {
+            metric(
+                t,
+                "vllm_sentinel_probe_target_concurrency",
+                &["workload=\"w\""],
+            ) == 4.0
+                && fake.conns.load(Ordering::SeqCst) >= 4
+        })
+        .await;
+    assert!(metric(&t, REQ, &["outcome=\"ok\""]) >= before);
+    // Switch to an open loop.
+    let mut open = cfg.clone();
+    open.targets[0].workloads[0].concurrency = None;
+    open.targets[0].workloads[0].rate = Some(50.0);
+    h.tx.send_replace(Arc::new(open));
+    let t = h
+        .wait_for("open loop", |t| {
+            metric(t, "vllm_sentinel_probe_target_rate", &["workload=\"w\""]) == 50.0
+                && metric(
+                    t,
+                    "vllm_sentinel_probe_schedule_lag_seconds_count",
+                    &["workload=\"w\""],
+                ) >= 10.0
+        })
+        .await;
+    assert_eq!(
+        metric(
+            &t,
+            "vllm_sentinel_probe_target_concurrency",
+            &["workload=\"w\""]
+        ),
+        0.0
+    );
+    assert!(metric(&t, REQ, &["outcome=\"ok\""]) >= before);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn open_loop_drops_at_the_cap_and_counts_them() {
+    // Every completion stalls, so in-flight stays at the cap and later arrivals are dropped.
+    let fake = start(|n, path, body| {
+        if path == "/v1/completions" {
+            return vec![sse_head(), Step::Stall];
+        }
+        vllm_like(n, path, body)
+    })
+    .await;
+    let h = start_prober(config(
+        &fake.url,
+        "[[targets.workloads]]\nname = \"o\"\nrate = 200.0\narrival = \"constant\"\nmax_in_flight = 3\n[targets.canary]\nenabled = false\n",
+    ));
+    let t = h
+        .wait_for("dropped arrivals", |t| {
+            metric(
+                t,
+                "vllm_sentinel_probe_dropped_arrivals_total",
+                &["workload=\"o\""],
+            ) >= 10.0
+        })
+        .await;
+    assert_eq!(
+        metric(&t, "vllm_sentinel_probe_in_flight", &["workload=\"o\""]),
+        3.0
+    );
+    h.wait_for("saturated", |t| {
+        metric(t, "vllm_sentinel_prober_saturated", &[]) == 1.0
+    })
+    .await;
+    // Shutdown cancels the stalled requests and counts them.
+    let t = h.shutdown().await;
+    assert_eq!(
+        metric(&t, REQ, &["outcome=\"cancelled\"", "workload=\"o\""]),
+        3.0
+    );
+    assert_eq!(
+        metric(&t, "vllm_sentinel_probe_in_flight", &["workload=\"o\""]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn context_length_rejections_show_in_the_metrics() {
+    let fake = start(vllm_like).await;
+    let h = start_prober(config(
+        &fake.url,
+        "[[targets.workloads]]\nname = \"long\"\nprompt_tokens = 3000\n[targets.canary]\nenabled = false\n",
+    ));
+    h.wait_for("context_length", |t| {
+        metric(t, REQ, &["outcome=\"context_length\"", "workload=\"long\""]) >= 2.0
+    })
+    .await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn runtime_lag_is_measured() {
+    let h = start_prober(Config::default());
+    assert!(h.ctx.readiness.is_ready(), "no targets: ready at once");
+    h.wait_for("ticks", |t| {
+        metric(t, "vllm_sentinel_prober_runtime_lag_seconds_count", &[]) >= 10.0
+    })
+    .await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn daemon_serves_prober_metrics() {
+    let fake = start(vllm_like).await;
+    let mut cfg = config(&fake.url, "[targets.canary]\nenabled = false\n");
+    cfg.gpu.enabled = false;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let daemon = tokio::spawn(vllm_sentinel::daemon::serve_on(
+        listener,
+        cfg,
+        token.clone(),
+        None,
+    ));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&body, REQ, &["outcome=\"ok\""]) >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let page = client
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("tiny"), "{page}");
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(15), daemon)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sequential_keep_alive_and_known_prompt_length() {
+    // The body the fake sees: token ids of the requested length.
+    let lens = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l2 = lens.clone();
+    let fake = start(move |n, path, body| {
+        if path == "/v1/completions" {
+            l2.lock().unwrap().push(prober_support::prompt_len(body));
+        }
+        vllm_like(n, path, body)
+    })
+    .await;
+    let h = start_prober(config(
+        &fake.url,
+        "[[targets.workloads]]\nprompt_tokens = 37\n[targets.canary]\nenabled = false\n",
+    ));
+    h.wait_for("requests", |t| metric(t, REQ, &["outcome=\"ok\""]) >= 3.0)
+        .await;
+    h.shutdown().await;
+    let lens = lens.lock().unwrap();
+    assert!(lens.len() >= 3 && lens.iter().all(|l| *l == 37), "{lens:?}");
+    // Connections are kept alive and reused (hyper may open a second one while the first is
+    // being handed back to its pool).
+    let conns = fake.conns.load(Ordering::SeqCst);
+    assert!(
+        conns <= 2 && conns < fake.served.load(Ordering::SeqCst),
+        "{conns}"
+    );
+}
