@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn cfg(interval_ms: u64, timeout_ms: u64) -> GpuConfig {
     GpuConfig {
         interval: Duration::from_millis(interval_ms),
-        sample_timeout: Duration::from_millis(timeout_ms),
+        sample_timeout: Some(Duration::from_millis(timeout_ms)),
         pcie_throughput: true,
         ..GpuConfig::default()
     }
