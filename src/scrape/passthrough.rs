@@ -14,6 +14,8 @@
 //!   `honor_labels: false`.
 //! * Families whose names we export ourselves (`process_*`, `vllm_sentinel_*`) are dropped:
 //!   two families of one name would make the whole exposition invalid.
+//! * HELP texts lose line breaks and backslashes (prometheus-client's OpenMetrics encoder
+//!   writes HELP verbatim).
 //! * At most `passthrough_max_series` sample lines per target; series past the cap are dropped
 //!   whole (a histogram series is its buckets plus `_sum` and `_count`) and counted.
 
@@ -101,6 +103,19 @@ fn labels_of<'e>(
         .collect()
 }
 
+/// HELP text safe for both encoders: prometheus-client's OpenMetrics encoder writes HELP
+/// verbatim, so an upstream `\n` (unescaped by the parser) or backslash would break the line.
+/// Found by the fuzz harness (tests/data/scrape/regressions/help_with_newline.txt).
+fn clean_help(h: &str) -> String {
+    h.chars()
+        .map(|c| match c {
+            '\n' | '\r' => ' ',
+            '\\' => '/',
+            c => c,
+        })
+        .collect()
+}
+
 /// Builds the pass-through families of one body.
 pub fn build(exp: &Exposition<'_>, target: &str, max_series: usize) -> PassThrough {
     let mut out = PassThrough::default();
@@ -127,7 +142,7 @@ pub fn build(exp: &Exposition<'_>, target: &str, max_series: usize) -> PassThrou
         {
             continue;
         }
-        let help = f.help.as_deref().unwrap_or("").to_string();
+        let help = clean_help(f.help.as_deref().unwrap_or(""));
         let samples = exp.family_samples(f);
         let mut fams: Vec<PassFamily> = Vec::new();
         match f.typ {
