@@ -4,7 +4,9 @@
 //! * Counters whose samples end in `_total` stay counters (prometheus-client appends `_total`
 //!   itself, so the family is registered without it); a counter without `_total` (TGI) is
 //!   re-exported untyped so that its name stays exactly as upstream wrote it.
-//! * Gauges stay gauges; OpenMetrics `info` stays info; histograms keep their buckets;
+//! * Gauges stay gauges; OpenMetrics `info` stays info; histograms keep their buckets; a
+//!   family whose samples carry different names (a counter with both `x` and `x_total`) is
+//!   treated like an untyped one;
 //!   summaries, gauge histograms, state sets and untyped families become untyped families, one
 //!   per sample name (`x{quantile=..}`, `x_sum`, `x_count`) so every name is kept.
 //! * `_created` samples and Python's separate `x_created` gauge families are dropped (they are
@@ -14,6 +16,8 @@
 //!   `honor_labels: false`.
 //! * Families whose names we export ourselves (`process_*`, `vllm_sentinel_*`) are dropped:
 //!   two families of one name would make the whole exposition invalid.
+//! * HELP texts lose line breaks and backslashes (prometheus-client's OpenMetrics encoder
+//!   writes HELP verbatim).
 //! * At most `passthrough_max_series` sample lines per target; series past the cap are dropped
 //!   whole (a histogram series is its buckets plus `_sum` and `_count`) and counted.
 
@@ -91,6 +95,16 @@ fn relabel(target: &str, labels: &[(&str, &str)]) -> Vec<(String, String)> {
     out
 }
 
+/// True when every sample (but `_created`) carries the same name, so the family can be
+/// re-exported as one typed family without merging two names into one.
+fn uniform_names(samples: &[super::expfmt::Sample<'_>]) -> bool {
+    let mut it = samples.iter().filter(|s| s.suffix != Suffix::Created);
+    match it.next() {
+        Some(first) => it.all(|s| s.name == first.name),
+        None => true,
+    }
+}
+
 fn labels_of<'e>(
     exp: &'e Exposition<'_>,
     s: &super::expfmt::Sample<'_>,
@@ -98,6 +112,19 @@ fn labels_of<'e>(
     exp.labels[s.labels.0 as usize..s.labels.1 as usize]
         .iter()
         .map(|l| (l.name, l.value.as_ref()))
+        .collect()
+}
+
+/// HELP text safe for both encoders: prometheus-client's OpenMetrics encoder writes HELP
+/// verbatim, so an upstream `\n` (unescaped by the parser) or backslash would break the line.
+/// Found by the fuzz harness (tests/data/scrape/regressions/help_with_newline.txt).
+fn clean_help(h: &str) -> String {
+    h.chars()
+        .map(|c| match c {
+            '\n' | '\r' => ' ',
+            '\\' => '/',
+            c => c,
+        })
         .collect()
 }
 
@@ -127,7 +154,7 @@ pub fn build(exp: &Exposition<'_>, target: &str, max_series: usize) -> PassThrou
         {
             continue;
         }
-        let help = f.help.as_deref().unwrap_or("").to_string();
+        let help = clean_help(f.help.as_deref().unwrap_or(""));
         let samples = exp.family_samples(f);
         let mut fams: Vec<PassFamily> = Vec::new();
         match f.typ {
@@ -175,7 +202,9 @@ pub fn build(exp: &Exposition<'_>, target: &str, max_series: usize) -> PassThrou
                 }
                 fams.push(pf);
             }
-            MetricType::Counter | MetricType::Gauge | MetricType::Info => {
+            MetricType::Counter | MetricType::Gauge | MetricType::Info
+                if uniform_names(samples) =>
+            {
                 let all_total = samples
                     .iter()
                     .filter(|s| s.suffix != Suffix::Created)
@@ -237,7 +266,17 @@ pub fn build(exp: &Exposition<'_>, target: &str, max_series: usize) -> PassThrou
                 }
             }
         }
-        for pf in fams {
+        for mut pf in fams {
+            // Renaming `target` can make two upstream series one (`{target="x"}` and
+            // `{exported_target="x"}`): keep the first.
+            let mut keys: HashSet<Vec<(String, String)>> = HashSet::new();
+            let before = pf.series.len();
+            pf.series.retain(|s| {
+                let mut k = s.labels.clone();
+                k.sort();
+                keys.insert(k)
+            });
+            out.dropped_series += (before - pf.series.len()) as u64;
             if pf.series.is_empty() {
                 continue;
             }
