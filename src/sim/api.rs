@@ -526,8 +526,10 @@ impl Reply {
             }
         }
         if self.continuous_usage {
+            // chat chunks carry `completion_tokens_details: null`, completions chunks do not
+            // (both as a real 0.32 server sends them)
             out.push(',');
-            self.usage(out, index + 1, true);
+            self.usage(out, index + 1, self.kind == Kind::Chat);
         }
         if finish.is_some() && !self.include_usage {
             let _ = write!(out, ",\"system_fingerprint\":\"{}\"", self.fingerprint);
