@@ -535,6 +535,27 @@ async fn plain_endpoints_look_like_vllm() {
         assert_eq!((status, ct.as_str(), body.as_str()), (200, "", ""), "{p}");
     }
     assert_eq!(sim.get("/version").await.2, "{\"version\":\"0.32.0\"}");
+    // FastAPI's bodies for unknown routes and wrong methods (checked against a live 0.32.0)
+    assert_eq!(
+        sim.get("/nope").await,
+        (
+            404,
+            "application/json".into(),
+            "{\"detail\":\"Not Found\"}".into()
+        )
+    );
+    let r = sim
+        .client
+        .get(sim.url("/v1/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(header(&r, "allow"), "POST");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "{\"detail\":\"Method Not Allowed\"}"
+    );
     assert_eq!(sim.get("/load").await.2, "{\"server_load\":0}");
     let (_, ct, models) = sim.get("/v1/models").await;
     assert_eq!(ct, "application/json");
