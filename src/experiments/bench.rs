@@ -123,6 +123,7 @@ pub async fn measure<T: Target>(
             max_model_len: model.max_model_len,
         },
     );
+    report.notes.extend(t.prepare(&model).await);
     report.set("requests", args.requests);
     report.set("warmup", args.warmup);
     report.set("stream", args.stream);

@@ -100,9 +100,15 @@ pub struct CacheConfig {
 }
 
 impl CacheConfig {
-    /// Total tokens the KV cache holds.
+    /// Total tokens of the KV cache, as vLLM reports it (`kv_cache_size_tokens`).
     pub fn capacity_tokens(&self) -> u64 {
         self.block_size.saturating_mul(self.num_gpu_blocks)
+    }
+
+    /// Blocks requests can use: vLLM keeps one block aside (its null block), and
+    /// `kv_cache_usage_perc` is used blocks over this number.
+    pub fn usable_blocks(&self) -> u64 {
+        self.num_gpu_blocks.saturating_sub(1)
     }
 }
 
@@ -119,6 +125,9 @@ pub struct GpuSnapshot {
 pub trait Target: Send + Sync + 'static {
     /// `/v1/models`: the models offered. Fails when the server cannot be reached.
     fn models(&self) -> impl Future<Output = anyhow::Result<Vec<ModelInfo>>> + Send;
+    /// Gets ready to send requests for `model` (e.g. calibrates prompt lengths against the
+    /// server's tokenizer). Returns notes for the report (e.g. "prompt lengths are estimates").
+    fn prepare(&self, model: &ModelInfo) -> impl Future<Output = Vec<String>> + Send;
     /// Sends one request and measures it. Never fails: a failure is a [`Sample`] with its class.
     /// `late_by_s` is how far behind its intended start the request is sent (open-loop load);
     /// it is added to the end-to-end latency so latency counts from the intended start.
@@ -177,6 +186,7 @@ mod tests {
             num_gpu_blocks: 1024,
         };
         assert_eq!(c.capacity_tokens(), 16_384);
+        assert_eq!(c.usable_blocks(), 1023);
         assert!(Sample::failed("connect", "refused").error_message.is_some());
         assert!(!Sample::failed("connect", "refused").ok());
     }

@@ -1,9 +1,9 @@
 //! An in-process fake server for the experiments' unit tests, on tokio's clock (tests run
 //! with a paused clock, so its service times are exact and cost no wall time).
 //!
-//! It runs at most `max_seqs` requests at once and holds `ceil((prompt + output) / 16)` KV
-//! blocks of a 64-block cache for each; the rest wait. A request takes 10 ms of prefill, then
-//! 5 ms per further token.
+//! It runs at most `max_seqs` requests at once and holds `ceil((prompt + output − 1) / 16)` KV
+//! blocks of a 64-block cache (63 usable, as vLLM keeps a null block) for each; the rest wait.
+//! A request takes 10 ms of prefill, then 5 ms per further token.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -60,7 +60,7 @@ impl FakeServer {
     pub fn new(max_seqs: usize) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max_seqs)),
-            kv: Arc::new(Semaphore::new(NUM_BLOCKS as usize)),
+            kv: Arc::new(Semaphore::new(NUM_BLOCKS as usize - 1)),
             state: Arc::default(),
             seen: Arc::default(),
             fail: Arc::default(),
@@ -98,6 +98,10 @@ impl Target for FakeServer {
         }])
     }
 
+    async fn prepare(&self, _model: &ModelInfo) -> Vec<String> {
+        Vec::new()
+    }
+
     async fn execute(&self, spec: RequestSpec, late_by_s: f64) -> Sample {
         self.seen.fetch_add(1, Ordering::SeqCst);
         let t0 = Instant::now();
@@ -120,7 +124,7 @@ impl Target for FakeServer {
             };
         }
         let out = spec.max_tokens.min(MAX_MODEL_LEN - spec.prompt_tokens);
-        let blocks = u64::from(spec.prompt_tokens + out).div_ceil(BLOCK_SIZE);
+        let blocks = u64::from(spec.prompt_tokens + out - 1).div_ceil(BLOCK_SIZE);
         self.update(|s| s.waiting += 1.0);
         let slot = self.slots.acquire().await;
         let kv = self.kv.acquire_many(blocks as u32).await;
@@ -165,7 +169,7 @@ impl Target for FakeServer {
         }
         let s = self.state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         Ok(ServerSnapshot {
-            kv_usage: Some(s.blocks as f64 / NUM_BLOCKS as f64),
+            kv_usage: Some(s.blocks as f64 / (NUM_BLOCKS - 1) as f64),
             running: Some(s.running),
             waiting: Some(s.waiting),
             preemptions_total: Some(0.0),

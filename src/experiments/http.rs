@@ -1,20 +1,47 @@
-//! The real [`Target`]: a server over HTTP. (Interim: the request engine arrives with the
-//! prober; until then requests fail with a clear message.)
+//! The real [`Target`]: a server over HTTP, measured with the prober's single-request engine
+//! ([`crate::prober::request::execute`]) so that a one-shot number means exactly what the
+//! daemon's number means. Models come from [`crate::prober::discovery`], prompts from the
+//! prober's [`PromptBuilder`] (token-id prompts of exact length where the server has
+//! `/tokenize`, random per request so the prefix cache cannot flatter TTFT), `/metrics` is
+//! parsed by [`crate::scrape::expfmt`], and GPUs are read through [`crate::gpu`]'s NVML source
+//! on a thread of their own (NVML calls may block).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::OnceCell;
 
 use super::common::{self, CommonArgs};
-use super::engine::{ModelInfo, RequestSpec, Sample, ServerSnapshot, Target};
+use super::engine::{GpuSnapshot, ModelInfo, RequestSpec, Sample, ServerSnapshot, Target};
+use crate::config::Endpoint;
+use crate::prober::discovery;
+use crate::prober::prompt::{PromptBuilder, SharedPrefix};
+use crate::prober::request::{self, ProbeRequest, Timeouts};
 
 /// A server over HTTP.
-#[derive(Debug, Clone)]
 pub struct HttpTarget {
     client: reqwest::Client,
     base_url: String,
     api_key: Option<String>,
-    timeout: Duration,
+    endpoint: Endpoint,
+    timeouts: Timeouts,
+    /// The model and its prompt builder, set by [`Target::prepare`].
+    prepared: OnceCell<(String, PromptBuilder)>,
+    rng: Mutex<SmallRng>,
+    gpu: GpuReader,
+}
+
+impl std::fmt::Debug for HttpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTarget")
+            .field("base_url", &self.base_url)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpTarget {
@@ -22,67 +49,243 @@ impl HttpTarget {
     pub fn new(c: &CommonArgs) -> anyhow::Result<Self> {
         let base_url = common::check_target_url(&c.target)?;
         let api_key = common::api_key(c)?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTP client")?;
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            first_token: c.request_timeout,
+            request: c.request_timeout,
+        };
+        let client = request::build_client(&timeouts, 256).context("building the HTTP client")?;
         Ok(Self {
             client,
             base_url,
             api_key,
-            timeout: c.request_timeout,
+            endpoint: c.endpoint,
+            timeouts,
+            prepared: OnceCell::new(),
+            rng: Mutex::new(SmallRng::seed_from_u64(crate::clock::monotonic_ns())),
+            gpu: GpuReader::start(),
         })
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<String> {
-        let mut b = self
-            .client
-            .get(format!("{}{path}", self.base_url))
-            .timeout(self.timeout.min(Duration::from_secs(10)));
-        if let Some(k) = &self.api_key {
-            b = b.bearer_auth(k);
-        }
-        let resp = b.send().await.with_context(|| format!("GET {path}"))?;
-        let status = resp.status();
-        if !status.is_success() {
-            anyhow::bail!("GET {path}: HTTP {}", status.as_u16());
-        }
-        resp.text()
-            .await
-            .with_context(|| format!("GET {path}: reading the body"))
     }
 }
 
 impl Target for HttpTarget {
     async fn models(&self) -> anyhow::Result<Vec<ModelInfo>> {
-        let body = self.get("/v1/models").await?;
-        let v: serde_json::Value = serde_json::from_str(&body).context("/v1/models: not JSON")?;
-        Ok(v["data"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|m| {
-                        Some(ModelInfo {
-                            id: m["id"].as_str()?.to_string(),
-                            max_model_len: m["max_model_len"]
-                                .as_u64()
-                                .map(|n| n.min(u64::from(u32::MAX)) as u32),
-                        })
-                    })
-                    .collect()
+        let ms = discovery::list_models(
+            &self.client,
+            &self.base_url,
+            self.api_key.as_deref(),
+            self.timeouts.connect.max(Duration::from_secs(10)),
+        )
+        .await?;
+        Ok(ms
+            .into_iter()
+            .map(|m| ModelInfo {
+                id: m.id,
+                max_model_len: m.max_model_len,
             })
-            .unwrap_or_default())
+            .collect())
     }
 
-    async fn execute(&self, _spec: RequestSpec, _late_by_s: f64) -> Sample {
-        Sample::failed(
-            "client_error",
-            "the request engine is not available in this build",
+    async fn prepare(&self, model: &ModelInfo) -> Vec<String> {
+        let mut notes = Vec::new();
+        let chat = self.endpoint == Endpoint::Chat;
+        let builder = match PromptBuilder::calibrate(
+            &self.client,
+            &self.base_url,
+            self.api_key.as_deref(),
+            &model.id,
+            chat,
+            Duration::from_secs(10),
         )
+        .await
+        {
+            Ok(b) => {
+                if chat && b.chat_calibration().is_none() {
+                    notes.push("chat prompt lengths are estimates (chat template not calibrated via /tokenize)".into());
+                }
+                b
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "prompt lengths are estimates (one word per token): /tokenize is not usable: {e}"
+                ));
+                PromptBuilder::uncalibrated()
+            }
+        };
+        let _ = self.prepared.set((model.id.clone(), builder));
+        notes
+    }
+
+    async fn execute(&self, spec: RequestSpec, late_by_s: f64) -> Sample {
+        let Some((model, builder)) = self.prepared.get() else {
+            return Sample::failed("client_error", "internal: target used before prepare()");
+        };
+        let prompt = match self.rng.lock() {
+            Ok(mut rng) => builder.build(
+                &mut *rng,
+                self.endpoint,
+                spec.prompt_tokens,
+                &SharedPrefix::default(),
+            ),
+            Err(_) => return Sample::failed("client_error", "internal: poisoned prompt state"),
+        };
+        let req = ProbeRequest {
+            endpoint: self.endpoint,
+            model: model.clone(),
+            prompt,
+            max_tokens: spec.max_tokens,
+            ignore_eos: true,
+            temperature: None,
+            stream: spec.stream,
+            extra: serde_json::Map::new(),
+        };
+        let now = Instant::now();
+        let intended = now
+            .checked_sub(Duration::from_secs_f64(late_by_s.max(0.0)))
+            .unwrap_or(now);
+        let rec = request::execute(
+            &self.client,
+            &self.base_url,
+            self.api_key.as_deref(),
+            &req,
+            &self.timeouts,
+            intended,
+        )
+        .await;
+        let secs = |d: Duration| d.as_secs_f64();
+        Sample {
+            outcome: rec.outcome.as_str().to_string(),
+            status: rec.http_status,
+            error_message: rec.error.clone(),
+            ttfb_s: rec.ttfb.map(secs),
+            // a non-streaming answer arrives whole: it has no first token of its own
+            ttft_s: if spec.stream {
+                rec.ttft.map(secs)
+            } else {
+                None
+            },
+            tpot_s: if spec.stream {
+                rec.tpot.map(secs)
+            } else {
+                None
+            },
+            itl_s: if spec.stream {
+                rec.itl.iter().copied().map(secs).collect()
+            } else {
+                Vec::new()
+            },
+            e2e_s: secs(rec.e2e),
+            prompt_tokens: rec.prompt_tokens,
+            output_tokens: rec.output_tokens,
+            finish_reason: rec.finish_reason.clone(),
+        }
     }
 
     async fn metrics(&self) -> anyhow::Result<ServerSnapshot> {
-        let body = self.get("/metrics").await?;
-        Ok(super::servermetrics::snapshot_from_exposition(&body))
+        let mut b = self
+            .client
+            .get(format!("{}/metrics", self.base_url))
+            .timeout(Duration::from_secs(10));
+        if let Some(k) = &self.api_key {
+            b = b.bearer_auth(k);
+        }
+        let resp = b.send().await.context("GET /metrics")?;
+        let status = resp.status();
+        if !status.is_success() {
+            anyhow::bail!("GET /metrics: HTTP {}", status.as_u16());
+        }
+        let ct = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .text()
+            .await
+            .context("GET /metrics: reading the body")?;
+        super::servermetrics::snapshot_from_body(&body, ct.as_deref())
+    }
+
+    fn gpu(&self) -> Result<GpuSnapshot, String> {
+        self.gpu.latest()
+    }
+}
+
+/// Reads GPU utilisation and memory every 250 ms on its own thread, through the GPU module's
+/// NVML source; the latest reading (or why there is none) is kept for [`Target::gpu`].
+struct GpuReader {
+    latest: Arc<Mutex<Result<GpuSnapshot, String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl GpuReader {
+    fn start() -> Self {
+        let latest = Arc::new(Mutex::new(Err("not available (starting)".to_string())));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (latest.clone(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name("experiments-gpu".into())
+            .spawn(move || gpu_loop(&l, &s));
+        if let Err(e) = spawned
+            && let Ok(mut g) = latest.lock()
+        {
+            *g = Err(format!("not available: {e}"));
+        }
+        Self { latest, stop }
+    }
+
+    fn latest(&self) -> Result<GpuSnapshot, String> {
+        self.latest
+            .lock()
+            .map_err(|_| "not available".to_string())?
+            .clone()
+    }
+}
+
+impl Drop for GpuReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn gpu_loop(latest: &Mutex<Result<GpuSnapshot, String>>, stop: &AtomicBool) {
+    use crate::gpu::source::{Field, GpuSource, Value};
+    let set = |v: Result<GpuSnapshot, String>| {
+        if let Ok(mut g) = latest.lock() {
+            *g = v;
+        }
+    };
+    let mut source = crate::gpu::NvmlSource::new(None);
+    let mut session = match source.open() {
+        Ok(s) => s,
+        Err(e) => {
+            set(Err(format!("not available ({e})")));
+            return;
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let n = session.device_count().unwrap_or(0);
+        let (mut util, mut mem, mut seen) = (0.0, 0.0, 0u32);
+        for i in 0..n {
+            let Ok(mut d) = session.device(i) else {
+                continue;
+            };
+            if let Ok(Value::Utilization { gpu, .. }) = d.read(Field::Utilization) {
+                util += f64::from(gpu) / 100.0;
+                seen += 1;
+            }
+            if let Ok(Value::Memory(m)) = d.read(Field::Memory) {
+                mem += m.used as f64;
+            }
+        }
+        if seen == 0 {
+            set(Err("not available (no GPU answered)".into()));
+        } else {
+            set(Ok(GpuSnapshot {
+                utilization: util / f64::from(seen),
+                memory_used_bytes: mem,
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }

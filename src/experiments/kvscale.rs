@@ -130,11 +130,18 @@ pub fn blocks_for(tokens: u64, block_size: u64) -> u64 {
     }
 }
 
-/// Sequences of `tokens` tokens the cache holds at once: `floor(num_gpu_blocks / blocks)`.
+/// KV blocks a sequence of `tokens` tokens (prompt + output) holds at its end: the last output
+/// token is sampled but never written to the cache, so `ceil((tokens − 1) / block_size)`.
+pub fn blocks_per_sequence(tokens: u64, block_size: u64) -> u64 {
+    blocks_for(tokens.saturating_sub(1).max(1), block_size)
+}
+
+/// Sequences of `tokens` tokens (prompt + output) the cache holds at once:
+/// `floor((num_gpu_blocks − 1) / blocks_per_sequence)` (one block is vLLM's null block).
 pub fn capacity(cache: &CacheConfig, tokens: u64) -> u64 {
-    match blocks_for(tokens, cache.block_size) {
+    match blocks_per_sequence(tokens, cache.block_size) {
         0 => 0,
-        b => cache.num_gpu_blocks / b,
+        b => cache.usable_blocks() / b,
     }
 }
 
@@ -345,6 +352,7 @@ pub async fn measure<T: Target>(
             max_model_len,
         },
     );
+    report.notes.extend(t.prepare(&model).await);
     report.set("lengths", &lengths);
     report.set("max_tokens", args.max_tokens);
     report.set("sample_interval_s", args.sample_interval.as_secs_f64());
@@ -361,6 +369,7 @@ pub async fn measure<T: Target>(
         cache: cache.map(|c| CacheInfo {
             block_size: c.block_size,
             num_gpu_blocks: c.num_gpu_blocks,
+            usable_blocks: c.usable_blocks(),
             capacity_tokens: c.capacity_tokens(),
         }),
         gpu_memory_note: GPU_MEMORY_NOTE.to_string(),
@@ -420,7 +429,7 @@ pub async fn measure<T: Target>(
             kv_blocks_expected: blocks,
             kv_usage_expected: blocks
                 .zip(cache)
-                .map(|(b, c)| b as f64 / c.num_gpu_blocks as f64),
+                .map(|(b, c)| b as f64 / c.usable_blocks().max(1) as f64),
             running_peak: w.running_peak,
             metric_samples: w.samples,
             gpu_memory_used_bytes: w.gpu_mem_peak,
@@ -489,7 +498,7 @@ pub async fn measure<T: Target>(
                 .unwrap_or((ctx / 4).max(1))
                 .clamp(1, ctx.saturating_sub(1).max(1));
             let prompt = ctx.saturating_sub(out).max(1);
-            let bps = cache.map(|c| blocks_for(u64::from(ctx), c.block_size));
+            let bps = cache.map(|c| blocks_per_sequence(u64::from(ctx), c.block_size));
             let cap = cache.map(|c| capacity(&c, u64::from(ctx)));
             let mut row = GridRow {
                 context_tokens: ctx,
@@ -772,10 +781,19 @@ mod tests {
         assert_eq!(blocks_for(257, 128), 3);
         assert_eq!(blocks_for(1, 128), 1);
         assert_eq!(blocks_for(5, 0), 0);
-        assert_eq!(capacity(&c, 256), 64);
-        assert_eq!(capacity(&c, 2048), 8);
-        assert_eq!(capacity(&c, 2049), 7);
-        assert_eq!(capacity(&c, 16_385), 0);
+        assert_eq!(blocks_per_sequence(256, 128), 2);
+        assert_eq!(
+            blocks_per_sequence(257, 128),
+            2,
+            "the last token is not cached"
+        );
+        assert_eq!(blocks_per_sequence(258, 128), 3);
+        assert_eq!(blocks_per_sequence(1, 128), 1);
+        // 127 usable blocks (one null block)
+        assert_eq!(capacity(&c, 256), 63);
+        assert_eq!(capacity(&c, 2048), 7);
+        assert_eq!(capacity(&c, 1024), 15);
+        assert_eq!(capacity(&c, 16_384), 0);
         assert_eq!(grid_concurrencies(Some(8), 64), vec![1, 4, 8, 9, 16]);
         assert_eq!(grid_concurrencies(Some(8), 8), vec![1, 4, 8]);
         assert_eq!(grid_concurrencies(Some(1), 64), vec![1, 2]);
@@ -827,24 +845,24 @@ mod tests {
                 .contains("maximum context length")
         );
         assert_eq!(by(m).kv_usage_delta, Some(0.0));
-        // one 64-token prompt + 8 out = 72 tokens → 5 blocks of 16, out of 64
+        // one 64-token prompt + 8 out = 71 cached tokens → 5 blocks of 16, out of 63 usable
         let r64 = by(64);
-        assert_eq!(r64.kv_usage_peak, Some(5.0 / 64.0));
+        assert_eq!(r64.kv_usage_peak, Some(5.0 / 63.0));
         assert_eq!(r64.kv_blocks_expected, Some(5));
-        assert_eq!(r64.kv_usage_expected, Some(5.0 / 64.0));
+        assert_eq!(r64.kv_usage_expected, Some(5.0 / 63.0));
         assert!(r64.ttft_s.unwrap() > 0.0);
         let b = k.boundary.unwrap();
         assert_eq!(b.max_accepted_prompt_tokens, m - 1);
         assert_eq!(b.min_rejected_prompt_tokens, m);
         assert_eq!(b.consistent_with_max_model_len, Some(true));
-        // grid: 64 blocks of 16; 512 tokens → 32 blocks → 2 sequences
-        let g512 = k.grid.iter().find(|g| g.context_tokens == 512).unwrap();
-        assert_eq!(g512.capacity_computed, Some(2));
-        assert_eq!(g512.max_fitting_observed, Some(2));
+        // grid: 63 usable blocks of 16; 256 tokens → 16 blocks → 3 sequences
+        let g256 = k.grid.iter().find(|g| g.context_tokens == 256).unwrap();
+        assert_eq!(g256.capacity_computed, Some(3));
+        assert_eq!(g256.max_fitting_observed, Some(3));
         let g64 = k.grid.iter().find(|g| g.context_tokens == 64).unwrap();
-        assert_eq!(g64.capacity_computed, Some(16));
-        assert_eq!(g64.max_fitting_observed, Some(16));
-        let over = g64.cells.iter().find(|c| c.concurrency == 17).unwrap();
+        assert_eq!(g64.capacity_computed, Some(15));
+        assert_eq!(g64.max_fitting_observed, Some(15));
+        let over = g64.cells.iter().find(|c| c.concurrency == 16).unwrap();
         assert!(!over.fits);
         assert!(over.waiting_peak.unwrap() >= 1.0);
         assert!(

@@ -315,6 +315,8 @@ pub struct KvScaleSection {
 pub struct CacheInfo {
     pub block_size: u64,
     pub num_gpu_blocks: u64,
+    /// `num_gpu_blocks − 1`: vLLM keeps one null block; KV usage is relative to this.
+    pub usable_blocks: u64,
     /// `block_size × num_gpu_blocks`.
     pub capacity_tokens: u64,
 }
@@ -345,7 +347,7 @@ pub struct LadderRung {
     pub kv_usage_peak: Option<f64>,
     /// `peak - before`: what this one request occupied.
     pub kv_usage_delta: Option<f64>,
-    /// Blocks the request needs at its end: ceil((prompt + output) / block_size).
+    /// Blocks the request holds at its end: ceil((prompt + output − 1) / block_size).
     pub kv_blocks_expected: Option<u64>,
     /// The same as a share of the cache.
     pub kv_usage_expected: Option<f64>,
@@ -383,9 +385,9 @@ pub struct GridRow {
     pub prompt_tokens: u32,
     /// `max_tokens` of each request.
     pub max_tokens: u32,
-    /// ceil(context / block_size).
+    /// ceil((context − 1) / block_size): the last output token is never cached.
     pub blocks_per_sequence: Option<u64>,
-    /// floor(num_gpu_blocks / blocks_per_sequence): sequences the cache holds at once.
+    /// floor(usable_blocks / blocks_per_sequence): sequences the cache holds at once.
     pub capacity_computed: Option<u64>,
     /// Largest tested concurrency at which every sequence ran at once without preemption.
     pub max_fitting_observed: Option<u32>,

@@ -1,78 +1,38 @@
 //! Reads the few vLLM gauges the experiments watch from a `/metrics` body: KV-cache usage,
 //! running and waiting requests, preemptions and the KV-cache geometry.
 //!
-//! Everything goes through [`snapshot_from_exposition`], the one place that knows metric names.
+//! Parsing is the scrape module's ([`crate::scrape::expfmt`]); this is the one place that knows
+//! which vLLM families the experiments read.
 //! Families are summed over engines (data-parallel ranks) except KV usage, which is averaged.
 //! Older vLLM names (`vllm:gpu_cache_usage_perc`) are accepted as a fallback.
 
 use super::engine::{CacheConfig, ServerSnapshot};
+use crate::scrape::expfmt::{self, Format, Suffix};
 
-/// One sample line of an exposition: name, labels and value.
-#[derive(Debug, Clone, PartialEq)]
-struct Line<'a> {
-    name: &'a str,
-    labels: Vec<(&'a str, String)>,
-    value: f64,
+/// Parses a `/metrics` body (Prometheus text or OpenMetrics, by its `Content-Type`) with the
+/// scrape module's parser and extracts the watched gauges. Fails when the body is not an
+/// exposition at all (an HTML or JSON error page).
+pub fn snapshot_from_body(
+    body: &str,
+    content_type: Option<&str>,
+) -> anyhow::Result<ServerSnapshot> {
+    let exp = expfmt::parse(body, Format::from_content_type(content_type));
+    if let Some(kind) = exp.fatal() {
+        anyhow::bail!(
+            "/metrics is not a Prometheus exposition ({})",
+            kind.as_str()
+        );
+    }
+    Ok(snapshot(&exp))
 }
 
-/// Parses one sample line; `None` for comments, blanks and lines it cannot read.
-fn parse_line(line: &str) -> Option<Line<'_>> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let name_end = line.find(['{', ' ', '\t'])?;
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if rest.starts_with('{') {
-        rest = &rest[1..];
-        loop {
-            rest = rest.trim_start_matches([' ', ',']);
-            if let Some(r) = rest.strip_prefix('}') {
-                rest = r;
-                break;
-            }
-            let eq = rest.find('=')?;
-            let key = rest[..eq].trim();
-            let after = rest[eq + 1..].trim_start().strip_prefix('"')?;
-            let mut val = String::new();
-            let mut chars = after.char_indices();
-            let mut end = None;
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => match chars.next() {
-                        Some((_, 'n')) => val.push('\n'),
-                        Some((_, other)) => val.push(other),
-                        None => return None,
-                    },
-                    '"' => {
-                        end = Some(i);
-                        break;
-                    }
-                    c => val.push(c),
-                }
-            }
-            let end = end?;
-            labels.push((key, val));
-            rest = &after[end + 1..];
-        }
-    }
-    let value_text = rest.split_whitespace().next()?;
-    let value = match value_text {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    Some(Line {
-        name,
-        labels,
-        value,
-    })
-}
-
-/// Extracts the watched gauges from a Prometheus or OpenMetrics text body.
+/// Extracts the watched gauges from a Prometheus or OpenMetrics text body (lenient: an
+/// unreadable body gives an empty snapshot).
 pub fn snapshot_from_exposition(body: &str) -> ServerSnapshot {
+    snapshot(&expfmt::parse(body, Format::Prometheus))
+}
+
+fn snapshot(exp: &expfmt::Exposition<'_>) -> ServerSnapshot {
     let mut kv_new: Vec<f64> = Vec::new();
     let mut kv_old: Vec<f64> = Vec::new();
     let mut running: Option<f64> = None;
@@ -80,31 +40,33 @@ pub fn snapshot_from_exposition(body: &str) -> ServerSnapshot {
     let mut preempt: Option<f64> = None;
     let mut cache = None;
     let add = |slot: &mut Option<f64>, v: f64| *slot = Some(slot.unwrap_or(0.0) + v);
-    for l in body.lines().filter_map(parse_line) {
-        match l.name {
-            "vllm:kv_cache_usage_perc" => kv_new.push(l.value),
-            "vllm:gpu_cache_usage_perc" => kv_old.push(l.value),
-            "vllm:num_requests_running" => add(&mut running, l.value),
-            "vllm:num_requests_waiting" => add(&mut waiting, l.value),
-            "vllm:num_preemptions_total" | "vllm:num_preemptions" => add(&mut preempt, l.value),
-            "vllm:cache_config_info" if cache.is_none() => {
-                let get = |k: &str| {
-                    l.labels
-                        .iter()
-                        .find(|(n, _)| *n == k)
-                        .and_then(|(_, v)| v.parse::<u64>().ok())
-                };
-                if let (Some(b), Some(n)) = (get("block_size"), get("num_gpu_blocks"))
-                    && b > 0
-                    && n > 0
-                {
-                    cache = Some(CacheConfig {
-                        block_size: b,
-                        num_gpu_blocks: n,
-                    });
-                }
+    for f in exp.families.iter().filter(|f| !f.damaged) {
+        let name = f.base_name();
+        let name = name.strip_suffix("_total").unwrap_or(name);
+        for s in exp.family_samples(f) {
+            if matches!(s.suffix, Suffix::Created) || !s.value.is_finite() {
+                continue;
             }
-            _ => {}
+            match name {
+                "vllm:kv_cache_usage_perc" => kv_new.push(s.value),
+                "vllm:gpu_cache_usage_perc" => kv_old.push(s.value),
+                "vllm:num_requests_running" => add(&mut running, s.value),
+                "vllm:num_requests_waiting" => add(&mut waiting, s.value),
+                "vllm:num_preemptions" => add(&mut preempt, s.value),
+                "vllm:cache_config_info" if cache.is_none() => {
+                    let get = |k: &str| exp.label(s, k).and_then(|v| v.parse::<u64>().ok());
+                    if let (Some(b), Some(n)) = (get("block_size"), get("num_gpu_blocks"))
+                        && b > 0
+                        && n > 0
+                    {
+                        cache = Some(CacheConfig {
+                            block_size: b,
+                            num_gpu_blocks: n,
+                        });
+                    }
+                }
+                _ => {}
+            }
         }
     }
     let kv = if kv_new.is_empty() { kv_old } else { kv_new };
@@ -122,18 +84,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_lines_with_labels_and_escapes() {
-        let l = parse_line(r#"x{a="1",b="q\"z, y"} 2.5 1700000000"#).unwrap();
-        assert_eq!(l.name, "x");
-        assert_eq!(
-            l.labels,
-            vec![("a", "1".to_string()), ("b", "q\"z, y".to_string())]
-        );
-        assert_eq!(l.value, 2.5);
-        assert_eq!(parse_line("y 3").unwrap().value, 3.0);
-        assert!(parse_line("# HELP y").is_none());
-        assert!(parse_line("broken{a=\"1\" 3").is_none());
-        assert!(parse_line("z{a=\"1\"} notanumber").is_none());
+    fn an_html_page_is_not_metrics() {
+        let e = snapshot_from_body("<html>404</html>", Some("text/html")).unwrap_err();
+        assert!(e.to_string().contains("not a Prometheus exposition"), "{e}");
+        let ok = snapshot_from_body("vllm:num_requests_waiting 2\n", Some("text/plain")).unwrap();
+        assert_eq!(ok.waiting, Some(2.0));
     }
 
     #[test]

@@ -290,6 +290,7 @@ pub async fn measure<T: Target>(
             max_model_len: model.max_model_len,
         },
     );
+    report.notes.extend(t.prepare(&model).await);
     let rate_mode = matches!(loads.first(), Some(Load::Rate(_)));
     let loads_v: Vec<f64> = loads.iter().map(|l| l.value()).collect();
     report.set("mode", if rate_mode { "rate" } else { "concurrency" });
@@ -362,8 +363,9 @@ pub async fn measure<T: Target>(
                     "most requests failed".to_string()
                 } else {
                     format!(
-                        "{} consecutive levels added no throughput while latency climbed",
-                        params.stop_after
+                        "{} consecutive levels turned less than {:.0}% of the added load into throughput while latency climbed",
+                        params.stop_after,
+                        params.min_efficiency * 100.0
                     )
                 }
             ));

@@ -6,14 +6,15 @@ use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
 use super::report::{BenchSection, KvScaleSection, SweepSection};
 use super::stats::Summary;
 
-fn new_table(header: Vec<String>) -> Table {
+fn new_table(header: Vec<String>, text_last: bool) -> Table {
     let mut t = Table::new();
     t.load_style(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header);
-    // numbers right-aligned; the first (the level) and the last (marks, reasons) left
+    // numbers right-aligned; the first column (the level) and a text last column left
     let n = t.column_count();
-    for i in 1..n.saturating_sub(1) {
+    let last = if text_last { n.saturating_sub(1) } else { n };
+    for i in 1..last {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }
@@ -70,6 +71,7 @@ pub fn bench(b: &BenchSection) -> String {
             ["metric", "n", "mean", "p50", "p90", "p99", "min", "max"]
                 .map(String::from)
                 .to_vec(),
+            false,
         );
         let l = &m.latency;
         t.add_row(summary_row("TTFB (ms)", &l.ttfb_s, ms));
@@ -130,6 +132,7 @@ pub fn sweep(s: &SweepSection) -> String {
         ]
         .map(String::from)
         .to_vec(),
+        true,
     );
     let knee = s.knee.as_ref().map(|k| k.level_index);
     let best = s.slo.as_ref().and_then(|g| g.best_level);
@@ -200,6 +203,7 @@ pub fn kv_scale(k: &KvScaleSection) -> String {
         ]
         .map(String::from)
         .to_vec(),
+        true,
     );
     for r in &k.ladder {
         t.add_row(vec![
@@ -242,6 +246,7 @@ pub fn kv_scale(k: &KvScaleSection) -> String {
             ]
             .map(String::from)
             .to_vec(),
+            true,
         );
         for row in &k.grid {
             g.add_row(vec![

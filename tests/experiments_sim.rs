@@ -1,0 +1,440 @@
+//! `bench`, `sweep` and `kv-scale` end to end against the built-in simulator on 127.0.0.1:0:
+//! the knee where the simulator's `max_num_seqs` puts it, the exact `max_model_len` boundary, a
+//! KV capacity equal to the simulator's, errors, and an interrupted run's partial report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use vllm_sentinel::cli::{Cli, Command};
+use vllm_sentinel::experiments::{bench, kvscale, sweep};
+use vllm_sentinel::sim::{self, SimConfig};
+
+struct Sim {
+    url: String,
+    token: CancellationToken,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+async fn start(cfg: SimConfig) -> Sim {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let token = CancellationToken::new();
+    tokio::spawn(sim::serve(listener, cfg, token.clone()));
+    Sim { url, token }
+}
+
+/// Every step takes `step` whatever the batch: throughput grows with running sequences up to
+/// `max_num_seqs`, then stays flat.
+fn flat_step_sim(max_num_seqs: u32, step: Duration) -> SimConfig {
+    let mut c = SimConfig::default();
+    c.engine.max_num_seqs = max_num_seqs;
+    c.engine.step_base = step;
+    c.engine.prefill_per_token = Duration::ZERO;
+    c.engine.decode_per_seq = Duration::ZERO;
+    c.eos_probability = 0.0;
+    c
+}
+
+fn cli(args: &[&str]) -> Command {
+    let mut v = vec!["vllm-sentinel"];
+    v.extend_from_slice(args);
+    Cli::try_parse_from(v).unwrap().command
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_finds_the_knee_at_max_num_seqs() {
+    let s = start(flat_step_sim(4, Duration::from_millis(10))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let Command::Sweep(a) = cli(&[
+        "sweep",
+        "--target",
+        &s.url,
+        "--concurrency",
+        "1,2,4,8,16,32",
+        "--duration",
+        "1200ms",
+        "--warmup",
+        "300ms",
+        "--prompt-tokens",
+        "16",
+        "--max-tokens",
+        "6",
+        "--metrics-interval",
+        "100ms",
+        "--out-dir",
+        out,
+        "--no-progress",
+    ]) else {
+        unreachable!()
+    };
+    let code = sweep::run_cli(a, CancellationToken::new()).await.unwrap();
+    assert_eq!(code, ExitCode::SUCCESS);
+    let v = read_json(&dir.path().join("sweep.json"));
+    let sw = &v["sweep"];
+    assert_eq!(sw["knee"]["load"], 4.0, "{:#}", sw);
+    assert_eq!(
+        sw["stopped_early"], true,
+        "stops two flat levels past the knee"
+    );
+    let levels = sw["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 5);
+    // the server's own gauges: the excess of 16 streams over 4 slots waits (at 4 streams a
+    // request may wait for the next step only)
+    let waiting_mean = |i: usize| {
+        levels[i]["server"]["requests_waiting"]["mean"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        waiting_mean(4) > 5.0 * waiting_mean(2).max(0.1),
+        "{} vs {}",
+        waiting_mean(4),
+        waiting_mean(2)
+    );
+    assert!(
+        levels[4]["server"]["requests_waiting"]["max"]
+            .as_f64()
+            .unwrap()
+            >= 8.0
+    );
+    assert!(
+        levels[4]["server"]["requests_running"]["max"]
+            .as_f64()
+            .unwrap()
+            <= 4.0
+    );
+    let tp = |i: usize| levels[i]["output_token_throughput_tps"].as_f64().unwrap();
+    assert!(tp(2) > 3.0 * tp(0), "{} vs {}", tp(2), tp(0));
+    assert!(tp(4) < 1.3 * tp(2));
+    for f in [
+        "sweep.csv",
+        "sweep-latency.png",
+        "sweep-latency.svg",
+        "sweep-throughput.png",
+    ] {
+        let p = dir.path().join(f);
+        assert!(p.metadata().unwrap().len() > 100, "{f}");
+    }
+    let csv = std::fs::read_to_string(dir.path().join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_scale_finds_the_boundary_and_the_capacity() {
+    let mut c = flat_step_sim(64, Duration::from_millis(4));
+    c.max_model_len = 256;
+    c.engine.max_model_len = 256;
+    c.engine.block_size = 16;
+    c.engine.num_gpu_blocks = 33; // 32 usable
+    let s = start(c).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("kv.json");
+    let Command::KvScale(a) = cli(&[
+        "kv-scale",
+        "--target",
+        &s.url,
+        "--max-tokens",
+        "16",
+        "--sample-interval",
+        "4ms",
+        "--json",
+        json.to_str().unwrap(),
+        "--csv",
+        dir.path().join("kv.csv").to_str().unwrap(),
+        "--no-progress",
+    ]) else {
+        unreachable!()
+    };
+    let code = kvscale::run_cli(a, CancellationToken::new()).await.unwrap();
+    assert_eq!(code, ExitCode::SUCCESS);
+    let v = read_json(&json);
+    let k = &v["kv_scale"];
+    assert_eq!(k["max_model_len"], 256);
+    assert_eq!(k["cache"]["usable_blocks"], 32);
+    let rung = |p: u64| {
+        k["ladder"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["prompt_tokens_requested"] == p)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(rung(240)["feasibility"], "accepted");
+    assert_eq!(rung(248)["feasibility"], "clamped");
+    assert_eq!(rung(248)["output_tokens"], 8);
+    assert_eq!(rung(255)["output_tokens"], 1);
+    let r256 = rung(256);
+    assert_eq!(r256["feasibility"], "rejected");
+    assert!(
+        r256["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens must be at least 1")
+    );
+    assert_eq!(r256["kv_usage_delta"], 0.0, "rejected before any GPU work");
+    assert_eq!(r256["running_peak"], 0.0);
+    assert!(
+        rung(257)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length is 256")
+    );
+    // 128 prompt + 16 output → 143 cached tokens → 9 blocks of 32 usable
+    let r128 = rung(128);
+    assert_eq!(r128["kv_blocks_expected"], 9);
+    let measured = r128["kv_usage_delta"].as_f64().unwrap();
+    assert!((measured - 9.0 / 32.0).abs() < 1e-9, "{measured}");
+    assert!(r128["ttft_s"].as_f64().unwrap() > 0.0);
+    let b = &k["boundary"];
+    assert_eq!(b["max_accepted_prompt_tokens"], 255);
+    assert_eq!(b["min_rejected_prompt_tokens"], 256);
+    assert_eq!(b["consistent_with_max_model_len"], true);
+    let grid = k["grid"].as_array().unwrap();
+    assert!(grid.len() >= 3);
+    for row in grid {
+        let ctx = row["context_tokens"].as_u64().unwrap();
+        let want = 32 / (ctx - 1).div_ceil(16);
+        assert_eq!(row["capacity_computed"], want, "{row:#}");
+        assert_eq!(row["max_fitting_observed"], want, "{row:#}");
+        let over = row["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["concurrency"] == want + 1)
+            .unwrap();
+        assert_eq!(over["fits"], false);
+    }
+    assert!(dir.path().join("kv-grid.csv").exists());
+    assert!(
+        v["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("before any GPU work"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_both_modes() {
+    let s = start(flat_step_sim(8, Duration::from_millis(2))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let Command::Bench(a) = cli(&[
+        "bench",
+        "--target",
+        &s.url,
+        "--requests",
+        "5",
+        "--warmup",
+        "1",
+        "--max-tokens",
+        "8",
+        "--endpoint",
+        "chat",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+        "--no-progress",
+    ]) else {
+        unreachable!()
+    };
+    assert_eq!(
+        bench::run_cli(a, CancellationToken::new()).await.unwrap(),
+        ExitCode::SUCCESS
+    );
+    let v = read_json(&dir.path().join("bench.json"));
+    let modes = v["bench"]["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 2);
+    let st = &modes[0]["latency"];
+    assert_eq!(modes[0]["ok"], 5);
+    assert_eq!(st["output_tokens"]["p50"], 8.0);
+    let ttft = st["ttft_s"]["p50"].as_f64().unwrap();
+    let e2e = st["e2e_s"]["p50"].as_f64().unwrap();
+    assert!(ttft > 0.0 && ttft < e2e, "{ttft} {e2e}");
+    assert_eq!(st["itl_s"]["count"], 35, "7 gaps × 5 requests");
+    assert_eq!(modes[1]["latency"]["ttft_s"]["count"], 0);
+    let csv = std::fs::read_to_string(dir.path().join("bench.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_errors() {
+    // unreachable
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let Command::Bench(a) = cli(&["bench", "--target", &url, "--no-progress"]) else {
+        unreachable!()
+    };
+    let e = bench::run_cli(a, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("cannot reach the target"),
+        "{e:#}"
+    );
+
+    // every request failing: the report is still written
+    let mut c = flat_step_sim(8, Duration::from_millis(1));
+    c.faults.error_status = 500;
+    c.faults.error_every = 1;
+    let s = start(c).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("b.json");
+    let Command::Bench(a) = cli(&[
+        "bench",
+        "--target",
+        &s.url,
+        "--requests",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+        "--no-progress",
+    ]) else {
+        unreachable!()
+    };
+    let e = bench::run_cli(a, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("every request failed"), "{e}");
+    assert!(e.to_string().contains("500"), "{e}");
+    assert_eq!(
+        read_json(&json)["bench"]["modes"][0]["errors_by_class"]["server_error"],
+        3
+    );
+
+    // no /metrics
+    let mut c = flat_step_sim(8, Duration::from_millis(1));
+    c.faults.metrics = sim::MetricsFault::NotFound;
+    let s = start(c).await;
+    let Command::Sweep(a) = cli(&["sweep", "--target", &s.url, "--no-progress"]) else {
+        unreachable!()
+    };
+    let e = sweep::run_cli(a, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("no readable /metrics"), "{e:#}");
+    let Command::KvScale(a) = cli(&["kv-scale", "--target", &s.url, "--no-progress"]) else {
+        unreachable!()
+    };
+    let e = kvscale::run_cli(a, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("/metrics"), "{e:#}");
+
+    // bad arguments
+    let Command::Sweep(a) = cli(&["sweep", "--target", &s.url, "--concurrency", "0,2"]) else {
+        unreachable!()
+    };
+    let e = sweep::run_cli(a, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--concurrency"), "{e}");
+    assert!(
+        Cli::try_parse_from([
+            "vllm-sentinel",
+            "sweep",
+            "--target",
+            "x",
+            "--duration",
+            "soon"
+        ])
+        .is_err()
+    );
+    assert!(
+        Cli::try_parse_from([
+            "vllm-sentinel",
+            "sweep",
+            "--target",
+            "x",
+            "--concurrency",
+            "1",
+            "--rate",
+            "2"
+        ])
+        .is_err()
+    );
+}
+
+/// Polls the simulator's /metrics until requests are running, with a deadline.
+async fn wait_for_running(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = reqwest::Client::new();
+    loop {
+        assert!(Instant::now() < deadline, "no request ever ran");
+        if let Ok(r) = client.get(format!("{url}/metrics")).send().await
+            && let Ok(body) = r.text().await
+            && body.lines().any(|l| {
+                l.starts_with("vllm:num_requests_running")
+                    && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) > Some(0.0)
+            })
+        {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_sweep_writes_a_partial_report() {
+    let s = start(flat_step_sim(4, Duration::from_millis(5))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let Command::Sweep(a) = cli(&[
+        "sweep",
+        "--target",
+        &s.url,
+        "--concurrency",
+        "1,2",
+        "--duration",
+        "60s",
+        "--warmup",
+        "0s",
+        "--max-tokens",
+        "4",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+        "--no-progress",
+    ]) else {
+        unreachable!()
+    };
+    let token = CancellationToken::new();
+    let t2 = token.clone();
+    let url = s.url.clone();
+    tokio::spawn(async move {
+        wait_for_running(&url).await;
+        t2.cancel();
+    });
+    let started = Instant::now();
+    let code = sweep::run_cli(a, token).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "stopped promptly"
+    );
+    assert_eq!(code, ExitCode::from(130));
+    let v = read_json(&dir.path().join("sweep.json"));
+    assert_eq!(v["partial"], true);
+    assert!(
+        v["partial_reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted")
+    );
+    assert_eq!(v["sweep"]["levels"][0]["partial"], true);
+    assert!(dir.path().join("sweep.csv").exists());
+}
