@@ -328,6 +328,24 @@ async fn sse_streams_have_the_fixtures_framing_and_key_order() {
             assert_eq!(v["usage"]["total_tokens"].as_u64().unwrap(), p + max as u64);
         }
     }
+    // completions with continuous usage: checked against a real 0.32.0 server (no capture file)
+    let r = sim
+        .post(
+            "/v1/completions",
+            r#"{"model":"tiny","prompt":"hi there","max_tokens":2,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#,
+        )
+        .await;
+    let body = r.text().await.unwrap();
+    let content = "{id:s,object:s,created:n,model:s,choices:[{index:n,text:s,logprobs:null,finish_reason:FR,stop_reason:null,prompt_token_ids:null,token_ids:null}],usage:{prompt_tokens:n,total_tokens:n,completion_tokens:n}}";
+    assert_eq!(
+        event_shapes(&body),
+        [
+            content.replace("FR", "null"),
+            content.replace("FR", "s"),
+            "{id:s,object:s,created:n,model:s,choices:[],usage:{prompt_tokens:n,total_tokens:n,completion_tokens:n},system_fingerprint:s}".into(),
+            "[DONE]".to_string(),
+        ]
+    );
     sim.stop().await;
 }
 
@@ -488,15 +506,10 @@ async fn edge_cases_give_the_real_status_and_body() {
         )
         .await;
     assert_eq!(status, 400);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["error"]["type"], "Bad Request");
-    assert_eq!(v["error"]["code"], 400);
-    assert!(v["error"]["param"].as_str().unwrap().starts_with("body."));
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("json_invalid")
+    // byte for byte what a real vLLM 0.32.0 answered to this body
+    assert_eq!(
+        body,
+        r#"{"error":{"message":"1 validation error:\n  {'type': 'json_invalid', 'loc': 'body.30', 'msg': 'JSON decode error', 'input': '<dict of 0 items>', 'ctx': {'error': 'Expecting value'}}","type":"Bad Request","param":"body.30","code":400}}"#
     );
     // a streaming request that is too long is refused before any SSE
     let r = sim
@@ -522,6 +535,27 @@ async fn plain_endpoints_look_like_vllm() {
         assert_eq!((status, ct.as_str(), body.as_str()), (200, "", ""), "{p}");
     }
     assert_eq!(sim.get("/version").await.2, "{\"version\":\"0.32.0\"}");
+    // FastAPI's bodies for unknown routes and wrong methods (checked against a live 0.32.0)
+    assert_eq!(
+        sim.get("/nope").await,
+        (
+            404,
+            "application/json".into(),
+            "{\"detail\":\"Not Found\"}".into()
+        )
+    );
+    let r = sim
+        .client
+        .get(sim.url("/v1/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(header(&r, "allow"), "POST");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "{\"detail\":\"Method Not Allowed\"}"
+    );
     assert_eq!(sim.get("/load").await.2, "{\"server_load\":0}");
     let (_, ct, models) = sim.get("/v1/models").await;
     assert_eq!(ct, "application/json");
@@ -681,7 +715,7 @@ async fn engine_queues_grows_kv_and_drains_to_zero() {
     let sim = Sim::start(slow_engine()).await;
     // 40 words: two full 16-token blocks that later identical prompts find in the prefix cache
     let req = format!(
-        r#"{{"prompt":"{}","max_tokens":40,"ignore_eos":true,"stream":true}}"#,
+        r#"{{"prompt":"{}","max_tokens":100,"ignore_eos":true,"stream":true}}"#,
         "word ".repeat(40)
     );
     let req = req.as_str();
@@ -706,7 +740,7 @@ async fn engine_queues_grows_kv_and_drains_to_zero() {
     for s in streams {
         let (events, err) = read_events(s, Duration::from_secs(20)).await;
         assert!(err.is_none());
-        assert_eq!(events.len(), 41);
+        assert_eq!(events.len(), 101);
     }
     let m = wait_metrics(&sim, "idle", |m| {
         metric(m, "vllm:num_requests_running{") == 0.0
@@ -714,7 +748,7 @@ async fn engine_queues_grows_kv_and_drains_to_zero() {
     .await;
     assert_eq!(metric(&m, "vllm:kv_cache_usage_perc{"), 0.0);
     assert_eq!(metric(&m, "vllm:num_requests_waiting{"), 0.0);
-    assert_eq!(metric(&m, "vllm:generation_tokens_total{"), 240.0);
+    assert_eq!(metric(&m, "vllm:generation_tokens_total{"), 600.0);
     // later requests queued: their queue time is visible
     assert!(metric(&m, "vllm:request_queue_time_seconds_sum{") > 0.0);
     assert!(
@@ -771,7 +805,7 @@ async fn queue_limit_rejects_with_503() {
     c.engine.max_num_seqs = 1;
     c.max_queued_requests = Some(1);
     let sim = Sim::start(c).await;
-    let req = r#"{"prompt":"x","max_tokens":200,"ignore_eos":true,"stream":true}"#;
+    let req = r#"{"prompt":"x","max_tokens":1000,"ignore_eos":true,"stream":true}"#;
     let mut first = sim.post("/v1/completions", req).await;
     assert!(first.chunk().await.unwrap().is_some(), "first is running");
     let _second = sim.post("/v1/completions", req).await;
@@ -819,50 +853,50 @@ fn stamps(events: &[(String, Instant)]) -> Vec<u64> {
 
 #[tokio::test]
 async fn fixed_timing_stamps_are_monotonic_and_spaced() {
+    // EVERY is large (40 ms) so that a scheduling stall of the loaded test machine, after which
+    // the overdue tokens go out at once, spoils only a few gaps.
+    const FIRST: u64 = 30_000_000;
+    const EVERY: u64 = 40_000_000;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("send.log");
-    let mut c = fixed(30, 10);
+    let mut c = fixed(30, 40);
     c.send_log = Some(log.clone());
     let sim = Sim::start(c).await;
     let t0 = vllm_sentinel::clock::monotonic_ns();
     let r = sim
         .post(
             "/v1/chat/completions",
-            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":30,"stream":true,"stream_options":{"include_usage":true}}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":16,"stream":true,"stream_options":{"include_usage":true}}"#,
         )
         .await;
     let (events, err) = read_events(r, Duration::from_secs(10)).await;
     assert!(err.is_none());
     let st = stamps(&events);
-    assert_eq!(st.len(), 32, "role + 30 tokens + usage");
+    assert_eq!(st.len(), 18, "role + 16 tokens + usage");
     assert!(st.windows(2).all(|w| w[1] >= w[0]), "monotonic");
     // token i (event i+1) is never sent before its absolute deadline
-    for (i, s) in st[1..31].iter().enumerate() {
-        assert!(
-            *s >= t0 + 30_000_000 + i as u64 * 10_000_000,
-            "token {i} early"
-        );
+    for (i, s) in st[1..17].iter().enumerate() {
+        assert!(*s >= t0 + FIRST + i as u64 * EVERY, "token {i} early");
     }
-    // spacing of the stamps themselves: median gap ≈ 10 ms (generous bounds for a loaded box)
-    let mut gaps: Vec<u64> = st[1..31].windows(2).map(|w| w[1] - w[0]).collect();
+    // spacing of the stamps themselves: median gap ≈ EVERY (generous bounds for a loaded box)
+    let mut gaps: Vec<u64> = st[1..17].windows(2).map(|w| w[1] - w[0]).collect();
     gaps.sort_unstable();
     let median = gaps[gaps.len() / 2];
     assert!(
-        (5_000_000..=30_000_000).contains(&median),
+        (EVERY / 2..=3 * EVERY).contains(&median),
         "median gap {median} ns"
     );
-    // absolute deadlines: lateness does not accumulate (the last token is not late by the sum
-    // of every gap's jitter; 250 ms is far above any scheduling hiccup)
-    let last_deadline = t0 + 30_000_000 + 29 * 10_000_000;
+    // absolute deadlines: lateness does not accumulate from token to token
+    let last_deadline = t0 + FIRST + 15 * EVERY;
     assert!(
-        st[30] - last_deadline < 250_000_000,
+        st[16] - last_deadline < 1_000_000_000,
         "last token {} ns late",
-        st[30] - last_deadline
+        st[16] - last_deadline
     );
     sim.stop().await;
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 32);
+    assert_eq!(lines.len(), 18);
     let parts: Vec<&str> = lines[5].split(' ').collect();
     assert!(parts[0].starts_with("chatcmpl-"));
     assert_eq!(parts[1], "5");
@@ -1008,7 +1042,7 @@ async fn fault_stalls_for_a_while_or_forever() {
     assert!(st[2] - st[1] >= 400_000_000, "{st:?}");
     sim.set_faults(r#"{"stall_after_tokens":2}"#).await;
     let r = sim.post("/v1/completions", STREAM).await;
-    let (events, err) = read_events(r, Duration::from_millis(500)).await;
+    let (events, err) = read_events(r, Duration::from_millis(1500)).await;
     assert_eq!(err.as_deref(), Some("timeout"));
     assert_eq!(events.len(), 2);
     // a stalled stream does not hold up shutdown

@@ -150,26 +150,59 @@ fn type_error(field: &str, v: &Value, expected: &str, err_type: &str) -> ApiErro
     )
 }
 
+/// A boolean with pydantic's lax coercions ("yes", "true", 1, … as a real server accepts).
 fn get_bool(m: &Map<String, Value>, field: &str) -> Result<bool, ApiError> {
     match m.get(field) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::Number(n)) if n.as_i64() == Some(0) => Ok(false),
+        Some(Value::Number(n)) if n.as_i64() == Some(1) => Ok(true),
+        Some(Value::String(t)) => match t.to_ascii_lowercase().as_str() {
+            "1" | "on" | "t" | "true" | "y" | "yes" => Ok(true),
+            "0" | "off" | "f" | "false" | "n" | "no" => Ok(false),
+            _ => Err(type_error(
+                field,
+                &Value::String(t.clone()),
+                "a valid boolean, unable to interpret input",
+                "bool_parsing",
+            )),
+        },
         Some(v) => Err(type_error(field, v, "a valid boolean", "bool_type")),
     }
 }
 
+/// An integer with pydantic's lax coercions (`"5"` and `5.0` are 5).
 fn get_int(m: &Map<String, Value>, field: &str) -> Result<Option<i64>, ApiError> {
     match m.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(i) => Ok(Some(i)),
-            None => Err(type_error(
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(Some(i));
+            }
+            match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+                Some(f) if f.is_finite() && f.fract() != 0.0 => Err(type_error(
+                    field,
+                    &Value::Number(n.clone()),
+                    "a valid integer, got a number with a fractional part",
+                    "int_from_float",
+                )),
+                _ => Err(type_error(
+                    field,
+                    &Value::Number(n.clone()),
+                    "a valid integer",
+                    "int_type",
+                )),
+            }
+        }
+        Some(Value::String(t)) => t.trim().parse::<i64>().map(Some).map_err(|_| {
+            type_error(
                 field,
-                &Value::Number(n.clone()),
-                "a valid integer",
-                "int_type",
-            )),
-        },
+                &Value::String(t.clone()),
+                "a valid integer, unable to parse string as an integer",
+                "int_parsing",
+            )
+        }),
         Some(v) => Err(type_error(field, v, "a valid integer", "int_type")),
     }
 }
@@ -220,6 +253,14 @@ pub fn parse(
         Kind::Completion => "prompt",
         Kind::Chat => "messages",
     };
+    if kind == Kind::Completion && m.get("prompt").is_none_or(Value::is_null) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
+            "BadRequestError",
+            Some("prompt"),
+        ));
+    }
     if m.get(required).is_none_or(Value::is_null) {
         return Err(ApiError::validation(
             "missing",
@@ -526,8 +567,10 @@ impl Reply {
             }
         }
         if self.continuous_usage {
+            // chat chunks carry `completion_tokens_details: null`, completions chunks do not
+            // (both as a real 0.32 server sends them)
             out.push(',');
-            self.usage(out, index + 1, true);
+            self.usage(out, index + 1, self.kind == Kind::Chat);
         }
         if finish.is_some() && !self.include_usage {
             let _ = write!(out, ",\"system_fingerprint\":\"{}\"", self.fingerprint);
@@ -669,14 +712,40 @@ mod tests {
             e.body,
             "{\"error\":{\"message\":\"The model `nope` does not exist. Valid aliases: m.\",\"type\":\"NotFoundError\",\"param\":\"model\",\"code\":404}}"
         );
+        // pydantic's lax coercions, as a live 0.32 server showed
+        let r = parse(
+            Kind::Completion,
+            br#"{"prompt":"x","stream":"yes","max_tokens":"3"}"#,
+            "m",
+            64,
+        )
+        .unwrap();
+        assert!(r.stream);
+        assert_eq!(r.max_tokens, 3);
         let e = parse(
             Kind::Completion,
-            b"{\"prompt\":\"x\",\"stream\":\"yes\"}",
+            br#"{"prompt":"hi","max_tokens":"abc"}"#,
+            "m",
+            64,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.body,
+            r#"{"error":{"message":"1 validation error:\n  {'type': 'int_parsing', 'loc': 'body.max_tokens', 'msg': 'Input should be a valid integer, unable to parse string as an integer', 'input': 'abc'}","type":"Bad Request","param":"body.max_tokens","code":400}}"#
+        );
+        let e = parse(
+            Kind::Completion,
+            br#"{"prompt":"x","stream":"maybe"}"#,
             "m",
             64,
         )
         .unwrap_err();
         assert!(e.body.contains("body.stream"));
+        let e = parse(Kind::Completion, br#"{"max_tokens":2}"#, "m", 64).unwrap_err();
+        assert_eq!(
+            e.body,
+            r#"{"error":{"message":"Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)","type":"BadRequestError","param":"prompt","code":400}}"#
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! contexts grow and free when a request ends, preemption by recompute (the newest running
 //! sequence loses its blocks and goes back to the front of the waiting queue) when a running
 //! sequence needs a block and none is free, and prefix caching by chained hashes of full prompt
-//! blocks (hits and queries counted in tokens; freed blocks stay reusable until evicted).
+//! blocks (hits and queries counted in tokens; freed blocks stay reusable until evicted). As in
+//! vLLM, a preemption shows in `num_preemptions` only when the request produces its next token.
 //!
 //! The caller drives it: [`Engine::schedule`] plans one step at time `now_ns` and returns how
 //! long that step takes (`step_base + prefill_per_token × prefilled + decode_per_seq × decoded`);
@@ -265,6 +266,8 @@ struct Seq {
     first_token_ns: Option<u64>,
     last_token_ns: u64,
     preemptions: u32,
+    /// Preemptions not yet reported (vLLM reports one with the request's next output).
+    unreported_preemptions: u32,
     prefill_kv_computed: u32,
     cached_tokens: u32,
 }
@@ -362,6 +365,7 @@ impl Engine {
             first_scheduled_ns: None,
             first_token_ns: None,
             preemptions: 0,
+            unreported_preemptions: 0,
             prefill_kv_computed: 0,
             cached_tokens: 0,
         });
@@ -438,7 +442,7 @@ impl Engine {
         seq.num_computed = 0;
         seq.scheduled = 0;
         seq.preemptions += 1;
-        self.stats.num_preemptions += 1;
+        seq.unreported_preemptions += 1;
         self.waiting.push_front(seq);
         true
     }
@@ -594,6 +598,7 @@ impl Engine {
             }
             let index = s.generated;
             s.generated += 1;
+            self.stats.num_preemptions += u64::from(std::mem::take(&mut s.unreported_preemptions));
             self.stats.generation_tokens += 1;
             let sec = |ns: u64| ns as f64 / 1e9;
             if s.first_token_ns.is_none() {
@@ -799,12 +804,18 @@ mod tests {
             e.add(req(id, 8, 24, id as u32 * 1000)); // 32 tokens each at the end: 128 > 64
         }
         let mut saw_waiting_with_running = false;
+        let mut saw_lag = false;
         let (out, _) = run(&mut e, 0, |e| {
             if e.num_waiting() > 0 && e.num_running() > 0 {
                 saw_waiting_with_running = true;
             }
+            // a preempted request is waiting but its preemption is not reported yet
+            if e.num_waiting() > 0 && e.stats().num_preemptions == 0 {
+                saw_lag = true;
+            }
             assert!(e.used_blocks() <= 16);
         });
+        assert!(saw_lag);
         assert!(e.stats().num_preemptions > 0);
         assert!(saw_waiting_with_running);
         // Every request still completes all its tokens, in order.

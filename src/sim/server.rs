@@ -234,7 +234,28 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/sim/faults", get(get_faults).post(set_faults))
         .route_layer(middleware::from_fn_with_state(shared.clone(), track))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
+}
+
+/// FastAPI's 404 body.
+async fn not_found() -> Response {
+    let mut r = json_response(StatusCode::NOT_FOUND, "{\"detail\":\"Not Found\"}".into());
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Origin"));
+    r
+}
+
+/// FastAPI's 405 body (axum adds the `allow` header).
+async fn method_not_allowed() -> Response {
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "{\"detail\":\"Method Not Allowed\"}".into(),
+    );
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Origin"));
+    r
 }
 
 /// Adds `vary: Origin` (as vLLM's CORS middleware does) and counts `http_requests_total`.
