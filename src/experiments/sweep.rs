@@ -3,11 +3,11 @@
 //! Each level is either a closed loop of N concurrent streams (`--concurrency`) or an open
 //! loop of Poisson arrivals at R requests per second (`--rate`, latency counted from each
 //! request's intended start, with `--max-in-flight` as a safety cap). A level first warms up
-//! (`--warmup`, discarded), then measures for `--duration` or until `--requests` measured
-//! requests have started. The **steady-state window** is `[end of warm-up, end of
-//! measurement]`: requests that *start* in it give the latency figures; requests that
-//! *complete* in it give the throughput; every stream is busy throughout it in the closed loop.
-//! Requests still running at the end are awaited (and counted in latency), never cut.
+//! (discarded; in the closed loop also until every stream's first request is done), then
+//! measures for `--duration` or until `--requests` measured requests have started. The
+//! **steady-state window** is `[end of warm-up, end of measurement]`: requests that *start* in
+//! it give the latency figures; the share of each request that falls in it gives the
+//! throughput. Requests still running at the end are awaited (and counted in latency), never cut.
 //!
 //! The server's `/metrics` is sampled every `--metrics-interval` during each level (KV usage,
 //! queue depth, preemptions), NVML where present. After each level the knee detector
@@ -785,7 +785,8 @@ fn summarize_level(
     let oks: Vec<&Timed> = records.iter().filter(|r| r.sample.ok()).collect();
     let first_token = |r: &Timed| r.intended + r.sample.ttft_s.or(r.sample.ttfb_s).unwrap_or(0.0);
     let req_share = |r: &Timed| overlap(r.start, r.end);
-    let per_s = |x: f64| if span > 0.0 { x / span } else { 0.0 };
+    // `+ 0.0` turns the -0.0 of an empty float sum into 0.0
+    let per_s = |x: f64| if span > 0.0 { x / span + 0.0 } else { 0.0 };
     let completed_share: f64 = oks.iter().map(|r| req_share(r)).sum();
     let out_tokens: f64 = oks
         .iter()
