@@ -28,3 +28,13 @@ cargo build --release --locked --all-targets
 
 step "cargo test --release"
 cargo test --release --locked --no-fail-fast 2>&1 | tee target/cargo-test.log
+
+if [ "${VLLM_SENTINEL_SKIP_REAL_VLLM:-0}" = 1 ]; then
+    step "real-vLLM tier SKIPPED: VLLM_SENTINEL_SKIP_REAL_VLLM=1 was set explicitly"
+else
+    step "real-vLLM tier (scripts/e2e-real-vllm.sh)"
+    scripts/e2e-real-vllm.sh target/release/vllm-sentinel
+fi
+
+step "all tests passed"
+grep -E '^test result:' target/cargo-test.log | awk '{p+=$4; f+=$6} END {printf "cargo: %d passed, %d failed\n", p, f}'

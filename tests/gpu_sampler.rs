@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn cfg(interval_ms: u64, timeout_ms: u64) -> GpuConfig {
     GpuConfig {
         interval: Duration::from_millis(interval_ms),
-        sample_timeout: Duration::from_millis(timeout_ms),
+        sample_timeout: Some(Duration::from_millis(timeout_ms)),
         pcie_throughput: true,
         ..GpuConfig::default()
     }
@@ -188,6 +188,10 @@ fn unsupported_fields_are_skipped_remembered_and_never_zero() {
     assert_eq!(ctl.reads(uuid, Field::PcieGeneration), opens);
     assert_eq!(ctl.reads(uuid, Field::RemappedRows), opens);
     assert!(ctl.reads(uuid, Field::Memory) >= 3);
+    // Maximum clocks cannot change under a loaded driver: read once per session, still exported.
+    assert_eq!(ctl.reads(uuid, Field::SmClockMax), opens);
+    assert_eq!(ctl.reads(uuid, Field::MemoryClockMax), opens);
+    assert!(t.contains("vllm_sentinel_gpu_sm_clock_max_hertz{"), "{t}");
 }
 
 #[test]

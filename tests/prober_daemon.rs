@@ -453,3 +453,33 @@ async fn sequential_keep_alive_and_known_prompt_length() {
         "{conns}"
     );
 }
+
+#[tokio::test]
+async fn target_failing_mid_run_is_counted_and_recovers() {
+    // Requests 6..=15 to the completions endpoint get their connection closed before any
+    // response (a server that died mid-run), then it serves again.
+    let n_comp = Arc::new(AtomicUsize::new(0));
+    let n2 = n_comp.clone();
+    let fake = start(move |n, path, body| {
+        if path == "/v1/completions" {
+            let k = n2.fetch_add(1, Ordering::SeqCst);
+            if (6..16).contains(&k) {
+                return vec![Step::Close];
+            }
+        }
+        vllm_like(n, path, body)
+    })
+    .await;
+    let h = start_prober(config(
+        &fake.url,
+        "[[targets.workloads]]\nconcurrency = 2\nprompt_tokens = 8\n[targets.canary]\nenabled = false\n",
+    ));
+    let t = h
+        .wait_for("failures then recovery", |t| {
+            metric(t, REQ, &["outcome=\"connect\""]) >= 10.0
+                && metric(t, REQ, &["outcome=\"ok\""]) >= 10.0
+        })
+        .await;
+    assert_eq!(metric(&t, REQ, &["outcome=\"connect\""]), 10.0);
+    h.shutdown().await;
+}

@@ -512,3 +512,19 @@ async fn keep_alive_connection_is_reused() {
     assert_eq!(fake.served.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert_eq!(fake.conns.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn itl_samples_are_capped_but_events_counted() {
+    use vllm_sentinel::prober::request::MAX_ITL_SAMPLES;
+    let n = MAX_ITL_SAMPLES + 100;
+    let ev = b"data: {\"choices\":[{\"text\":\"x\"}]}\n\n";
+    let mut body = ev.repeat(n);
+    body.extend_from_slice(
+        b"data: {\"choices\":[{\"text\":\"y\",\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n",
+    );
+    let steps = vec![sse_head(), Step::Chunk(body), Step::EndChunks];
+    let r = run_script(steps, Endpoint::Completions, Timeouts::default()).await;
+    assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+    assert_eq!(r.output_events as usize, n + 1);
+    assert_eq!(r.itl.len(), MAX_ITL_SAMPLES);
+}

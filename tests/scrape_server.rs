@@ -509,3 +509,64 @@ async fn scrape_loop_readiness_status_isolation_and_reload() {
         .await
         .unwrap();
 }
+
+/// Two targets whose families would encode under one name: one family, the first type.
+#[test]
+fn passthrough_name_clash_across_targets_stays_valid() {
+    let mut ra = run("a", "http://127.0.0.1:1");
+    ra.passthrough = true;
+    let mut rb = run("b", "http://127.0.0.1:1");
+    rb.passthrough = true;
+    let a = process_all(ra, &["# TYPE foo counter\nfoo_total 1\n"]).remove(0);
+    let b = process_all(rb, &["# TYPE foo_total gauge\nfoo_total 2\n"]).remove(0);
+    let text = exposition(&[a, b]);
+    let e = expfmt::parse(&text, Format::Prometheus);
+    assert_eq!(e.error_total(), 0, "{:?}\n{text}", e.errors);
+    assert_eq!(text.matches("# TYPE foo_total ").count(), 1, "{text}");
+    assert!(text.contains("foo_total{target=\"a\"} 1"), "{text}");
+}
+
+/// The built-in simulator's /metrics (current and pre-0.12 names) scrapes cleanly, with its
+/// version from /version.
+#[tokio::test]
+async fn the_builtin_simulator_scrapes_cleanly() {
+    use vllm_sentinel::scrape::normalize::Concept;
+    for legacy in [false, true] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let token = tokio_util::sync::CancellationToken::new();
+        let cfg = vllm_sentinel::sim::SimConfig {
+            legacy_metrics: legacy,
+            ..Default::default()
+        };
+        let (model, version) = (cfg.model.clone(), cfg.version.clone());
+        let sim = tokio::spawn(vllm_sentinel::sim::serve(listener, cfg, token.clone()));
+        let mut r = run("sim", &url);
+        r.version_url = Some(format!("{url}/version"));
+        let mut ts = TargetScraper::new(r, client());
+        let v = ts.scrape().await;
+        assert!(v.health.up, "{:?}", ts.last_error);
+        assert!(
+            v.health.parse_errors.values().all(|n| *n == 0),
+            "{:?}",
+            v.health.parse_errors
+        );
+        assert_eq!(v.info, Some(("vllm", version)));
+        let s = v.server.as_ref().unwrap();
+        let usage = s.value(Concept::KvCacheUsage, &model, "0");
+        assert!(usage.is_some(), "legacy={legacy}: {:?}", s.sources);
+        let want = if legacy {
+            "vllm:gpu_cache_usage_perc"
+        } else {
+            "vllm:kv_cache_usage_perc"
+        };
+        assert_eq!(s.sources[&Concept::KvCacheUsage], want);
+        assert!(
+            s.value(Concept::KvCacheCapacity, &model, "0")
+                .unwrap_or(0.0)
+                > 0.0
+        );
+        token.cancel();
+        let _ = sim.await;
+    }
+}

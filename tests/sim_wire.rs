@@ -731,6 +731,7 @@ async fn preemption_when_kv_blocks_run_out() {
     c.engine.block_size = 4;
     c.engine.num_gpu_blocks = 17; // 64 tokens
     c.engine.enable_prefix_caching = false;
+    c.max_model_len = 64;
     let sim = Sim::start(c).await;
     let mut tasks = Vec::new();
     for i in 0..4 {
@@ -1154,4 +1155,48 @@ async fn port_in_use_is_one_line_naming_the_address() {
         .to_string();
     assert!(err.contains(&addr), "{err}");
     assert!(!err.contains('\n'));
+}
+
+#[tokio::test]
+async fn the_scrape_parser_reads_the_simulators_metrics_cleanly() {
+    use vllm_sentinel::scrape::expfmt::{Format, parse};
+    let sim = Sim::start(tiny()).await;
+    let (s, _, _) = sim
+        .post_text("/v1/completions", r#"{"prompt":"a b c","max_tokens":3}"#)
+        .await;
+    assert_eq!(s, 200);
+    let r = sim.client.get(sim.url("/metrics")).send().await.unwrap();
+    let format = Format::from_content_type(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let body = r.text().await.unwrap();
+    let exp = parse(&body, format);
+    assert_eq!(
+        exp.error_total(),
+        0,
+        "{:?}",
+        exp.error_counts().collect::<Vec<_>>()
+    );
+    assert!(exp.fatal().is_none());
+    let real = fixture("metrics_busy.txt");
+    let real_exp = parse(&real, Format::Prometheus);
+    assert_eq!(real_exp.error_total(), 0);
+    let names = |e: &vllm_sentinel::scrape::expfmt::Exposition<'_>| -> BTreeSet<String> {
+        e.families
+            .iter()
+            .map(|f| f.base_name().to_string())
+            .filter(|n| n.starts_with("vllm:") || n.starts_with("http_requests"))
+            .collect()
+    };
+    assert_eq!(
+        names(&exp),
+        names(&real_exp),
+        "same families as the real body"
+    );
+    sim.set_faults(r#"{"metrics":"garbled"}"#).await;
+    let garbled = sim.metrics().await;
+    assert!(parse(&garbled, Format::Prometheus).error_total() > 0);
+    sim.stop().await;
 }

@@ -302,6 +302,20 @@ def check_compose(compose, prom_cfg, grafana_ds, dockerfile_text, dockerignore):
         errs.append("Dockerfile: not multi-stage")
     elif not stages[0][0].startswith("rust:"):
         errs.append(f"Dockerfile: builder stage {stages[0][0]} is not a rust image")
+    # cargo needs every target the manifest names explicitly, and build.rs, inside the image
+    try:
+        manifest = read("Cargo.toml")
+    except OSError:
+        manifest = ""
+    copied = " ".join(m.group(1) for m in re.finditer(r"(?im)^COPY\s+(?!--from)(.*)$", dockerfile_text))
+    needs = []
+    if re.search(r"(?m)^\[\[(bench|example|test)\]\]", manifest):
+        needs += [d for d in ("benches", "examples", "tests") if re.search(rf"(?m)^\[\[{d[:-1] if d != 'benches' else 'bench'}\]\]", manifest)]
+    if os.path.exists(os.path.join(ROOT, "build.rs")):
+        needs.append("build.rs")
+    for n in needs:
+        if n not in copied:
+            errs.append(f"Dockerfile: Cargo.toml needs {n}, which the builder stage does not COPY")
     ignored = [ln.strip() for ln in dockerignore.splitlines() if ln.strip() and not ln.startswith("#")]
     for m in re.finditer(r"(?im)^COPY\s+(.*)$", dockerfile_text):
         parts = [p for p in m.group(1).split() if not p.startswith("--")]

@@ -21,7 +21,9 @@
 #     non-empty in at least one phase, or is listed in scripts/ops/e2e-allowlist.tsv with a reason.
 #
 # Fault bodies (the simulator's fault API; override if its shape differs):
-#   E2E_FAULT_SLOW_BODY   default {"first_token_delay_ms": 1500}
+# (src/sim/faults.rs: the body replaces the whole fault set; 16 tokens is below the prober's
+# default 128-token prompts)
+#   E2E_FAULT_SLOW_BODY   default {"slow_first_token": "1500ms"}
 #   E2E_FAULT_REJECT_BODY default {"max_model_len": 16}
 # Other knobs: E2E_DEADLINE_S (per wait, default 180), E2E_KEEP=1 keeps the temp dir.
 set -euo pipefail
@@ -45,7 +47,7 @@ if [ "$mode" = daemon ]; then
     bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 fi
 deadline="${E2E_DEADLINE_S:-180}"
-slow_body="${E2E_FAULT_SLOW_BODY:-{\"first_token_delay_ms\": 1500\}}"
+slow_body="${E2E_FAULT_SLOW_BODY:-{\"slow_first_token\": \"1500ms\"\}}"
 reject_body="${E2E_FAULT_REJECT_BODY:-{\"max_model_len\": 16\}}"
 
 ops_need_prometheus

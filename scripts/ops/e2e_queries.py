@@ -4,6 +4,8 @@
 
     e2e_queries.py --list
         print every check that would run (no Prometheus needed)
+    e2e_queries.py --selftest
+        the verdict fails on a query error and on an unexplained empty result
     e2e_queries.py --prom URL --phase NAME --out FILE
         run every check once, write the results (JSON) to FILE
     e2e_queries.py --verdict FILE... [--allow FILE] [--mode daemon|fake]
@@ -138,7 +140,7 @@ def verdict(files, allow):
                 if r["error"]:
                     m["errors"].append(r["error"])
                 m["series"] = max(m["series"], r["series"])
-    bad, allowed = [], 0
+    bad, allowed = [], {}
     for cid, m in sorted(merged.items()):
         if m["errors"]:
             bad.append(f"{cid}: query error: {m['errors'][0]}\n    {m['query']}")
@@ -147,14 +149,47 @@ def verdict(files, allow):
             continue
         why = next((reason for rx, reason in allow if rx.search(cid) or rx.search(m["query"])), None)
         if why:
-            allowed += 1
-            print(f"allowed empty: {cid} ({why})")
+            allowed.setdefault(why, []).append(cid)
             continue
         bad.append(f"{cid}: empty in every phase\n    {m['query']}")
+    for why, ids in allowed.items():
+        print(f"allowed empty ({len(ids)}): {why}")
+        for cid in ids:
+            print(f"    {cid}")
     for b in bad:
         print(f"FAIL {b}")
-    print(f"{len(merged)} checks, {len(bad)} failed, {allowed} allowed empty")
+    n_allowed = sum(len(v) for v in allowed.values())
+    print(f"{len(merged)} checks, {len(bad)} failed, {n_allowed} allowed empty")
     return not bad
+
+
+def selftest():
+    """The verdict must fail on a query error and on an empty result, and pass an allowed empty."""
+    import tempfile
+
+    def run(results, allow):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(results, f)
+        try:
+            return verdict([f.name], allow)
+        finally:
+            os.unlink(f.name)
+
+    ok = {"kind": "query", "query": "up", "error": None, "series": 1}
+    cases = [
+        ("query error", {"a": ok, "b": {"kind": "query", "query": "x(", "error": "parse error", "series": 0}}, [], False),
+        ("empty result", {"a": ok, "b": {"kind": "query", "query": "vllm_sentinel_x", "error": None, "series": 0}}, [], False),
+        ("allowed empty", {"a": ok, "b": {"kind": "query", "query": "vllm_sentinel_gpu_x", "error": None, "series": 0}},
+         [(re.compile("vllm_sentinel_gpu_"), "no GPU")], True),
+        ("all fine", {"a": ok}, [], True),
+    ]
+    good = True
+    for name, results, allow, want in cases:
+        if run(results, allow) != want:
+            print(f"SELFTEST FAILED: {name}: verdict should be {'pass' if want else 'fail'}")
+            good = False
+    print(f"e2e verdict selftest: {'ok' if good else 'FAILED'}")
+    return good
 
 
 def wait_alerts(prom, names, deadline_s):
@@ -242,6 +277,7 @@ def main():
     ap.add_argument("--post")
     ap.add_argument("--body", default="{}")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--selftest", action="store_true")
     ap.add_argument("--prom")
     ap.add_argument("--phase")
     ap.add_argument("--out")
@@ -252,6 +288,8 @@ def main():
     ap.add_argument("--deadline", type=float, default=180)
     ap.add_argument("--rules-healthy", action="store_true")
     a = ap.parse_args()
+    if a.selftest:
+        return 0 if selftest() else 1
     if a.list:
         cs = checks()
         for cid, kind, q in cs:

@@ -7,8 +7,8 @@ rule against it. It is the "fake-GPU path" of scripts/ops/e2e-prometheus.sh (--f
 lets the e2e machinery run before, or independently of, the real daemon.
 
 It accepts the same fault call as the simulator, so the e2e script drives both the same way:
-    POST /sim/faults  {"first_token_delay_ms": 1500, "max_model_len": 16}
-first_token_delay_ms moves TTFT above the 1 s SLO bucket; max_model_len makes probe requests fail
+    POST /sim/faults  {"slow_first_token": "1500ms", "max_model_len": 16}
+(the field names of src/sim/faults.rs). slow_first_token moves TTFT above the 1 s SLO bucket; max_model_len makes probe requests fail
 as `context_length` (and the canary find the limit not honoured). POST /sim/faults {} clears.
 
 Usage: fake_exporter.py --listen 127.0.0.1:PORT   (python3 stdlib only)
@@ -182,7 +182,7 @@ def gauge_value(name, ls, faults):
     if name.endswith("_tokens"):
         return 100000
     if name.endswith("_window_mean_ttft_seconds"):
-        return 0.05 + faults.get("first_token_delay_ms", 0) / 1000.0
+        return 0.05 + faults.get("slow_first_token_s", 0.0)
     if name.endswith("_seconds"):
         return 0.01
     if name.endswith("_bytes"):
@@ -197,7 +197,7 @@ def render():
         dt = max(now - STATE.last, 0.0)
         STATE.last = now
         faults = dict(STATE.faults)
-        delay = faults.get("first_token_delay_ms", 0) / 1000.0
+        delay = faults.get("slow_first_token_s", 0.0)
         for name, typ, labels, values in FAMILIES:
             out.append(f"# TYPE {name} {typ}")
             for ls in label_sets(labels, values):
@@ -233,6 +233,14 @@ def render():
     return "\n".join(out) + "\n"
 
 
+def parse_duration(s):
+    """`1500ms`, `1.5s`, `2s` -> seconds (the humantime forms the e2e test uses)."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s)\s*", str(s))
+    if not m:
+        raise ValueError(f"duration {s!r}: want e.g. 1500ms or 1.5s")
+    return float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+
+
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
@@ -262,6 +270,8 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(n) or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("not an object")
+            if "slow_first_token" in body:
+                body["slow_first_token_s"] = parse_duration(body["slow_first_token"])
         except ValueError as e:
             self._send(400, f"bad fault body: {e}\n")
             return

@@ -326,7 +326,7 @@ def overview():
     b.stat(
         "TTFT budget burn (1h)",
         f"How fast the TTFT error budget (1 % of requests over {SLO_TTFT_S:g} s) is being spent over the last hour: 1 = exactly on budget, 6 and 14.4 are the slow and fast burn alert thresholds.",
-        "x",
+        "suffix:×",
         [tgt(f"max(vllm_sentinel:probe_ttft_slo_bad_ratio:rate1h{{{R}}}) / 0.01", "burn rate")],
         [(None, "green"), (1, "yellow"), (6, "orange"), (14.4, "red")],
         decimals=1,

@@ -35,5 +35,6 @@ ops_step "static checks (with a self-test of the checker)"
 
 ops_step "e2e query extraction (dry run, no binary)"
 "$PY" scripts/ops/e2e_queries.py --list >/dev/null
+"$PY" scripts/ops/e2e_queries.py --selftest >/dev/null || ops_die "e2e verdict self-test failed"
 
 echo "test-static: OK"

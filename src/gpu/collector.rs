@@ -108,7 +108,7 @@ pub fn encode_snapshot(
     if let Some(d) = s.sample_duration_seconds {
         ConstGauge::new(d).encode(enc.encode_descriptor(
             "vllm_sentinel_gpu_sample_duration_seconds",
-            "Wall time of the last GPU sampling tick, all GPUs (the deadline when it timed out)",
+            "Wall time of the last GPU sampling tick, all GPUs (while a driver call is stuck: the time waited so far)",
             None,
             MetricType::Gauge,
         )?)?;

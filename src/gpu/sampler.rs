@@ -87,6 +87,9 @@ pub struct Sampling {
     xid: HashMap<String, XidState>,
     /// (uuid, field) pairs whose transient failure was already logged.
     logged: HashSet<(String, Field)>,
+    /// Answers of fields that cannot change while the driver is loaded ([`Field::is_static`]),
+    /// read once per session: the maximum clocks cost ≈1.2 ms each on an H200.
+    constant: HashMap<(String, Field), Value>,
 }
 
 impl Sampling {
@@ -98,6 +101,7 @@ impl Sampling {
             driver: None,
             xid: HashMap::new(),
             logged: HashSet::new(),
+            constant: HashMap::new(),
         }
     }
 
@@ -106,6 +110,7 @@ impl Sampling {
         self.unsupported.clear();
         self.identities.clear();
         self.logged.clear();
+        self.constant.clear();
         self.driver = Some(session.driver_info());
         if self.opts.xid_events {
             session.subscribe_xid();
@@ -213,11 +218,21 @@ impl Sampling {
         };
         let mut procs: Option<Vec<super::source::GpuProcess>> = None;
         for field in Field::ALL {
-            if !self.wanted(field) || self.unsupported.contains(&(uuid.clone(), field)) {
+            let key = (uuid.clone(), field);
+            if !self.wanted(field) || self.unsupported.contains(&key) {
+                continue;
+            }
+            if let Some(v) = self.constant.get(&key) {
+                apply(&mut snap, &mut procs, field, v.clone());
                 continue;
             }
             match dev.read(field) {
-                Ok(v) => apply(&mut snap, &mut procs, field, v),
+                Ok(v) => {
+                    if field.is_static() {
+                        self.constant.insert(key, v.clone());
+                    }
+                    apply(&mut snap, &mut procs, field, v)
+                }
                 Err(FieldError::NotSupported) => {
                     tracing::debug!(gpu = index, field = %field, "not supported on this GPU; not asked again");
                     self.unsupported.insert((uuid.clone(), field));
@@ -461,9 +476,11 @@ fn ticker_main(
                 }
                 Ok(_) => {}
                 Err(TryRecvError::Empty) => {
+                    // Still stuck. Nothing is sent to the driver meanwhile, so look again
+                    // after one interval (not the backoff): recovery follows the driver's.
                     failures = failures.saturating_add(1);
                     down(&mut last, tick_start.duration_since(sent));
-                    next = tick_start + backoff(failures);
+                    next = tick_start + timing.interval;
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => break,

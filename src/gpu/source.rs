@@ -79,6 +79,12 @@ impl Field {
         Field::GraphicsProcesses,
     ];
 
+    /// Fields that cannot change while the driver is loaded (the board's maximum clocks): read
+    /// once per session, then reused every tick.
+    pub fn is_static(self) -> bool {
+        matches!(self, Field::SmClockMax | Field::MemoryClockMax)
+    }
+
     /// A stable snake_case name for logs and docs.
     pub fn name(self) -> &'static str {
         match self {

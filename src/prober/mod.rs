@@ -73,6 +73,14 @@ impl Prober {
             slot.mark_ready();
         }
         let health = Arc::new(HealthCounters::default());
+        health.late_threshold_ns.store(
+            ctx.config
+                .borrow()
+                .prober
+                .saturation_lag_threshold
+                .as_nanos() as u64,
+            Ordering::Relaxed,
+        );
         ctx.tracker.spawn(health::run(
             self.metrics.clone(),
             health.clone(),

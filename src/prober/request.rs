@@ -273,7 +273,7 @@ pub struct RequestRecord {
     pub ttfb: Option<Duration>,
     /// Intended start to the first output-carrying event (streaming only).
     pub ttft: Option<Duration>,
-    /// Gaps between consecutive output-carrying events.
+    /// Gaps between consecutive output-carrying events (at most [`MAX_ITL_SAMPLES`]).
     pub itl: Vec<Duration>,
     /// (last output − first output) / (completion_tokens − 1); needs `usage` and ≥ 2 tokens.
     pub tpot: Option<Duration>,
@@ -355,13 +355,17 @@ impl std::fmt::Debug for Conn<'_> {
 
 /// Default cap on the bytes read from one response.
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
-/// Cap on the bytes of one SSE event.
-const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// Cap on the bytes of one SSE event (vLLM's are well under 1 KiB, a few KiB with logprobs).
+const MAX_EVENT_BYTES: usize = 256 * 1024;
+/// Cap on the ITL gaps kept for one request (1 MiB), however many events a server sends; the
+/// events beyond it are still counted in `output_events`.
+pub const MAX_ITL_SAMPLES: usize = 65_536;
 /// Cap on the bytes kept of a non-2xx body.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 
-/// A client for one target: HTTP/1.1, `TCP_NODELAY`, no proxy, no redirects, no retries, an
-/// idle pool of `pool_size` connections, and `timeouts.connect` on connect.
+/// A client for one target: HTTP/1.1, `TCP_NODELAY`, no proxy, no redirects, no retries, no
+/// response decompression (one body layer less per chunk; probes ask for none), an idle pool
+/// of `pool_size` connections, and `timeouts.connect` on connect.
 pub fn build_client(timeouts: &Timeouts, pool_size: usize) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .http1_only()
@@ -369,6 +373,7 @@ pub fn build_client(timeouts: &Timeouts, pool_size: usize) -> reqwest::Result<re
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .retry(reqwest::retry::never())
+        .no_gzip()
         .pool_max_idle_per_host(pool_size.max(1))
         .pool_idle_timeout(Duration::from_secs(90))
         .connect_timeout(timeouts.connect)
@@ -709,9 +714,10 @@ impl StreamState {
         if ev.content {
             match self.first_ns {
                 None => self.first_ns = Some(ns),
-                Some(_) => rec
+                Some(_) if rec.itl.len() < MAX_ITL_SAMPLES => rec
                     .itl
                     .push(Duration::from_nanos(ns.saturating_sub(self.last_ns))),
+                Some(_) => {}
             }
             self.last_ns = ns;
             rec.output_events += 1;

@@ -345,7 +345,12 @@ pub fn apply_load_args(t: &mut TargetConfig, concurrency: Option<u32>, rate: Opt
 const BODY_KEYS_OWNED: &[&str] = &["model", "prompt", "messages", "stream", "stream_options"];
 
 /// Checks a target's prober settings; pushes `"<key>: <problem>"` messages.
-pub fn validate_target(key: &str, t: &TargetConfig, p: &ProberConfig, errors: &mut Vec<String>) {
+pub fn validate_target(
+    key: &str,
+    t: &TargetConfig,
+    _prober: &ProberConfig,
+    errors: &mut Vec<String>,
+) {
     let mut names = std::collections::HashSet::new();
     for (i, w) in t.workloads.iter().enumerate() {
         let k = format!("{key}.workloads[{i}]");
@@ -441,7 +446,6 @@ pub fn validate_target(key: &str, t: &TargetConfig, p: &ProberConfig, errors: &m
             "{key}.canary.over_by: must be at least 1 (the probe must exceed the limit)"
         ));
     }
-    let _ = p;
 }
 
 /// Checks `[prober]`.

@@ -187,6 +187,17 @@ pub async fn run_target(
     };
 
     if let Some(limit) = info.max_model_len {
+        for (i, w) in effective_workloads(t).iter().enumerate() {
+            let longest = w.prompt_tokens.max().unwrap_or(u32::MAX);
+            if u64::from(longest) + u64::from(w.max_tokens) > u64::from(limit) {
+                tracing::warn!(
+                    target = %label,
+                    workload = %w.label(i),
+                    limit,
+                    "prompt_tokens + max_tokens can exceed the server's max_model_len; those requests will count as context_length"
+                );
+            }
+        }
         deps.metrics
             .canary_max_model_len
             .get_or_create(&super::metrics::CanaryLabels {

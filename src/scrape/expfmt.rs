@@ -398,9 +398,10 @@ pub fn parse(body: &str, format: Format) -> Exposition<'_> {
     }
     let mut p = Parser {
         exp,
-        by_name: HashMap::with_capacity(lines / 4 + 4),
+        by_name: HashMap::with_capacity_and_hasher(lines / 4 + 4, BuildFast::default()),
         series: HashMap::with_capacity_and_hasher(lines, BuildIdentity::default()),
         current: None,
+        hist_scratch: HashMap::default(),
         line_no: 0,
     };
     p.run(body);
@@ -414,11 +415,13 @@ pub fn parse(body: &str, format: Format) -> Exposition<'_> {
 struct Parser<'a> {
     exp: Exposition<'a>,
     /// Family index by declared name.
-    by_name: HashMap<&'a str, u32>,
+    by_name: HashMap<&'a str, u32, BuildFast>,
     /// Series identity hash -> sample index (for duplicates).
     series: HashMap<u64, u32, BuildIdentity>,
     /// The family that samples are currently being added to.
     current: Option<u32>,
+    /// Reused by the histogram check: series hash -> (last le, last count, sorted, +Inf seen).
+    hist_scratch: HashMap<u64, (f64, f64, bool, bool), BuildIdentity>,
     line_no: u32,
 }
 
@@ -480,7 +483,7 @@ impl<'a> Parser<'a> {
         if f.damaged || !matches!(f.typ, MetricType::Histogram | MetricType::GaugeHistogram) {
             return;
         }
-        if !histogram_ok(&self.exp, f) {
+        if !histogram_ok_fast(&self.exp, f, &mut self.hist_scratch) {
             let line = self.line_no;
             self.exp.error(ErrorKind::Histogram, line);
             self.exp.families[fi as usize].damaged = true;
@@ -727,6 +730,24 @@ impl std::hash::Hasher for IdentityHasher {
 
 type BuildIdentity = std::hash::BuildHasherDefault<IdentityHasher>;
 
+/// A fast non-cryptographic hasher for family names (keys come from one body).
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = bytes_hash(self.0, bytes);
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type BuildFast = std::hash::BuildHasherDefault<FastHasher>;
+
 const ALL_SUFFIXES: [(&str, Suffix); 9] = [
     ("_total", Suffix::Total),
     ("_created", Suffix::Created),
@@ -751,16 +772,60 @@ fn match_family(f: &Family<'_>, name: &str) -> Option<Suffix> {
         .map(|(_, sfx)| *sfx)
 }
 
-/// Histogram rules: every series has a `+Inf` bucket, `le` values are numbers, counts do not
-/// decrease with `le`.
-fn histogram_ok(exp: &Exposition<'_>, f: &Family<'_>) -> bool {
-    match group_histograms(exp, f) {
-        Ok(series) => series.iter().all(|s| {
-            s.buckets.last().is_some_and(|b| b.0 == f64::INFINITY)
-                && s.buckets.windows(2).all(|w| w[0].1 <= w[1].1)
-        }),
-        Err(BadHistogram) => false,
+/// Histogram rules (every series has a `+Inf` bucket, `le` values are numbers, counts do not
+/// decrease with `le`), checked without allocating per family: one scratch map reused for the whole body.
+/// Buckets exposed out of `le` order are accepted (the monotonic check is then skipped for that
+/// series; [`group_histograms`] sorts them).
+fn histogram_ok_fast(
+    exp: &Exposition<'_>,
+    f: &Family<'_>,
+    scratch: &mut HashMap<u64, (f64, f64, bool, bool), BuildIdentity>,
+) -> bool {
+    scratch.clear();
+    for s in exp.family_samples(f) {
+        let labels = exp.sample_labels(s);
+        let h = labels_hash_without_le(labels);
+        let e = scratch
+            .entry(h)
+            .or_insert((f64::NEG_INFINITY, f64::NEG_INFINITY, true, false));
+        match s.suffix {
+            Suffix::Bucket => {
+                let Some(le) = labels
+                    .iter()
+                    .find(|l| l.name == "le")
+                    .and_then(|l| parse_value(&l.value))
+                else {
+                    return false;
+                };
+                if le.is_nan() {
+                    return false;
+                }
+                if le < e.0 {
+                    e.2 = false;
+                } else if e.2 && s.value < e.1 {
+                    return false;
+                }
+                e.0 = e.0.max(le);
+                e.1 = s.value;
+                if le == f64::INFINITY {
+                    e.3 = true;
+                }
+            }
+            Suffix::Sum | Suffix::Count | Suffix::Created => {}
+            _ => return false,
+        }
     }
+    scratch.values().all(|e| e.3)
+}
+
+fn labels_hash_without_le(labels: &[Label<'_>]) -> u64 {
+    let mut acc = 0u64;
+    for l in labels {
+        if l.name != "le" {
+            acc = acc.wrapping_add(label_hash(l));
+        }
+    }
+    acc
 }
 
 /// One labelled series of a histogram family, buckets sorted by `le`, counts cumulative as
@@ -786,29 +851,32 @@ pub fn group_histograms<'e, 'a: 'e>(
     f: &Family<'a>,
 ) -> Result<Vec<HistogramSeries<'e>>, BadHistogram> {
     let mut out: Vec<HistogramSeries<'e>> = Vec::new();
+    // One scratch label list reused for every sample; a series allocates only when it starts.
+    let mut scratch: Vec<(&'e str, &'e str)> = Vec::new();
     for s in exp.family_samples(f) {
         let mut le = None;
-        let mut labels: Vec<(&'e str, &'e str)> = Vec::new();
+        scratch.clear();
         for l in exp.sample_labels(s) {
             if l.name == "le" && s.suffix == Suffix::Bucket {
                 le = Some(parse_value(l.value.as_ref()).ok_or(BadHistogram)?);
             } else {
-                labels.push((l.name, l.value.as_ref()));
+                scratch.push((l.name, l.value.as_ref()));
             }
         }
-        labels.sort_unstable();
-        let pos = match out.iter().position(|h| h.labels == labels) {
-            Some(p) => p,
-            None => {
-                out.push(HistogramSeries {
-                    labels,
-                    buckets: Vec::new(),
-                    sum: None,
-                    count: None,
-                    created: None,
-                });
-                out.len() - 1
-            }
+        scratch.sort_unstable();
+        let pos = if out.last().is_some_and(|h| h.labels == scratch) {
+            out.len() - 1
+        } else if let Some(p) = out.iter().position(|h| h.labels == scratch) {
+            p
+        } else {
+            out.push(HistogramSeries {
+                labels: scratch.clone(),
+                buckets: Vec::with_capacity(32),
+                sum: None,
+                count: None,
+                created: None,
+            });
+            out.len() - 1
         };
         let h = &mut out[pos];
         match s.suffix {
@@ -832,10 +900,12 @@ pub fn group_histograms<'e, 'a: 'e>(
 }
 
 fn split_word(s: &str) -> (&str, &str) {
-    match s.find([' ', '\t']) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, ""),
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() && b[i] != b' ' && b[i] != b'\t' {
+        i += 1;
     }
+    (&s[..i], &s[i..])
 }
 
 #[inline]
@@ -953,21 +1023,19 @@ fn parse_labels<'a>(
         let vs = i;
         // Find the closing quote, noting escapes.
         let mut escaped = false;
+        // Values are short: a plain loop beats a vectorised search here.
         loop {
-            match memchr::memchr2(b'"', b'\\', &b[i..]) {
+            match b.get(i) {
                 None => return Err(ErrorKind::Label),
-                Some(k) => {
-                    i += k;
-                    if b[i] == b'\\' {
-                        escaped = true;
-                        i += 2;
-                        if i > b.len() {
-                            return Err(ErrorKind::Label);
-                        }
-                    } else {
-                        break;
+                Some(b'"') => break,
+                Some(b'\\') => {
+                    escaped = true;
+                    i += 2;
+                    if i > b.len() {
+                        return Err(ErrorKind::Label);
                     }
                 }
+                Some(_) => i += 1,
             }
         }
         let raw = &line[vs..i];
@@ -1005,7 +1073,7 @@ fn unescape_label(raw: &str) -> Option<String> {
 }
 
 fn unescape_help(raw: &str) -> Cow<'_, str> {
-    if !raw.contains('\\') {
+    if memchr::memchr(b'\\', raw.as_bytes()).is_none() {
         return Cow::Borrowed(raw);
     }
     let mut out = String::with_capacity(raw.len());
@@ -1066,22 +1134,45 @@ fn parse_exemplar<'a>(
 
 /// An order-independent hash of a series identity (FNV-1a per label, summed).
 fn series_hash(name: &str, labels: &[Label<'_>]) -> u64 {
-    fn fnv(mut h: u64, s: &[u8]) -> u64 {
-        for &c in s {
-            h ^= u64::from(c);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h
-    }
-    const SEED: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut h = fnv(SEED, name.as_bytes());
     let mut acc = 0u64;
     for l in labels {
-        let x = fnv(fnv(SEED, l.name.as_bytes()) ^ 0xff, l.value.as_bytes());
-        acc = acc.wrapping_add(x.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        acc = acc.wrapping_add(label_hash(l));
     }
-    h ^= acc;
-    h.wrapping_mul(0x0100_0000_01b3)
+    mix(bytes_hash(0x243f_6a88_85a3_08d3, name.as_bytes()) ^ acc)
+}
+
+/// Hash of one label (combined by addition, so label order does not matter).
+#[inline]
+fn label_hash(l: &Label<'_>) -> u64 {
+    let h = bytes_hash(0x1319_8a2e_0370_7344, l.name.as_bytes());
+    mix(bytes_hash(h, l.value.as_bytes())) | 1
+}
+
+#[inline]
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
+/// A small multiply-xorshift hash eight bytes at a time (not DoS-resistant; only duplicate
+/// detection within one body depends on it, and collisions are confirmed by comparison).
+#[inline]
+fn bytes_hash(mut h: u64, b: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        h ^= h >> 29;
+    }
+    let rest = chunks.remainder();
+    let mut w = [0u8; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    h = (h ^ u64::from_le_bytes(w) ^ ((b.len() as u64) << 56)).wrapping_mul(K);
+    h ^ (h >> 29)
 }
 
 fn same_label_set(a: &[Label<'_>], b: &[Label<'_>]) -> bool {

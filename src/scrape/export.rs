@@ -478,17 +478,24 @@ pub struct PassthroughCollector {
 impl Collector for PassthroughCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let views = self.board.snapshot();
-        // Group families of the same name across targets; the first target's type wins.
-        let mut by_name: BTreeMap<&str, Vec<&super::passthrough::PassFamily>> = BTreeMap::new();
+        // Group families by the name they encode under (a counter `x` and a gauge `x_total`
+        // would both write `x_total`) across targets; the first target's type wins.
+        let mut by_name: BTreeMap<String, Vec<&super::passthrough::PassFamily>> = BTreeMap::new();
         for v in &views {
             if let Some(p) = &v.passthrough {
                 for f in &p.families {
-                    by_name.entry(f.name.as_str()).or_default().push(f);
+                    let exported = match f.typ {
+                        PassType::Counter => format!("{}_total", f.name),
+                        PassType::Info => format!("{}_info", f.name),
+                        _ => f.name.clone(),
+                    };
+                    by_name.entry(exported).or_default().push(f);
                 }
             }
         }
-        for (name, fams) in by_name {
+        for fams in by_name.values() {
             let first = fams[0];
+            let name = first.name.as_str();
             let typ = match first.typ {
                 PassType::Counter => PmType::Counter,
                 PassType::Gauge => PmType::Gauge,

@@ -362,17 +362,18 @@ impl Loops {
                     s.up = Some(up);
                     s.last_error = err.clone();
                 });
-                let _ = me.events.send(ScrapeEvent {
-                    target: label.clone(),
-                    view,
-                    error: err,
-                });
                 if let Ok(mut p) = me.pending.lock()
                     && p.remove(&label)
                     && p.is_empty()
                 {
                     me.slot.mark_ready();
                 }
+                // Announced last, so a listener sees status and readiness already updated.
+                let _ = me.events.send(ScrapeEvent {
+                    target: label.clone(),
+                    view,
+                    error: err,
+                });
             }
         });
     }
@@ -420,6 +421,17 @@ mod tests {
             "{errors:?}"
         );
         assert!(crate::config::from_toml("[scrape]\nbogus = 1\n").is_err());
+        let t = crate::config::from_toml(
+            "[scrape]\ninterval = \"3s\"\ntimeout = \"1500ms\"\nmax_body_bytes = 2048\npassthrough_max_series = 5\n",
+        )
+        .unwrap();
+        assert_eq!(t.scrape.effective_timeout(), Duration::from_millis(1500));
+        assert_eq!(t.scrape.max_body_bytes, 2048);
+        let t = crate::config::from_toml(
+            "[[targets]]\nurl = \"http://h:1/\"\n[targets.scrape]\nenabled = false\n",
+        )
+        .unwrap();
+        assert!(target_runs(&t).is_empty());
         let runs = target_runs(&cfg);
         assert_eq!(runs[0].metrics_url, "ftp://x");
         assert_eq!(

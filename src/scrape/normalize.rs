@@ -621,15 +621,17 @@ fn add_values(
     out: &mut ServerSeries,
 ) {
     let exp = lk.exp;
+    let mut labels: Vec<(&str, &str)> = Vec::new();
     for s in exp.family_samples(fam) {
         if !matches!(s.suffix, Suffix::None | Suffix::Total) {
             continue;
         }
-        let labels: Vec<(&str, &str)> = exp
-            .sample_labels(s)
-            .iter()
-            .map(|l| (l.name, l.value.as_ref()))
-            .collect();
+        labels.clear();
+        labels.extend(
+            exp.sample_labels(s)
+                .iter()
+                .map(|l| (l.name, l.value.as_ref())),
+        );
         if let Some((k, v)) = alias.filter
             && !labels.iter().any(|(a, b)| *a == k && *b == v)
         {

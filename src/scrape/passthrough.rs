@@ -244,6 +244,7 @@ pub fn build(exp: &Exposition<'_>, target: &str, max_series: usize) -> PassThrou
             // Two upstream families that would encode under one name: keep the first.
             let exported = match pf.typ {
                 PassType::Counter => format!("{}_total", pf.name),
+                PassType::Info => format!("{}_info", pf.name),
                 _ => pf.name.clone(),
             };
             if !seen_names.insert(exported) {

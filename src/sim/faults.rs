@@ -62,7 +62,8 @@ pub struct Faults {
     pub stream_fault_every: u32,
     /// What `/metrics` does.
     pub metrics: MetricsFault,
-    /// Overrides `max_model_len` (context-limit validation and `/v1/models`) while set.
+    /// Overrides `max_model_len` (context-limit validation, `/v1/models`, `/tokenize`) while
+    /// set; capped at the configured `--max-model-len`.
     pub max_model_len: Option<u32>,
 }
 

@@ -221,6 +221,13 @@ impl SimConfig {
         if e.max_num_batched_tokens == 0 {
             errs.push("--max-num-batched-tokens: must be > 0".into());
         }
+        let kv_tokens = u64::from(e.num_gpu_blocks.saturating_sub(1)) * u64::from(e.block_size);
+        if e.block_size > 0 && e.num_gpu_blocks >= 2 && kv_tokens < u64::from(self.max_model_len) {
+            errs.push(format!(
+                "--num-gpu-blocks: the KV cache holds {kv_tokens} tokens ((blocks - 1) x block size), fewer than --max-model-len {}; one request could never fit",
+                self.max_model_len
+            ));
+        }
         if !(0.0..=1.0).contains(&self.eos_probability) {
             errs.push("--eos-probability: must be between 0 and 1".into());
         }
@@ -300,5 +307,9 @@ mod tests {
         bad.engine.num_gpu_blocks = 1;
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("--num-gpu-blocks"), "{e}");
+        let mut small = SimConfig::default();
+        small.engine.num_gpu_blocks = 100; // 99 x 16 = 1584 < 2048
+        let e = small.validate().unwrap_err().to_string();
+        assert!(e.contains("fewer than --max-model-len 2048"), "{e}");
     }
 }

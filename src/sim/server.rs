@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -60,12 +61,13 @@ impl Shared {
             .clone()
     }
 
+    /// The context length in force: the fault override (never above the configured one).
     fn max_model_len(&self) -> u32 {
         self.faults
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .max_model_len
-            .unwrap_or(self.cfg.max_model_len)
+            .map_or(self.cfg.max_model_len, |m| m.min(self.cfg.max_model_len))
     }
 
     /// Appends a line to the send log.
@@ -152,6 +154,12 @@ pub(super) async fn serve(
     tracing::info!(%addr, "simulator listening");
     let driver = tokio::spawn(drive(shared.clone()));
     let app = router(shared.clone());
+    // Small SSE writes must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(token.clone().cancelled_owned())
         .await
@@ -168,17 +176,28 @@ pub(super) async fn serve(
 /// The engine loop: plan a step, wait its duration, deliver its tokens.
 async fn drive(shared: Arc<Shared>) {
     let mut out: Vec<Output> = Vec::new();
+    // Steps follow an ideal timeline (each starts where the last one was due to end), so the
+    // timer's millisecond granularity does not slow the engine down on average.
+    let mut due = Instant::now();
     loop {
-        let start = Instant::now();
+        let now = Instant::now();
+        let start = if due + Duration::from_millis(5) < now {
+            now
+        } else {
+            due.min(now)
+        };
         let plan = shared.core().engine.schedule(crate::clock::monotonic_ns());
         if plan.is_empty() {
             tokio::select! {
-                _ = shared.notify.notified() => continue,
+                _ = shared.notify.notified() => {}
                 _ = shared.token.cancelled() => return,
             }
+            due = Instant::now();
+            continue;
         }
+        due = start + plan.duration;
         tokio::select! {
-            _ = tokio::time::sleep_until(start + plan.duration) => {}
+            _ = tokio::time::sleep_until(due) => {}
             _ = shared.token.cancelled() => return,
         }
         let mut core = shared.core();

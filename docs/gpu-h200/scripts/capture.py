@@ -4,6 +4,7 @@ usage: capture.py METRICS_URL SMI_CSV_OUT OURS_CSV_OUT STOP_FILE [METRICS_DUMP_D
 Every line of nvidia-smi's -lms 1000 stream is stamped on arrival; every scrape of /metrics
 is stamped with the sample time the daemon reports (last_sample_timestamp).
 """
+import os
 import subprocess
 import sys
 import threading
@@ -111,8 +112,43 @@ def valid_fields(fields):
     return ",".join(fields)
 
 
+def main_aligned(url, smi_out, ours_out, stop_file):
+    """Scrapes just after each daemon sample and runs a one-shot nvidia-smi right then, so the
+    two readings are tens of milliseconds apart rather than up to half a second."""
+    fields = valid_fields(SMI_FIELDS)
+    with open(ours_out, "w") as fo, open(smi_out, "w") as fs:
+        fo.write(",".join(OURS_COLS) + "\n")
+        fs.write("t," + fields + "\n")
+        while not os.path.exists(stop_file):
+            try:
+                t = time.time()
+                text = urllib.request.urlopen(url, timeout=2).read().decode()
+                row = ours_row(text, t)
+                t0 = time.time()
+                r = subprocess.run(["nvidia-smi", "--query-gpu=" + fields,
+                                    "--format=csv,noheader,nounits"],
+                                   capture_output=True, text=True, timeout=5)
+                t1 = time.time()
+                fo.write(",".join(str(x) for x in row) + "\n")
+                fo.flush()
+                line = r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
+                # nvidia-smi reads the GPU near the end of its run (after NVML init)
+                fs.write(f"{t1:.3f},{line}\n")
+                fs.flush()
+                t_sample = float(row[1]) if row[1] != "" else t
+                target = t_sample + 1.02
+                while target < time.time():
+                    target += 1.0
+                time.sleep(target - time.time())
+            except Exception as e:
+                print("aligned capture failed:", e, file=sys.stderr)
+                time.sleep(0.5)
+
+
 def main():
     url, smi_out, ours_out, stop_file = sys.argv[1:5]
+    if os.environ.get("CAPTURE_ALIGNED"):
+        return main_aligned(url, smi_out, ours_out, stop_file)
     dump_dir = sys.argv[5] if len(sys.argv) > 5 else None
     fields = SMI_FIELDS if smi_out == "-" else valid_fields(SMI_FIELDS)
     smi = None if smi_out == "-" else subprocess.Popen(["nvidia-smi", f"--query-gpu={fields}",
@@ -128,7 +164,6 @@ def main():
 
     if smi is not None:
         threading.Thread(target=pump, daemon=True).start()
-    import os
     with open(ours_out, "w") as f:
         f.write(",".join(OURS_COLS) + "\n")
         nxt = time.time()

@@ -1,0 +1,379 @@
+//! Measurement-overhead benchmark of the prober's request engine (docs/bench-prober.md).
+//!
+//! Run against the simulator in fixed-timing mode (`vllm-sentinel simulate --fixed-timing
+//! 50ms,10ms`), which stamps every SSE event with `sim_sent_ns`, its `CLOCK_MONOTONIC` send
+//! time. This client runs N closed-loop streams of K requests each through
+//! `prober::request::execute_with` — the exact code path of the daemon — and, for every event,
+//! takes the receive stamp the engine itself took and subtracts the server's send stamp. It
+//! reports that delay for the first token and for every later token, separately for the cold
+//! first wave (new connections) and the steady state, plus client CPU per streamed token over
+//! the streaming phase only (summed per-thread `schedstat`, ns resolution) and peak RSS.
+//!
+//! ```text
+//! cargo run --release --example prober_bench -- --target http://127.0.0.1:8000 --concurrency 1000
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use vllm_sentinel::prober::request::{
+    ChunkObserver, Conn, Endpoint, Outcome, ProbeRequest, Prompt, Timeouts, build_client,
+    execute_with,
+};
+
+#[derive(Default)]
+struct Args {
+    target: String,
+    concurrency: usize,
+    requests: usize,
+    max_tokens: u32,
+    prompt: usize,
+    label: String,
+    /// The floor: raw tokio sockets that only read and stamp (no HTTP stack, no parsing).
+    null: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        target: "http://127.0.0.1:8000".into(),
+        concurrency: 1,
+        requests: 3,
+        max_tokens: 100,
+        prompt: 32,
+        label: String::new(),
+        null: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().ok_or(format!("{k} needs a value"));
+        match k.as_str() {
+            "--target" => a.target = v()?,
+            "--concurrency" => a.concurrency = v()?.parse().map_err(|e| format!("{e}"))?,
+            "--requests-per-stream" => a.requests = v()?.parse().map_err(|e| format!("{e}"))?,
+            "--max-tokens" => a.max_tokens = v()?.parse().map_err(|e| format!("{e}"))?,
+            "--prompt-tokens" => a.prompt = v()?.parse().map_err(|e| format!("{e}"))?,
+            "--label" => a.label = v()?,
+            "--null-client" => a.null = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Delay histograms in ns: [cold first, cold later, warm first, warm later].
+struct Delays {
+    h: [Histogram<u64>; 4],
+    missing_stamp: u64,
+}
+
+impl Delays {
+    fn new() -> Self {
+        let mk = || {
+            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap_or_else(|_| {
+                Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 significant figures"))
+            })
+        };
+        Self {
+            h: [mk(), mk(), mk(), mk()],
+            missing_stamp: 0,
+        }
+    }
+}
+
+/// Collects (recv_ns, sent_ns) per event of one request; folded into the shared histograms
+/// after the request (so the hot path takes no lock).
+struct Obs {
+    events: Vec<(u64, u64)>,
+    missing: u64,
+}
+
+impl ChunkObserver for Obs {
+    #[inline]
+    fn on_event(&mut self, recv_ns: u64, data: &[u8]) {
+        const KEY: &[u8] = b"\"sim_sent_ns\":";
+        if let Some(p) = memchr::memmem::find(data, KEY) {
+            let digits = &data[p + KEY.len()..];
+            let mut n = 0u64;
+            for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
+                n = n * 10 + u64::from(b - b'0');
+            }
+            self.events.push((recv_ns, n));
+        } else if data != b"[DONE]" {
+            self.missing += 1;
+        }
+    }
+}
+
+fn cpu_ns() -> u64 {
+    // Sum of on-CPU time of every thread (schedstat's first field, ns).
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+        for e in rd.flatten() {
+            if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat"))
+                && let Some(v) = s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+            {
+                total += v;
+            }
+        }
+    }
+    total
+}
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() -> Result<(), String> {
+    let args = parse_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(run(args))
+}
+
+async fn run(a: Args) -> Result<(), String> {
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(10),
+        first_token: Duration::from_secs(60),
+        request: Duration::from_secs(120),
+    };
+    let client = build_client(&timeouts, a.concurrency + 1).map_err(|e| e.to_string())?;
+    let model = vllm_sentinel::prober::discovery::discover_model(
+        &client,
+        &a.target,
+        None,
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .id;
+    let delays = Arc::new(Mutex::new(Delays::new()));
+    let ttft_hist = Arc::new(Mutex::new([
+        Histogram::<u64>::new(3).map_err(|e| e.to_string())?,
+        Histogram::<u64>::new(3).map_err(|e| e.to_string())?,
+    ]));
+    let failures = Arc::new(Mutex::new(Vec::<Outcome>::new()));
+    let tokens = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let rss_start = vm_hwm_kib();
+    let cpu0 = cpu_ns();
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(a.concurrency);
+    let base: Arc<str> = Arc::from(a.target.as_str());
+    for s in 0..a.concurrency {
+        let (client, base, model) = (client.clone(), base.clone(), model.clone());
+        let (delays, failures, tokens, ttft_hist) = (
+            delays.clone(),
+            failures.clone(),
+            tokens.clone(),
+            ttft_hist.clone(),
+        );
+        let (n, max_tokens, plen, null) = (a.requests, a.max_tokens, a.prompt, a.null);
+        tasks.push(tokio::spawn(async move {
+            let mut sock: Option<tokio::net::TcpStream> = None;
+            let conn = Conn {
+                client: &client,
+                base_url: &base,
+                api_key: None,
+                timeouts: &timeouts,
+                cancel: None,
+                max_response_bytes: 16 << 20,
+            };
+            for i in 0..n {
+                let req = ProbeRequest {
+                    endpoint: Endpoint::Completions,
+                    model: model.clone(),
+                    prompt: Prompt::TokenIds(
+                        (0..plen)
+                            .map(|k| 100 + ((s * 31 + i * 7 + k) % 900) as u32)
+                            .collect(),
+                    ),
+                    max_tokens,
+                    ignore_eos: true,
+                    temperature: None,
+                    stream: true,
+                    extra: Default::default(),
+                };
+                let mut obs = Obs {
+                    events: Vec::with_capacity(max_tokens as usize + 2),
+                    missing: 0,
+                };
+                let rec = if null {
+                    null_request(&mut sock, &base, &req, &mut obs).await
+                } else {
+                    execute_with(&conn, &req, Instant::now(), &mut obs).await
+                };
+                if rec.outcome != Outcome::Ok {
+                    if let Ok(mut f) = failures.lock() {
+                        f.push(rec.outcome);
+                    }
+                    continue;
+                }
+                tokens.fetch_add(
+                    u64::from(rec.output_events),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                let warm = usize::from(i > 0) * 2;
+                if let Ok(mut d) = delays.lock() {
+                    d.missing_stamp += obs.missing;
+                    // Token events are the first `output_events`; the usage trailer follows.
+                    for (k, (recv, sent)) in obs
+                        .events
+                        .iter()
+                        .take(rec.output_events as usize)
+                        .enumerate()
+                    {
+                        let idx = warm + usize::from(k > 0);
+                        let _ = d.h[idx].record(recv.saturating_sub(*sent).max(1));
+                    }
+                }
+                if let (Some(t), Ok(mut h)) = (rec.ttft, ttft_hist.lock()) {
+                    let _ = h[usize::from(i > 0)].record(t.as_micros() as u64);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let wall = t0.elapsed();
+    let cpu = cpu_ns() - cpu0;
+    let toks = tokens.load(std::sync::atomic::Ordering::Relaxed);
+    let d = delays.lock().map_err(|_| "poisoned")?;
+    let ttft = ttft_hist.lock().map_err(|_| "poisoned")?;
+    let fails = failures.lock().map_err(|_| "poisoned")?;
+    let ms = |v: f64| v / 1e6;
+    let row = |h: &Histogram<u64>| {
+        format!(
+            "{{\"n\":{},\"mean_ms\":{:.4},\"p50_ms\":{:.4},\"p99_ms\":{:.4},\"max_ms\":{:.4}}}",
+            h.len(),
+            ms(h.mean()),
+            ms(h.value_at_quantile(0.5) as f64),
+            ms(h.value_at_quantile(0.99) as f64),
+            ms(h.max() as f64)
+        )
+    };
+    let trow = |h: &Histogram<u64>| {
+        format!(
+            "{{\"n\":{},\"mean_ms\":{:.3},\"p99_ms\":{:.3}}}",
+            h.len(),
+            h.mean() / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3
+        )
+    };
+    println!(
+        "{{\"label\":{:?},\"concurrency\":{},\"requests_per_stream\":{},\"tokens\":{toks},\"failures\":{},\"wall_s\":{:.3},\"cpu_s\":{:.4},\"cpu_us_per_token\":{:.3},\"client_cores\":{:.3},\"peak_rss_mib\":{:.1},\"rss_at_start_mib\":{:.1},\"workers\":{},\"first_cold\":{},\"later_cold\":{},\"first_warm\":{},\"later_warm\":{},\"ttft_cold\":{},\"ttft_warm\":{},\"events_without_stamp\":{}}}",
+        a.label,
+        a.concurrency,
+        a.requests,
+        fails.len(),
+        wall.as_secs_f64(),
+        cpu as f64 / 1e9,
+        if toks > 0 {
+            cpu as f64 / 1e3 / toks as f64
+        } else {
+            0.0
+        },
+        cpu as f64 / 1e9 / wall.as_secs_f64(),
+        vm_hwm_kib() as f64 / 1024.0,
+        rss_start as f64 / 1024.0,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        row(&d.h[0]),
+        row(&d.h[1]),
+        row(&d.h[2]),
+        row(&d.h[3]),
+        trow(&ttft[0]),
+        trow(&ttft[1]),
+        d.missing_stamp,
+    );
+    Ok(())
+}
+
+/// The floor client: one kept-alive socket per stream, the request written by hand, and every
+/// read scanned for events (`data: ` lines) and their `sim_sent_ns`, stamped once per read. No
+/// HTTP parsing beyond finding `[DONE]`, no JSON. What is left is the kernel and the runtime.
+async fn null_request(
+    sock: &mut Option<tokio::net::TcpStream>,
+    base: &str,
+    req: &ProbeRequest,
+    obs: &mut Obs,
+) -> vllm_sentinel::prober::request::RequestRecord {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t0 = Instant::now();
+    let mut rec = execute_failed(t0);
+    let addr = base.trim_start_matches("http://");
+    if sock.is_none() {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                *sock = Some(s);
+            }
+            Err(_) => return rec,
+        }
+    }
+    let Some(s) = sock.as_mut() else { return rec };
+    let body = req.body();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&body).await.is_err() {
+        return rec;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut events = 0u32;
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return rec,
+            Ok(n) => n,
+        };
+        let now = vllm_sentinel::clock::monotonic_ns();
+        let chunk = &buf[..n];
+        for p in memchr::memmem::find_iter(chunk, b"data: {") {
+            obs.on_event(now, &chunk[p..]);
+            events += 1;
+        }
+        if memchr::memmem::find(chunk, b"[DONE]").is_some() {
+            // The chunked terminator follows [DONE] in the same write.
+            break;
+        }
+    }
+    rec.outcome = Outcome::Ok;
+    // All events but the usage trailer carry a token.
+    rec.output_events = events.saturating_sub(1);
+    rec
+}
+
+fn execute_failed(_t0: Instant) -> vllm_sentinel::prober::request::RequestRecord {
+    vllm_sentinel::prober::request::RequestRecord {
+        outcome: Outcome::Connect,
+        http_status: None,
+        schedule_lag: Duration::ZERO,
+        sent_ns: 0,
+        ttfb: None,
+        ttft: None,
+        itl: Vec::new(),
+        tpot: None,
+        e2e: Duration::ZERO,
+        prompt_tokens: None,
+        output_tokens: None,
+        output_events: 0,
+        finish_reason: None,
+        error: None,
+        response_bytes: 0,
+    }
+}

@@ -1,0 +1,201 @@
+//! The prober against the built-in simulator and its fault injection (`POST /sim/faults`):
+//! every fault lands in its outcome class, the daemon keeps measuring, and the canary sees the
+//! simulator's context limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod prober_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prober_support::metric;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vllm_sentinel::daemon::RunContext;
+use vllm_sentinel::exporter::{Readiness, StatusBoard, encode};
+use vllm_sentinel::prober::Prober;
+
+const REQ: &str = "vllm_sentinel_probe_requests_total";
+
+async fn start_sim() -> (String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = vllm_sentinel::sim::SimConfig {
+        model: "tiny".into(),
+        fixed_timing: Some(vllm_sentinel::sim::parse_fixed_timing("5ms,1ms").unwrap()),
+        ..Default::default()
+    };
+    let token = CancellationToken::new();
+    tokio::spawn(vllm_sentinel::sim::serve(listener, cfg, token.clone()));
+    (url, token)
+}
+
+struct Harness {
+    reg: Registry,
+    ctx: RunContext,
+    _tx: watch::Sender<Arc<vllm_sentinel::config::Config>>,
+}
+
+impl Harness {
+    fn text(&self) -> String {
+        encode(&self.reg, None).unwrap().0
+    }
+    async fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.text();
+            if cond(&t) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{t}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn start_prober(url: &str) -> Harness {
+    let text = format!(
+        "[prober]\nerror_backoff = \"10ms\"\nfirst_token_timeout = \"500ms\"\nrequest_timeout = \"1s\"\ndiscovery_retry_min = \"20ms\"\ndiscovery_retry_max = \"50ms\"\n\n[[targets]]\nname = \"sim\"\nurl = \"{url}\"\n[[targets.workloads]]\nname = \"w\"\nconcurrency = 2\nprompt_tokens = 16\nmax_tokens = 8\n[[targets.workloads]]\nname = \"long\"\nconcurrency = 1\nprompt_tokens = 3000\nmax_tokens = 4\n[targets.canary]\ninterval = \"1s\"\n"
+    );
+    let cfg = vllm_sentinel::config::from_toml(&text).unwrap();
+    vllm_sentinel::config::validate(&cfg).unwrap();
+    let mut reg = Registry::default();
+    let prober = Prober::new(&cfg, &mut reg).unwrap();
+    let (tx, rx) = watch::channel(Arc::new(cfg));
+    let ctx = RunContext {
+        tracker: TaskTracker::new(),
+        token: CancellationToken::new(),
+        config: rx,
+        readiness: Readiness::default(),
+        status: StatusBoard::default(),
+    };
+    prober.spawn(&ctx);
+    Harness { reg, ctx, _tx: tx }
+}
+
+async fn set_faults(url: &str, json: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/sim/faults"))
+        .header("content-type", "application/json")
+        .body(json.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "{json}: {}",
+        r.text().await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn every_simulated_fault_lands_in_its_class() {
+    let (url, sim) = start_sim().await;
+    let h = start_prober(&url);
+    let w = "workload=\"w\"";
+    h.wait_for("ok, context_length and a canary verdict", |t| {
+        metric(t, REQ, &[w, "outcome=\"ok\""]) >= 3.0
+            && metric(t, REQ, &["workload=\"long\"", "outcome=\"context_length\""]) >= 1.0
+            && metric(t, "vllm_sentinel_canary_limit_honoured", &[]) == 1.0
+    })
+    .await;
+    let t = h.text();
+    assert_eq!(
+        metric(&t, "vllm_sentinel_canary_max_model_len_tokens", &[]),
+        2048.0
+    );
+    // TTFT is at least the simulator's fixed 5 ms.
+    let l = [w];
+    let ttft_sum = metric(&t, "vllm_sentinel_probe_ttft_seconds_sum", &l);
+    let ttft_n = metric(&t, "vllm_sentinel_probe_ttft_seconds_count", &l);
+    assert!(ttft_sum / ttft_n >= 0.005, "{}", ttft_sum / ttft_n);
+    for (faults, class) in [
+        (r#"{"error_status":500,"error_every":1}"#, "server_error"),
+        (r#"{"error_status":429,"error_every":1}"#, "rate_limited"),
+        (r#"{"error_status":503,"error_every":1}"#, "overloaded"),
+        (r#"{"cut_after_tokens":2}"#, "truncated"),
+        (r#"{"error_event_after_tokens":2}"#, "stream_error"),
+        (r#"{"malformed_after_tokens":2}"#, "malformed"),
+        (r#"{"stall_after_tokens":2}"#, "timeout_request"),
+        (r#"{"slow_headers":"2s"}"#, "timeout_first_token"),
+    ] {
+        set_faults(&url, faults).await;
+        let label = format!("outcome=\"{class}\"");
+        h.wait_for(class, |t| metric(t, REQ, &[w, &label]) >= 1.0)
+            .await;
+        set_faults(&url, "{}").await;
+        // Back to normal: successes resume.
+        let before = metric(&h.text(), REQ, &[w, "outcome=\"ok\""]);
+        h.wait_for("recovery", |t| {
+            metric(t, REQ, &[w, "outcome=\"ok\""]) > before
+        })
+        .await;
+    }
+    // The simulator goes away mid-run: failures are counted and the prober keeps exporting.
+    sim.cancel();
+    h.wait_for("connect failures", |t| {
+        metric(t, REQ, &[w, "outcome=\"connect\""]) >= 1.0
+    })
+    .await;
+    let t = h.text();
+    let ok = metric(&t, REQ, &[w, "outcome=\"ok\""]);
+    assert_eq!(
+        metric(&t, "vllm_sentinel_probe_e2e_seconds_count", &l),
+        ok,
+        "only successes in the success histograms"
+    );
+    h.ctx.token.cancel();
+    h.ctx.tracker.close();
+    tokio::time::timeout(Duration::from_secs(10), h.ctx.tracker.wait())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn chat_workload_with_calibrated_prompt_length() {
+    let (url, sim) = start_sim().await;
+    let text = format!(
+        "[[targets]]\nname = \"sim\"\nurl = \"{url}\"\nendpoint = \"chat\"\n[[targets.workloads]]\nname = \"c\"\nprompt_tokens = 64\nmax_tokens = 4\n[targets.canary]\nenabled = false\n"
+    );
+    let cfg = vllm_sentinel::config::from_toml(&text).unwrap();
+    let mut reg = Registry::default();
+    let prober = Prober::new(&cfg, &mut reg).unwrap();
+    let (tx, rx) = watch::channel(Arc::new(cfg));
+    let ctx = RunContext {
+        tracker: TaskTracker::new(),
+        token: CancellationToken::new(),
+        config: rx,
+        readiness: Readiness::default(),
+        status: StatusBoard::default(),
+    };
+    prober.spawn(&ctx);
+    let h = Harness { reg, ctx, _tx: tx };
+    let t = h
+        .wait_for("chat requests", |t| {
+            metric(t, REQ, &["endpoint=\"chat\"", "outcome=\"ok\""]) >= 3.0
+        })
+        .await;
+    let n = metric(&t, REQ, &["outcome=\"ok\""]);
+    let prompt = metric(&t, "vllm_sentinel_probe_prompt_tokens_total", &[]) / n;
+    // Calibrated through the simulator's /tokenize: within a few tokens of the target.
+    assert!((prompt - 64.0).abs() <= 4.0, "mean prompt {prompt}");
+    assert_eq!(
+        metric(
+            &t,
+            "vllm_sentinel_probe_ttft_seconds_count",
+            &["endpoint=\"chat\""]
+        ),
+        n
+    );
+    sim.cancel();
+    h.ctx.token.cancel();
+    h.ctx.tracker.close();
+    tokio::time::timeout(Duration::from_secs(10), h.ctx.tracker.wait())
+        .await
+        .unwrap();
+}
