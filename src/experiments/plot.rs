@@ -148,6 +148,7 @@ fn draw_line_chart<DB: DrawingBackend>(
     let yfmt = |v: &f64| fmt_tick(*v);
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc(&c.x_label)
         .y_desc(&c.y_label)
         .x_labels(x_labels)

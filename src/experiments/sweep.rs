@@ -3,11 +3,11 @@
 //! Each level is either a closed loop of N concurrent streams (`--concurrency`) or an open
 //! loop of Poisson arrivals at R requests per second (`--rate`, latency counted from each
 //! request's intended start, with `--max-in-flight` as a safety cap). A level first warms up
-//! (`--warmup`, discarded), then measures for `--duration` or until `--requests` measured
-//! requests have started. The **steady-state window** is `[end of warm-up, end of
-//! measurement]`: requests that *start* in it give the latency figures; requests that
-//! *complete* in it give the throughput; every stream is busy throughout it in the closed loop.
-//! Requests still running at the end are awaited (and counted in latency), never cut.
+//! (discarded; in the closed loop also until every stream's first request is done), then
+//! measures for `--duration` or until `--requests` measured requests have started. The
+//! **steady-state window** is `[end of warm-up, end of measurement]`: requests that *start* in
+//! it give the latency figures; the share of each request that falls in it gives the
+//! throughput. Requests still running at the end are awaited (and counted in latency), never cut.
 //!
 //! The server's `/metrics` is sampled every `--metrics-interval` during each level (KV usage,
 //! queue depth, preemptions), NVML where present. After each level the knee detector
@@ -499,29 +499,46 @@ async fn run_level<T: Target>(
             k < n
         }
     };
+    let gate = Arc::new(Gate::new(
+        match load {
+            Load::Concurrency(c) => c as usize,
+            Load::Rate(_) => 0,
+        },
+        warm_end,
+        plan.duration,
+        want,
+    ));
     let mut tasks = JoinSet::new();
     let mut dropped = 0usize;
     match load {
         Load::Concurrency(c) => {
             for _ in 0..c {
-                let (t, tx, admit, lt) =
-                    (t.clone(), tx.clone(), admit.clone(), level_token.clone());
+                let (t, tx, lt, gate) = (t.clone(), tx.clone(), level_token.clone(), gate.clone());
                 let spec = plan.spec;
                 tasks.spawn(async move {
+                    let mut first = true;
+                    let mut measured_started = false;
                     loop {
                         let start = Instant::now();
-                        if !admit(start) {
-                            break;
+                        match gate.admit(start, measured_started) {
+                            Admit::Stop => break,
+                            Admit::Measured => measured_started = true,
+                            Admit::Warmup => {}
                         }
                         let s = tokio::select! {
                             s = t.execute(spec, 0.0) => s,
                             _ = lt.cancelled() => break,
                         };
+                        let end = Instant::now();
+                        if first {
+                            first = false;
+                            gate.first_done(end);
+                        }
                         let st = rel(start);
                         let _ = tx.send(Timed {
                             intended: st,
                             start: st,
-                            end: rel(Instant::now()),
+                            end: rel(end),
                             sample: s,
                         });
                     }
@@ -598,11 +615,17 @@ async fn run_level<T: Target>(
     while let Some(r) = rx.recv().await {
         records.push(r);
     }
-    let ws = plan.warmup.as_secs_f64();
-    let mut we = match (timed_stop, count_stop.lock().ok().and_then(|g| *g)) {
-        (Some(s), _) => rel(s),
-        (None, Some(s)) => rel(s),
-        (None, None) => records.iter().map(|r| r.intended).fold(ws, f64::max),
+    let (ws, mut we) = match load {
+        Load::Concurrency(_) => gate.window(&records, rel, interrupted_at),
+        Load::Rate(_) => {
+            let ws = plan.warmup.as_secs_f64();
+            let we = match (timed_stop, count_stop.lock().ok().and_then(|g| *g)) {
+                (Some(s), _) => rel(s),
+                (None, Some(s)) => rel(s),
+                (None, None) => records.iter().map(|r| r.intended).fold(ws, f64::max),
+            };
+            (ws, we)
+        }
     };
     if interrupted {
         we = we.min(interrupted_at);
@@ -616,6 +639,118 @@ async fn run_level<T: Target>(
             .or_insert(0) += dropped;
     }
     level
+}
+
+/// What a closed-loop stream may do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Send a warm-up request (not measured).
+    Warmup,
+    /// Send a measured request.
+    Measured,
+    /// The level is over for this stream.
+    Stop,
+}
+
+/// The phases of a closed-loop level. Warm-up lasts `--warmup` *and* until every stream has
+/// completed its first request, so a level whose requests outlast the warm-up still starts
+/// measuring from a full pipeline. Measurement then lasts `--duration` (or `--requests`), and a
+/// stream stops only once it has sent at least one measured request, so every level has
+/// latency samples however long its requests take.
+#[derive(Debug)]
+struct Gate {
+    streams: usize,
+    min_warm_end: Instant,
+    duration: Duration,
+    want: Option<usize>,
+    firsts: AtomicUsize,
+    measured: AtomicUsize,
+    /// (end of warm-up, start of the last measured request in requests mode)
+    phase: std::sync::Mutex<(Option<Instant>, Option<Instant>)>,
+}
+
+impl Gate {
+    fn new(streams: usize, min_warm_end: Instant, duration: Duration, want: Option<usize>) -> Self {
+        Self {
+            streams,
+            min_warm_end,
+            duration,
+            want,
+            firsts: AtomicUsize::new(0),
+            measured: AtomicUsize::new(0),
+            phase: std::sync::Mutex::new((None, None)),
+        }
+    }
+
+    fn warm_end(&self) -> Option<Instant> {
+        self.phase.lock().ok().and_then(|p| p.0)
+    }
+
+    fn first_done(&self, at: Instant) {
+        if self.firsts.fetch_add(1, Ordering::SeqCst) + 1 == self.streams
+            && let Ok(mut p) = self.phase.lock()
+        {
+            p.0 = Some(at.max(self.min_warm_end));
+        }
+    }
+
+    fn admit(&self, at: Instant, measured_started: bool) -> Admit {
+        let Some(we) = self.warm_end() else {
+            return Admit::Warmup;
+        };
+        if at < we {
+            return Admit::Warmup;
+        }
+        match self.want {
+            None => {
+                if at < we + self.duration || !measured_started {
+                    Admit::Measured
+                } else {
+                    Admit::Stop
+                }
+            }
+            Some(n) => {
+                let k = self.measured.fetch_add(1, Ordering::SeqCst);
+                if k + 1 == n
+                    && let Ok(mut p) = self.phase.lock()
+                {
+                    p.1 = Some(at);
+                }
+                if k < n { Admit::Measured } else { Admit::Stop }
+            }
+        }
+    }
+
+    /// The measurement window `(start, end)`, seconds after the level started.
+    fn window(
+        &self,
+        records: &[Timed],
+        rel: impl Fn(Instant) -> f64,
+        interrupted_at: f64,
+    ) -> (f64, f64) {
+        let Some(we) = self.warm_end() else {
+            return (interrupted_at, interrupted_at);
+        };
+        let ws = rel(we);
+        let end = match self.want {
+            None => {
+                let last_measured = records
+                    .iter()
+                    .map(|r| r.start)
+                    .filter(|s| *s >= ws)
+                    .fold(ws, f64::max);
+                (ws + self.duration.as_secs_f64()).max(last_measured)
+            }
+            Some(_) => self
+                .phase
+                .lock()
+                .ok()
+                .and_then(|p| p.1)
+                .map(&rel)
+                .unwrap_or_else(|| records.iter().map(|r| r.start).fold(ws, f64::max)),
+        };
+        (ws, end)
+    }
 }
 
 fn summarize_level(
@@ -634,17 +769,38 @@ fn summarize_level(
     let samples: Vec<&Sample> = in_window.iter().map(|r| &r.sample).collect();
     let ok = samples.iter().filter(|s| s.ok()).count();
     let failed = samples.len() - ok;
-    let completed: Vec<&Timed> = records
+    // The share of each successful request that fell in the window: its lifetime for request
+    // throughput, its decode span (first token to end, tokens spread evenly) for output tokens,
+    // its first token (end of prefill) for prompt tokens. This measures a level correctly even
+    // when its requests outlast the window.
+    let overlap = |a: f64, b: f64| -> f64 {
+        if b > a {
+            ((b.min(we) - a.max(ws)).max(0.0)) / (b - a)
+        } else if b >= ws && b <= we {
+            1.0
+        } else {
+            0.0
+        }
+    };
+    let oks: Vec<&Timed> = records.iter().filter(|r| r.sample.ok()).collect();
+    let first_token = |r: &Timed| r.intended + r.sample.ttft_s.or(r.sample.ttfb_s).unwrap_or(0.0);
+    let req_share = |r: &Timed| overlap(r.start, r.end);
+    // `+ 0.0` turns the -0.0 of an empty float sum into 0.0
+    let per_s = |x: f64| if span > 0.0 { x / span + 0.0 } else { 0.0 };
+    let completed_share: f64 = oks.iter().map(|r| req_share(r)).sum();
+    let out_tokens: f64 = oks
         .iter()
-        .filter(|r| r.sample.ok() && r.end >= ws && r.end <= we)
-        .collect();
-    let per_s = |x: f64| if span > 0.0 { x / span } else { 0.0 };
-    let out_tokens: f64 = completed
-        .iter()
-        .map(|r| f64::from(r.sample.output_tokens.unwrap_or(0)))
+        .map(|r| {
+            let f = first_token(r).min(r.end);
+            f64::from(r.sample.output_tokens.unwrap_or(0)) * overlap(f, r.end)
+        })
         .sum();
-    let prompt_tokens: f64 = completed
+    let prompt_tokens: f64 = oks
         .iter()
+        .filter(|r| {
+            let f = first_token(r).min(r.end);
+            f >= ws && f <= we
+        })
         .map(|r| f64::from(r.sample.prompt_tokens.unwrap_or(0)))
         .sum();
     let busy: f64 = records
@@ -654,14 +810,18 @@ fn summarize_level(
     let (slo_attainment, goodput_rps) = if slo.is_set() {
         let meets = |s: &Sample| s.ok() && slo.met_by(s.ttft_s, s.tpot_s, Some(s.e2e_s));
         let met = samples.iter().filter(|s| meets(s)).count();
-        let good = completed.iter().filter(|r| meets(&r.sample)).count();
+        let good: f64 = oks
+            .iter()
+            .filter(|r| meets(&r.sample))
+            .map(|r| req_share(r))
+            .sum();
         (
             Some(if samples.is_empty() {
                 0.0
             } else {
                 met as f64 / samples.len() as f64
             }),
-            Some(per_s(good as f64)),
+            Some(per_s(good)),
         )
     } else {
         (None, None)
@@ -731,7 +891,7 @@ fn summarize_level(
         ok,
         failed,
         errors_by_class: common::errors_by_class(samples.iter().copied()),
-        request_throughput_rps: per_s(completed.len() as f64),
+        request_throughput_rps: per_s(completed_share),
         output_token_throughput_tps: per_s(out_tokens),
         total_token_throughput_tps: per_s(out_tokens + prompt_tokens),
         mean_in_flight: per_s(busy),
@@ -903,6 +1063,38 @@ mod tests {
         assert!(!l16.gpu.available);
         assert_eq!(l16.window.duration_s, 5.0);
         assert!(r.notes.iter().any(|n| n.contains("GPU")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_longer_than_the_window_are_still_measured() {
+        // 10 ms + 399 × 5 ms ≈ 2 s per request, against a 100 ms warm-up and a 500 ms window
+        let f = Arc::new(FakeServer::new(4));
+        let mut a = args(&[2]);
+        a.max_tokens = 400;
+        a.warmup = Duration::from_millis(100);
+        a.duration = Duration::from_millis(500);
+        let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
+        let l = &r.sweep.unwrap().levels[0];
+        // warm-up ends when both first requests are done; each stream then sends at least one
+        // measured request, which stretches the window past the 500 ms asked for
+        assert!(
+            l.ok >= 2,
+            "at least one measured request per stream: {l:#?}"
+        );
+        assert!((l.window.start_s - 2.005).abs() < 0.01, "{:?}", l.window);
+        assert!(l.window.duration_s >= 0.5);
+        // two streams of 2.005 s requests: 0.9975 req/s, 399 decode tokens per 1.995 s each
+        assert!(
+            (l.request_throughput_rps - 2.0 / 2.005).abs() < 0.01,
+            "{}",
+            l.request_throughput_rps
+        );
+        assert!(
+            (l.output_token_throughput_tps - 400.0).abs() < 5.0,
+            "{}",
+            l.output_token_throughput_tps
+        );
+        assert!((l.mean_in_flight - 2.0).abs() < 0.01);
     }
 
     #[tokio::test(start_paused = true)]
