@@ -294,7 +294,7 @@ def run_cmd(args, out, name, argv):
         print(r.stdout[-4000:])
         fail(f"`{name}` exited {r.returncode}")
     log(f"{name} took {time.monotonic() - t0:.1f}s")
-    with open(os.path.join(d, f"{name.replace('-', '_')}.json")) as f:
+    with open(os.path.join(d, f"{name}.json")) as f:
         return json.load(f), d
 
 
@@ -308,20 +308,19 @@ def experiment_checks(args, out):
     check(not rep.get("partial", False), "bench report is complete")
     text = json.dumps(rep)
     check('"ttft_s"' in text and '"tpot_s"' in text, "bench report has TTFT and TPOT summaries")
-    for fname in os.listdir(d):
-        pass
     log(f"bench artefacts: {sorted(os.listdir(d))}")
 
     rep, d = run_cmd(args, out, "sweep", ["--concurrency", "1,4,16", "--duration", "8s", "--warmup", "2s",
                                            "--prompt-tokens", "128", "--max-tokens", "64", "--no-early-stop"])
     levels = rep["sweep"]["levels"]
-    check(len(levels) == 3, f"sweep ran 3 levels")
-    thr = [lv.get("request_throughput_per_s", lv.get("throughput", {}).get("requests_per_s", 0)) if isinstance(lv, dict) else 0 for lv in levels]
+    check(len(levels) == 3, "sweep ran 3 levels")
+    thr = [lv["request_throughput_rps"] for lv in levels]
+    check(all(t > 0 for t in thr) and thr[-1] >= thr[0], f"sweep: throughput grows with load: {thr} req/s")
     log(f"sweep levels: {json.dumps([{k: lv[k] for k in lv if not isinstance(lv[k], (dict, list))} for lv in levels])[:800]}")
-    check(all(lv.get("errors_total", 0) == 0 for lv in levels if isinstance(lv, dict)), "sweep: no errors at any level")
+    check(all(lv["failed"] == 0 and lv["ok"] > 0 for lv in levels), "sweep: every level served requests, none failed")
     log(f"sweep artefacts: {sorted(os.listdir(d))}")
 
-    rep, d = run_cmd(args, out, "kv-scale", ["--max-tokens", "16", "--grid-max-concurrency", "48"])
+    rep, d = run_cmd(args, out, "kv-scale", ["--max-tokens", "64", "--grid-max-concurrency", "48"])
     kv = rep["kv_scale"]
     check(kv["max_model_len"] == args.max_model_len, f"kv-scale reads max_model_len {kv['max_model_len']}")
     bnd = kv["boundary"]
@@ -332,10 +331,19 @@ def experiment_checks(args, out):
     rejected = [r for r in kv["ladder"] if r["feasibility"] == "rejected"]
     check(rejected and all((r["kv_usage_delta"] or 0) == 0 for r in rejected),
           f"kv-scale: {len(rejected)} rejected rung(s), none changed KV usage (rejected before any GPU work)")
-    accepted = [r for r in kv["ladder"] if r["feasibility"] == "accepted" and r["kv_usage_delta"] is not None]
-    if len(accepted) >= 2:
-        check(accepted[-1]["kv_usage_peak"] >= accepted[0]["kv_usage_peak"],
-              f"kv-scale: KV usage grows with context ({accepted[0]['prompt_tokens']}: {accepted[0]['kv_usage_peak']}, {accepted[-1]['prompt_tokens']}: {accepted[-1]['kv_usage_peak']})")
+    # One request's KV usage against the expectation from cache_config_info. vLLM publishes the
+    # gauge between engine steps, so a short request can finish between two samples and show 0:
+    # most rungs, not all, must match to within one block.
+    one_block = 1.0 / (blocks - 1)
+    rungs = [r for r in kv["ladder"] if r["feasibility"] in ("accepted", "clamped") and r["kv_usage_expected"]]
+    matched = [r for r in rungs if r["kv_usage_peak"] is not None and abs(r["kv_usage_peak"] - r["kv_usage_expected"]) <= one_block + 1e-9]
+    check(len(rungs) >= 3 and len(matched) >= 0.6 * len(rungs),
+          f"kv-scale: one request's measured KV usage matches the expected blocks on {len(matched)}/{len(rungs)} rungs: "
+          + ", ".join(f"{r['prompt_tokens']}: {r['kv_usage_peak']:.3f}/{r['kv_usage_expected']:.3f}" for r in rungs))
+    grid = [g for g in kv["grid"] if g["max_fitting_observed"] is not None]
+    log("kv-scale grid (context: computed/observed): " + ", ".join(f"{g['context_tokens']}: {g['capacity_computed']}/{g['max_fitting_observed']}" for g in kv["grid"]))
+    check(grid and all(g["max_fitting_observed"] <= g["capacity_computed"] for g in grid),
+          "kv-scale grid: no more sequences ran at once than the computed KV capacity allows")
     log(f"kv-scale artefacts: {sorted(os.listdir(d))}")
 
 
