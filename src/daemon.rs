@@ -61,12 +61,7 @@ pub async fn serve_on(
         readiness: Readiness::default(),
         status: StatusBoard::default(),
     };
-    for t in &cfg.targets {
-        ctx.status.update(&t.label(), |s| {
-            s.url = t.url.clone();
-            s.model = t.model.clone();
-        });
-    }
+    ctx.status.sync_targets(&status_entries(&cfg));
 
     let mut registry = Registry::default();
     exporter::register_common(&mut registry);
@@ -84,8 +79,10 @@ pub async fn serve_on(
 
     let reload: Option<ReloadFn> = reloader.map(|r| {
         let tx = config_tx.clone();
+        let status = ctx.status.clone();
         let f: ReloadFn = Arc::new(move || match r() {
             Ok(new) => {
+                status.sync_targets(&status_entries(&new));
                 tx.send_replace(Arc::new(new));
                 tracing::info!("configuration reloaded");
                 Ok("configuration reloaded".to_string())
@@ -125,6 +122,14 @@ pub async fn serve_on(
             Ok(())
         }
     }
+}
+
+/// (label, url, configured model) of every target, for the landing page.
+fn status_entries(cfg: &Config) -> Vec<(String, String, Option<String>)> {
+    cfg.targets
+        .iter()
+        .map(|t| (t.label(), t.url.clone(), t.model.clone()))
+        .collect()
 }
 
 fn spawn_sighup(reload: ReloadFn, token: CancellationToken, tracker: &TaskTracker) {
