@@ -146,6 +146,23 @@ pub fn capacity(cache: &CacheConfig, tokens: u64) -> u64 {
 }
 
 /// Concurrencies to try for a computed capacity: around it, so the edge is observed.
+/// Whether `c` concurrent sequences ran at once: all served, none preempted, and either the
+/// server was seen running all of them or nothing ever waited. vLLM publishes its gauges between
+/// engine steps and a `/metrics` sample takes tens of milliseconds, so a short cell can finish
+/// between two samples with `running` never seen at `c`; a cell in which no request waited and
+/// none was preempted still had every sequence admitted.
+pub fn cell_fits(
+    c: u32,
+    ok: usize,
+    running_peak: Option<f64>,
+    waiting_peak: Option<f64>,
+    preemptions: Option<f64>,
+) -> bool {
+    ok == c as usize
+        && preemptions.is_none_or(|p| p == 0.0)
+        && (running_peak.is_some_and(|r| r >= f64::from(c)) || waiting_peak == Some(0.0))
+}
+
 pub fn grid_concurrencies(cap: Option<u64>, max: u32) -> Vec<u32> {
     let mut v: Vec<u32> = match cap {
         Some(0) => vec![1, 2],
@@ -527,9 +544,7 @@ pub async fn measure<T: Target>(
                 let after = t.metrics().await.ok().and_then(|s| s.preemptions_total);
                 let ok = samples.iter().filter(|s| s.ok()).count();
                 let preemptions = after.zip(before).map(|(a, b)| (a - b).max(0.0));
-                let fits = ok == c as usize
-                    && w.running_peak.is_some_and(|r| r >= f64::from(c))
-                    && preemptions.is_none_or(|p| p == 0.0);
+                let fits = cell_fits(c, ok, w.running_peak, w.waiting_peak, preemptions);
                 if fits && all_fit_so_far {
                     row.max_fitting_observed = Some(c);
                 }
@@ -864,6 +879,11 @@ mod tests {
         assert_eq!(g64.max_fitting_observed, Some(15));
         let over = g64.cells.iter().find(|c| c.concurrency == 16).unwrap();
         assert!(!over.fits);
+        // A cell whose gauges were sampled between steps: nothing waited, nothing preempted.
+        assert!(cell_fits(1, 1, Some(0.0), Some(0.0), Some(0.0)));
+        assert!(!cell_fits(4, 4, Some(2.0), Some(2.0), Some(0.0)));
+        assert!(!cell_fits(4, 4, Some(4.0), Some(0.0), Some(1.0)));
+        assert!(!cell_fits(4, 3, Some(4.0), Some(0.0), Some(0.0)));
         assert!(over.waiting_peak.unwrap() >= 1.0);
         assert!(
             r.notes.iter().any(|n| n.contains("before any GPU work")),
