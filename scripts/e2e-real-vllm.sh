@@ -13,7 +13,7 @@
 #
 # Usage: scripts/e2e-real-vllm.sh [BINARY] [--update-examples]
 #   BINARY defaults to target/release/vllm-sentinel (built when missing).
-#   --update-examples copies the run's /metrics snapshot, reports and plots to docs/examples/.
+#   --update-examples copies the run's /metrics snapshots (daemon and vLLM) to docs/examples/metrics/.
 # The vLLM install is cached outside the clone (scripts/vllm-cpu/setup.sh), so a second run
 # skips it. The server listens on 127.0.0.1 only and is stopped on exit, whatever happens.
 set -euo pipefail
