@@ -13,8 +13,10 @@ pub fn init(args: &GlobalArgs) -> anyhow::Result<()> {
         }
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match args.log_format {
         LogFormat::Json => builder.json().try_init(),
