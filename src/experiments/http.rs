@@ -24,7 +24,7 @@ use crate::prober::request::{self, ProbeRequest, Timeouts};
 
 /// A server over HTTP.
 pub struct HttpTarget {
-    client: reqwest::Client,
+    client: request::ProbeClient,
     base_url: String,
     api_key: Option<String>,
     endpoint: Endpoint,
@@ -71,7 +71,7 @@ impl HttpTarget {
 impl Target for HttpTarget {
     async fn models(&self) -> anyhow::Result<Vec<ModelInfo>> {
         let ms = discovery::list_models(
-            &self.client,
+            self.client.http(),
             &self.base_url,
             self.api_key.as_deref(),
             self.timeouts.connect.max(Duration::from_secs(10)),
@@ -90,7 +90,7 @@ impl Target for HttpTarget {
         let mut notes = Vec::new();
         let chat = self.endpoint == Endpoint::Chat;
         let builder = match PromptBuilder::calibrate(
-            &self.client,
+            self.client.http(),
             &self.base_url,
             self.api_key.as_deref(),
             &model.id,
@@ -184,6 +184,7 @@ impl Target for HttpTarget {
     async fn metrics(&self) -> anyhow::Result<ServerSnapshot> {
         let mut b = self
             .client
+            .http()
             .get(format!("{}/metrics", self.base_url))
             .timeout(Duration::from_secs(10));
         if let Some(k) = &self.api_key {

@@ -77,7 +77,7 @@ pub async fn run(
         if cfg.enabled {
             // Refresh the advertised limit (it changes when the server restarts).
             if let Ok(m) = discovery::discover_model(
-                &shared.client,
+                shared.client.http(),
                 &shared.base_url,
                 shared.api_key.as_deref(),
                 Some(&shared.model),

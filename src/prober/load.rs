@@ -40,7 +40,7 @@ pub struct HealthCounters {
 /// What every request of a target shares.
 pub struct TargetShared {
     pub label: String,
-    pub client: reqwest::Client,
+    pub client: super::request::ProbeClient,
     pub base_url: String,
     /// Bearer token; never logged (see the `Debug` impl).
     pub api_key: Option<String>,

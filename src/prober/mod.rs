@@ -2,7 +2,7 @@
 //!
 //! Submodules, one concern each:
 //! [`request`] (the single-request engine, shared with the one-shot experiments),
-//! [`sse`] (the incremental SSE splitter), [`event`] (borrowed extraction from event JSON),
+//! [`http1`] (its own HTTP/1.1 client for plain-TCP targets), [`sse`] (the incremental SSE splitter), [`event`] (borrowed extraction from event JSON),
 //! [`discovery`] (`/v1/models`, `/tokenize`), [`prompt`] (prompt construction),
 //! [`settings`] (config sections and validation), [`metrics`] (families and per-workload
 //! handles), [`load`] (closed and open loops), [`canary`] (context-length canary),
@@ -17,6 +17,7 @@ pub mod canary;
 pub mod discovery;
 pub mod event;
 pub mod health;
+pub mod http1;
 pub mod load;
 pub mod metrics;
 pub mod prompt;

@@ -19,10 +19,15 @@
 //! * Each event is stamped with the receive time of the network read in which its first
 //!   `data:` line completed, taken before any parsing.
 //!
+//! Transport: plain `http://` targets go through the prober's own HTTP/1.1 client
+//! ([`super::http1`]: the request task reads its socket itself, one wake-up per read);
+//! `https://` targets (the `tls` feature) go through reqwest. Both give the same records.
+//!
 //! Timeouts: `connect` is a property of the client ([`build_client`]); `first_token` bounds the
 //! time from the send to the first output event (headers included); `request` bounds the whole
 //! request. One timer is armed per request and moved once, not one per chunk.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -30,6 +35,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::event::{self, ErrorInfo};
+use super::http1;
 use super::sse::{SseError, SseParser};
 use crate::clock::monotonic_ns;
 pub use crate::config::Endpoint;
@@ -330,7 +336,7 @@ impl ChunkObserver for () {
 /// Where and how to send: the connection-level settings of a target.
 #[derive(Clone, Copy)]
 pub struct Conn<'a> {
-    pub client: &'a reqwest::Client,
+    pub client: &'a ProbeClient,
     /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8000`.
     pub base_url: &'a str,
     /// Bearer token; never logged.
@@ -363,11 +369,79 @@ pub const MAX_ITL_SAMPLES: usize = 65_536;
 /// Cap on the bytes kept of a non-2xx body.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 
+/// The HTTP clients of one target's probes: the prober's own HTTP/1.1 client for plain
+/// `http://` base URLs (one idle pool per base URL), and reqwest for `https://` and for the
+/// small JSON calls around the probes (`/v1/models`, `/tokenize`, `/health`). Cheap to clone.
+#[derive(Clone)]
+pub struct ProbeClient {
+    http: reqwest::Client,
+    own: bool,
+    connect_timeout: Duration,
+    max_idle: usize,
+    pools: Arc<std::sync::Mutex<Vec<PoolEntry>>>,
+}
+
+/// A base URL and its pool of the own HTTP/1.1 client.
+type PoolEntry = (String, Arc<http1::Pool>);
+
+impl std::fmt::Debug for ProbeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeClient")
+            .field("own_http1", &self.own)
+            .field("max_idle", &self.max_idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProbeClient {
+    /// reqwest, for the calls that are not probes.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The same client sending probes through reqwest (hyper) even to `http://` targets: the
+    /// reference the overhead benchmark compares the own client with.
+    pub fn with_reqwest_probes(mut self) -> Self {
+        self.own = false;
+        self
+    }
+
+    /// Whether probes to `http://` targets use the own HTTP/1.1 client.
+    pub fn own_http1(&self) -> bool {
+        self.own
+    }
+
+    /// The own client's pool for `base_url`, or `None` to use reqwest.
+    fn pool(&self, base_url: &str) -> Option<Arc<http1::Pool>> {
+        if !self.own {
+            return None;
+        }
+        let mut pools = self.pools.lock().ok()?;
+        if let Some((_, p)) = pools.iter().find(|(u, _)| u == base_url) {
+            return Some(p.clone());
+        }
+        let origin = http1::Origin::parse(base_url)?;
+        let pool = Arc::new(http1::Pool::new(
+            origin,
+            self.connect_timeout,
+            IDLE_TIMEOUT,
+            self.max_idle,
+            USER_AGENT,
+        ));
+        pools.push((base_url.to_string(), pool.clone()));
+        Some(pool)
+    }
+}
+
+const USER_AGENT: &str = concat!("vllm-sentinel/", env!("CARGO_PKG_VERSION"));
+/// An idle kept-alive connection older than this is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// A client for one target: HTTP/1.1, `TCP_NODELAY`, no proxy, no redirects, no retries, no
-/// response decompression (one body layer less per chunk; probes ask for none), an idle pool
-/// of `pool_size` connections, and `timeouts.connect` on connect.
-pub fn build_client(timeouts: &Timeouts, pool_size: usize) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// response decompression (probes ask for none), an idle pool of `pool_size` connections, and
+/// `timeouts.connect` on connect.
+pub fn build_client(timeouts: &Timeouts, pool_size: usize) -> reqwest::Result<ProbeClient> {
+    let http = reqwest::Client::builder()
         .http1_only()
         .tcp_nodelay(true)
         .no_proxy()
@@ -375,15 +449,74 @@ pub fn build_client(timeouts: &Timeouts, pool_size: usize) -> reqwest::Result<re
         .retry(reqwest::retry::never())
         .no_gzip()
         .pool_max_idle_per_host(pool_size.max(1))
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .connect_timeout(timeouts.connect)
-        .user_agent(concat!("vllm-sentinel/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(USER_AGENT)
+        .build()?;
+    Ok(ProbeClient {
+        http,
+        own: true,
+        connect_timeout: timeouts.connect,
+        max_idle: pool_size.max(1),
+        pools: Arc::default(),
+    })
+}
+
+/// A response from either transport.
+enum Response<'p> {
+    Own(http1::Response<'p>),
+    Reqwest {
+        resp: reqwest::Response,
+        held: bytes::Bytes,
+    },
+}
+
+impl Response<'_> {
+    fn status(&self) -> u16 {
+        match self {
+            Response::Own(r) => r.status(),
+            Response::Reqwest { resp, .. } => resp.status().as_u16(),
+        }
+    }
+
+    fn is_event_stream(&self) -> bool {
+        let ct = match self {
+            Response::Own(r) => r.content_type(),
+            Response::Reqwest { resp, .. } => resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        };
+        ct.is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+    }
+
+    /// The next body bytes and the time of the read that brought them. A body cut short is
+    /// [`Outcome::Truncated`]; broken chunked framing is [`Outcome::Malformed`].
+    async fn chunk(&mut self) -> Result<Option<(&[u8], u64)>, (Outcome, String)> {
+        match self {
+            Response::Own(r) => r.chunk().await.map_err(|e| {
+                let o = match e {
+                    http1::BodyError::BadChunk(_) => Outcome::Malformed,
+                    _ => Outcome::Truncated,
+                };
+                (o, e.to_string())
+            }),
+            Response::Reqwest { resp, held } => match resp.chunk().await {
+                Ok(Some(b)) => {
+                    let ns = monotonic_ns();
+                    *held = b;
+                    Ok(Some((&held[..], ns)))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err((Outcome::Truncated, error_chain(&e))),
+            },
+        }
+    }
 }
 
 /// Sends `req` and measures it. See the module doc for what each figure means.
 pub async fn execute(
-    client: &reqwest::Client,
+    client: &ProbeClient,
     base_url: &str,
     api_key: Option<&str>,
     req: &ProbeRequest,
@@ -409,31 +542,27 @@ pub async fn execute_with<O: ChunkObserver>(
     observer: &mut O,
 ) -> RequestRecord {
     let body = req.body();
-    let url = format!("{}{}", conn.base_url, req.endpoint.path());
     let sent_instant = Instant::now();
     let sent_ns = monotonic_ns();
     let behind = sent_instant.saturating_duration_since(intended_start);
     let intended_ns = sent_ns.saturating_sub(behind.as_nanos() as u64);
     let mut rec = RequestRecord::new(intended_ns, sent_ns);
 
-    let mut builder = conn
-        .client
-        .post(&url)
-        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-        .body(body);
-    if let Some(key) = conn.api_key {
-        match HeaderValue::from_str(&format!("Bearer {key}")) {
+    let bearer = match conn.api_key {
+        Some(key) => match HeaderValue::from_str(&format!("Bearer {key}")) {
             Ok(mut v) => {
                 v.set_sensitive(true);
-                builder = builder.header(AUTHORIZATION, v);
+                Some((key, v))
             }
             Err(_) => {
                 rec.outcome = Outcome::ClientError;
                 rec.error = Some("the API key is not a valid header value".into());
                 return rec;
             }
-        }
-    }
+        },
+        None => None,
+    };
+    let pool = conn.client.pool(conn.base_url);
 
     let t = conn.timeouts;
     let first_limit = t.first_token.min(t.request);
@@ -456,7 +585,55 @@ pub async fn execute_with<O: ChunkObserver>(
     };
 
     // Phase 1: headers.
-    let send = builder.send();
+    let send = async {
+        match &pool {
+            Some(pool) => {
+                let head = http1::RequestHead {
+                    path: req.endpoint.path(),
+                    bearer: bearer.as_ref().map(|(k, _)| *k),
+                };
+                pool.send(head, &body)
+                    .await
+                    .map(Response::Own)
+                    .map_err(|e| {
+                        let outcome = match e {
+                            http1::SendError::ConnectTimeout(_) => Outcome::TimeoutConnect,
+                            http1::SendError::BadHead(_) => Outcome::Malformed,
+                            _ => Outcome::Connect,
+                        };
+                        (outcome, event::short(&e.to_string()))
+                    })
+            }
+            None => {
+                let url = format!("{}{}", conn.base_url, req.endpoint.path());
+                let mut builder = conn
+                    .client
+                    .http
+                    .post(&url)
+                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                    .body(body.clone());
+                if let Some((_, v)) = &bearer {
+                    builder = builder.header(AUTHORIZATION, v.clone());
+                }
+                match builder.send().await {
+                    Ok(resp) => Ok(Response::Reqwest {
+                        resp,
+                        held: bytes::Bytes::new(),
+                    }),
+                    Err(e) => {
+                        let outcome = if e.is_connect() && e.is_timeout() {
+                            Outcome::TimeoutConnect
+                        } else if e.is_timeout() {
+                            timeout_outcome(in_request_phase)
+                        } else {
+                            Outcome::Connect
+                        };
+                        Err((outcome, error_chain(&e)))
+                    }
+                }
+            }
+        }
+    };
     let resp = tokio::select! {
         biased;
         _ = &mut cancelled => {
@@ -470,25 +647,20 @@ pub async fn execute_with<O: ChunkObserver>(
     };
     let mut resp = match resp {
         Ok(r) => r,
-        Err(e) => {
-            let now = ns_since(monotonic_ns());
-            let outcome = if e.is_connect() && e.is_timeout() {
-                Outcome::TimeoutConnect
-            } else if e.is_timeout() {
-                timeout_outcome(in_request_phase)
-            } else {
-                Outcome::Connect
-            };
-            return finish(rec, outcome, Some(&error_chain(&e)), now);
+        Err((outcome, msg)) => {
+            return finish(rec, outcome, Some(&msg), ns_since(monotonic_ns()));
         }
     };
-    let headers_ns = monotonic_ns();
+    let headers_ns = match &resp {
+        Response::Own(r) => r.head_ns(),
+        Response::Reqwest { .. } => monotonic_ns(),
+    };
     rec.ttfb = Some(ns_since(headers_ns));
-    let status = resp.status().as_u16();
+    let status = resp.status();
     rec.http_status = Some(status);
 
     // Phase 2a: a non-2xx status: read (a capped part of) the error body and classify.
-    if !resp.status().is_success() {
+    if !(200..300).contains(&status) {
         let mut buf: Vec<u8> = Vec::new();
         loop {
             tokio::select! {
@@ -496,7 +668,7 @@ pub async fn execute_with<O: ChunkObserver>(
                 _ = &mut cancelled => break,
                 _ = &mut sleep => break,
                 c = resp.chunk() => match c {
-                    Ok(Some(b)) => {
+                    Ok(Some((b, _))) => {
                         rec.response_bytes += b.len() as u64;
                         let room = (MAX_ERROR_BODY as usize).saturating_sub(buf.len());
                         buf.extend_from_slice(&b[..b.len().min(room)]);
@@ -518,11 +690,7 @@ pub async fn execute_with<O: ChunkObserver>(
         return finish(rec, outcome, Some(&msg), ns_since(monotonic_ns()));
     }
 
-    let is_sse = resp
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    let is_sse = resp.is_event_stream();
 
     // Phase 2b: a whole JSON body (stream off, or a server that ignored `stream`).
     if !is_sse {
@@ -541,16 +709,16 @@ pub async fn execute_with<O: ChunkObserver>(
                     sleep.as_mut().reset(request_deadline);
                 }
                 c = resp.chunk() => match c {
-                    Ok(Some(b)) => {
+                    Ok(Some((b, _))) => {
                         rec.response_bytes += b.len() as u64;
                         if rec.response_bytes > conn.max_response_bytes {
                             outcome = Some((Outcome::Malformed, format!("response larger than {} bytes", conn.max_response_bytes)));
                             break;
                         }
-                        buf.extend_from_slice(&b);
+                        buf.extend_from_slice(b);
                     }
                     Ok(None) => break,
-                    Err(e) => { outcome = Some((Outcome::Truncated, error_chain(&e))); break; }
+                    Err(e) => { outcome = Some(e); break; }
                 }
             }
         }
@@ -594,8 +762,7 @@ pub async fn execute_with<O: ChunkObserver>(
             c = resp.chunk() => c,
         };
         match chunk {
-            Ok(Some(bytes)) => {
-                let recv_ns = monotonic_ns();
+            Ok(Some((bytes, recv_ns))) => {
                 rec.response_bytes += bytes.len() as u64;
                 if rec.response_bytes > conn.max_response_bytes {
                     failure = Some((
@@ -605,7 +772,7 @@ pub async fn execute_with<O: ChunkObserver>(
                     break;
                 }
                 let had_first = st.first_ns.is_some();
-                let fed = parser.feed(&bytes, recv_ns, &mut |data, ns| {
+                let fed = parser.feed(bytes, recv_ns, &mut |data, ns| {
                     st.on_event(data, ns, observer, &mut rec)
                 });
                 match fed {
@@ -643,7 +810,7 @@ pub async fn execute_with<O: ChunkObserver>(
                 break;
             }
             Err(e) => {
-                failure = Some((Outcome::Truncated, error_chain(&e)));
+                failure = Some(e);
                 break;
             }
         }

@@ -133,7 +133,7 @@ pub async fn run_target(
     let mut attempts = 0u32;
     let info = loop {
         match discovery::discover_model(
-            &client,
+            client.http(),
             &base_url,
             api_key.as_deref(),
             t.model.as_deref(),
@@ -170,7 +170,7 @@ pub async fn run_target(
         .iter()
         .any(|w| w.endpoint.unwrap_or(t.endpoint) == Endpoint::Chat);
     let prompts = match PromptBuilder::calibrate(
-        &client,
+        client.http(),
         &base_url,
         api_key.as_deref(),
         &info.id,
