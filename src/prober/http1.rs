@@ -112,12 +112,22 @@ pub struct Pool {
 }
 
 /// A request's head fields beyond the fixed ones.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RequestHead<'a> {
     /// Path below the base URL, starting with `/`.
     pub path: &'a str,
     /// Sent as `Authorization: Bearer …`; must be a valid header value (checked by the caller).
+    /// Never printed: `Debug` shows `<redacted>`.
     pub bearer: Option<&'a str>,
+}
+
+impl std::fmt::Debug for RequestHead<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestHead")
+            .field("path", &self.path)
+            .field("bearer", &self.bearer.map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Pool {
@@ -595,6 +605,17 @@ mod tests {
         for bad in [&b""[..], b"x1", b"1x", b"-1", b"1 2", b"ffffffffffffffff0"] {
             assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_key_never_shows_in_debug_output() {
+        let head = RequestHead {
+            path: "/v1/completions",
+            bearer: Some("sekret-key"),
+        };
+        let shown = format!("{head:?}");
+        assert!(!shown.contains("sekret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]
