@@ -8,75 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use prober_support::harness::{parse_config, start_prober};
 use prober_support::{Step, fixed, fixture, metric, sse_head, sse_script, start, vllm_like};
-use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use vllm_sentinel::config::{Config, from_toml};
-use vllm_sentinel::daemon::RunContext;
-use vllm_sentinel::exporter::{Readiness, StatusBoard, encode};
-use vllm_sentinel::prober::Prober;
-
-struct Harness {
-    reg: Registry,
-    tx: watch::Sender<Arc<Config>>,
-    ctx: RunContext,
-}
+use vllm_sentinel::config::Config;
 
 fn config(url: &str, extra: &str) -> Config {
-    let text = format!(
+    parse_config(&format!(
         "[prober]\ndiscovery_retry_min = \"20ms\"\ndiscovery_retry_max = \"100ms\"\nerror_backoff = \"20ms\"\nsaturation_window = \"1s\"\nfirst_token_timeout = \"2s\"\nrequest_timeout = \"5s\"\n\n[[targets]]\nname = \"t\"\nurl = \"{url}\"\n{extra}"
-    );
-    let cfg = from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    vllm_sentinel::config::validate(&cfg).unwrap();
-    cfg
-}
-
-fn start_prober(cfg: Config) -> Harness {
-    let mut reg = Registry::default();
-    let prober = Prober::new(&cfg, &mut reg).unwrap();
-    let (tx, rx) = watch::channel(Arc::new(cfg));
-    let ctx = RunContext {
-        tracker: TaskTracker::new(),
-        token: CancellationToken::new(),
-        config: rx,
-        readiness: Readiness::default(),
-        status: StatusBoard::default(),
-    };
-    prober.spawn(&ctx);
-    Harness { reg, tx, ctx }
-}
-
-impl Harness {
-    fn text(&self) -> String {
-        encode(&self.reg, None).unwrap().0
-    }
-
-    /// Waits (up to 30 s) until `cond` holds on the exposition; returns it.
-    async fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let t = self.text();
-            if cond(&t) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}:\n{t}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn shutdown(self) -> String {
-        self.ctx.token.cancel();
-        self.ctx.tracker.close();
-        tokio::time::timeout(Duration::from_secs(10), self.ctx.tracker.wait())
-            .await
-            .expect("prober tasks did not stop");
-        encode(&self.reg, None).unwrap().0
-    }
+    ))
 }
 
 const REQ: &str = "vllm_sentinel_probe_requests_total";

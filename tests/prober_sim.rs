@@ -5,17 +5,9 @@
 
 mod prober_support;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
+use prober_support::harness::{Harness, parse_config, start_prober};
 use prober_support::metric;
-use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use vllm_sentinel::daemon::RunContext;
-use vllm_sentinel::exporter::{Readiness, StatusBoard, encode};
-use vllm_sentinel::prober::Prober;
 
 const REQ: &str = "vllm_sentinel_probe_requests_total";
 
@@ -32,50 +24,11 @@ async fn start_sim() -> (String, CancellationToken) {
     (url, token)
 }
 
-struct Harness {
-    reg: Registry,
-    ctx: RunContext,
-    _tx: watch::Sender<Arc<vllm_sentinel::config::Config>>,
-}
-
-impl Harness {
-    fn text(&self) -> String {
-        encode(&self.reg, None).unwrap().0
-    }
-    async fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let t = self.text();
-            if cond(&t) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}:\n{t}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-fn start_prober(url: &str) -> Harness {
+fn start_sim_prober(url: &str) -> Harness {
     let text = format!(
         "[prober]\nerror_backoff = \"10ms\"\nfirst_token_timeout = \"500ms\"\nrequest_timeout = \"1s\"\ndiscovery_retry_min = \"20ms\"\ndiscovery_retry_max = \"50ms\"\n\n[[targets]]\nname = \"sim\"\nurl = \"{url}\"\n[[targets.workloads]]\nname = \"w\"\nconcurrency = 2\nprompt_tokens = 16\nmax_tokens = 8\n[[targets.workloads]]\nname = \"long\"\nconcurrency = 1\nprompt_tokens = 3000\nmax_tokens = 4\n[targets.canary]\ninterval = \"1s\"\n"
     );
-    let cfg = vllm_sentinel::config::from_toml(&text).unwrap();
-    vllm_sentinel::config::validate(&cfg).unwrap();
-    let mut reg = Registry::default();
-    let prober = Prober::new(&cfg, &mut reg).unwrap();
-    let (tx, rx) = watch::channel(Arc::new(cfg));
-    let ctx = RunContext {
-        tracker: TaskTracker::new(),
-        token: CancellationToken::new(),
-        config: rx,
-        readiness: Readiness::default(),
-        status: StatusBoard::default(),
-    };
-    prober.spawn(&ctx);
-    Harness { reg, ctx, _tx: tx }
+    start_prober(parse_config(&text))
 }
 
 async fn set_faults(url: &str, json: &str) {
@@ -96,7 +49,7 @@ async fn set_faults(url: &str, json: &str) {
 #[tokio::test]
 async fn every_simulated_fault_lands_in_its_class() {
     let (url, sim) = start_sim().await;
-    let h = start_prober(&url);
+    let h = start_sim_prober(&url);
     let w = "workload=\"w\"";
     h.wait_for("ok, context_length and a canary verdict", |t| {
         metric(t, REQ, &[w, "outcome=\"ok\""]) >= 3.0
@@ -149,11 +102,7 @@ async fn every_simulated_fault_lands_in_its_class() {
         ok,
         "only successes in the success histograms"
     );
-    h.ctx.token.cancel();
-    h.ctx.tracker.close();
-    tokio::time::timeout(Duration::from_secs(10), h.ctx.tracker.wait())
-        .await
-        .unwrap();
+    h.shutdown().await;
 }
 
 #[tokio::test]
@@ -162,19 +111,7 @@ async fn chat_workload_with_calibrated_prompt_length() {
     let text = format!(
         "[[targets]]\nname = \"sim\"\nurl = \"{url}\"\nendpoint = \"chat\"\n[[targets.workloads]]\nname = \"c\"\nprompt_tokens = 64\nmax_tokens = 4\n[targets.canary]\nenabled = false\n"
     );
-    let cfg = vllm_sentinel::config::from_toml(&text).unwrap();
-    let mut reg = Registry::default();
-    let prober = Prober::new(&cfg, &mut reg).unwrap();
-    let (tx, rx) = watch::channel(Arc::new(cfg));
-    let ctx = RunContext {
-        tracker: TaskTracker::new(),
-        token: CancellationToken::new(),
-        config: rx,
-        readiness: Readiness::default(),
-        status: StatusBoard::default(),
-    };
-    prober.spawn(&ctx);
-    let h = Harness { reg, ctx, _tx: tx };
+    let h = start_prober(parse_config(&text));
     let t = h
         .wait_for("chat requests", |t| {
             metric(t, REQ, &["endpoint=\"chat\"", "outcome=\"ok\""]) >= 3.0
@@ -193,9 +130,5 @@ async fn chat_workload_with_calibrated_prompt_length() {
         n
     );
     sim.cancel();
-    h.ctx.token.cancel();
-    h.ctx.tracker.close();
-    tokio::time::timeout(Duration::from_secs(10), h.ctx.tracker.wait())
-        .await
-        .unwrap();
+    h.shutdown().await;
 }

@@ -3,6 +3,8 @@
 //! every wire-level failure can be produced on 127.0.0.1:0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod harness;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
