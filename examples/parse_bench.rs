@@ -7,7 +7,7 @@
 //!   taskset -c 0 cargo run --release --example parse_bench [-- BODY_FILE [SECONDS]]
 //! ```
 //!
-//! Default body: `../shared/fixtures/vllm-0.32.0-cpu/metrics_busy.txt`; default 3 s per
+//! Default body: `tests/data/vllm-0.32.0-cpu/metrics_busy.txt` (a real vLLM capture); default 3 s per
 //! measurement. Method and results: docs/bench-scrape.md.
 // Counting allocations needs a `GlobalAlloc` wrapper around the system allocator, which can
 // only be written with `unsafe impl`; it forwards every call unchanged.
@@ -103,7 +103,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).cloned().unwrap_or_else(|| {
         format!(
-            "{}/../shared/fixtures/vllm-0.32.0-cpu/metrics_busy.txt",
+            "{}/tests/data/vllm-0.32.0-cpu/metrics_busy.txt",
             env!("CARGO_MANIFEST_DIR")
         )
     });

@@ -1,5 +1,5 @@
 //! Micro-benchmark of the prober's per-event work: SSE splitting plus event extraction, on the
-//! real vLLM capture `tests/data/prober/sse_completions.raw` (docs/bench-prober.md).
+//! real vLLM capture `tests/data/vllm-0.32.0-cpu/sse_completions.raw` (docs/bench-prober.md).
 //!
 //! ```text
 //! cargo run --release --example prober_parse_bench
@@ -10,7 +10,7 @@ use std::time::Instant;
 use vllm_sentinel::prober::{event, sse::SseParser};
 
 fn main() {
-    let raw = include_bytes!("../tests/data/prober/sse_completions.raw");
+    let raw = include_bytes!("../tests/data/vllm-0.32.0-cpu/sse_completions.raw");
     let reps = 200_000;
     let mut events = 0u64;
     let mut content = 0u64;

@@ -1,5 +1,5 @@
 //! The simulator on a real socket (127.0.0.1:0), checked against the real vLLM 0.32 captures in
-//! `tests/data/sim/` (copied from the shared fixtures): SSE framing and JSON key order, error
+//! `tests/data/vllm-0.32.0-cpu/` (copies of the shared fixtures): SSE framing and JSON key order, error
 //! bodies and statuses, plain endpoints, `/metrics` families, engine behaviour seen through
 //! HTTP, fixed-timing stamps, and every fault mode.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +13,7 @@ use vllm_sentinel::sim::{self, FixedTiming, SimConfig};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
-        "{}/tests/data/sim/{name}",
+        "{}/tests/data/vllm-0.32.0-cpu/{name}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()

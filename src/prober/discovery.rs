@@ -197,7 +197,10 @@ mod tests {
 
     #[test]
     fn parses_vllm_models_and_tokenize() {
-        let m = parse_models(include_bytes!("../../tests/data/prober/v1_models.body")).unwrap();
+        let m = parse_models(include_bytes!(
+            "../../tests/data/vllm-0.32.0-cpu/v1_models.body"
+        ))
+        .unwrap();
         assert_eq!(
             m,
             vec![ModelInfo {
@@ -205,9 +208,10 @@ mod tests {
                 max_model_len: Some(2048)
             }]
         );
-        let t: Tokenized =
-            serde_json::from_slice(include_bytes!("../../tests/data/prober/tokenize.json"))
-                .unwrap();
+        let t: Tokenized = serde_json::from_slice(include_bytes!(
+            "../../tests/data/vllm-0.32.0-cpu/tokenize.json"
+        ))
+        .unwrap();
         assert_eq!(t.count, 6);
         assert_eq!(t.tokens.len(), 6);
         assert_eq!(t.max_model_len, Some(2048));

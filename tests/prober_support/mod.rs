@@ -1,5 +1,5 @@
 //! A raw HTTP/1.1 fake server for the prober tests: it replays exact bytes (the real vLLM
-//! captures under `tests/data/prober/`) on a script of writes, pauses, stalls and closes, so
+//! captures under `tests/data/vllm-0.32.0-cpu/`) on a script of writes, pauses, stalls and closes, so
 //! every wire-level failure can be produced on 127.0.0.1:0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,7 +32,7 @@ pub enum Step {
 
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
-        "{}/tests/data/prober/{name}",
+        "{}/tests/data/vllm-0.32.0-cpu/{name}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()

@@ -10,13 +10,13 @@ use vllm_sentinel::scrape::expfmt::Format;
 use vllm_sentinel::scrape::export::{Board, PassthroughCollector, ScrapeCollector, TargetView};
 use vllm_sentinel::scrape::scraper::{TargetRun, TargetScraper};
 
-/// The real vLLM 0.32.0 captures: `$VLLM_SENTINEL_FIXTURES`, else `../shared/fixtures/...`
-/// beside the checkout (where CI puts shared/).
+/// The real vLLM 0.32.0 captures: `$VLLM_SENTINEL_FIXTURES`, else the repository's copy in
+/// `tests/data/vllm-0.32.0-cpu/` (checked equal to `shared/fixtures/` by `fixtures_copy.rs`).
 pub fn fixture_dir() -> PathBuf {
     if let Ok(d) = std::env::var("VLLM_SENTINEL_FIXTURES") {
         return PathBuf::from(d);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/vllm-0.32.0-cpu")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/vllm-0.32.0-cpu")
 }
 
 pub fn fixture(name: &str) -> String {
