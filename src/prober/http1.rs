@@ -148,11 +148,6 @@ impl Pool {
         }
     }
 
-    /// Idle connections held now.
-    pub fn idle_len(&self) -> usize {
-        self.idle.lock().map(|v| v.len()).unwrap_or(0)
-    }
-
     /// Sends a JSON `POST` and reads the response head.
     pub async fn send(
         &self,

@@ -541,7 +541,8 @@ pub async fn execute_with<O: ChunkObserver>(
     intended_start: Instant,
     observer: &mut O,
 ) -> RequestRecord {
-    let body = req.body();
+    // Shared, not copied, when the reqwest path takes it.
+    let body = bytes::Bytes::from(req.body());
     let sent_instant = Instant::now();
     let sent_ns = monotonic_ns();
     let behind = sent_instant.saturating_duration_since(intended_start);
