@@ -238,6 +238,7 @@ impl Target for Fake {
             running: Some(g.0),
             waiting: Some(g.1),
             preemptions_total: Some(0.0),
+            generation_tokens_total: None,
             cache: Some(CacheConfig {
                 block_size: 16,
                 num_gpu_blocks: 64,

@@ -1,7 +1,18 @@
 #!/usr/bin/env python3
 """Checks of the real-vLLM tier (driven by scripts/e2e-real-vllm.sh). Python stdlib only.
 
-Each check prints what it compared, with numbers; any failure exits non-zero with the reason.
+Each check prints what it compared, with numbers. Every check runs and every failure is
+reported (a section whose precondition fails stops there, the next section still runs); the
+script exits non-zero if any check failed.
+
+Every verdict is the same on every run, by construction:
+- counters are compared only after quiescing: the load is reloaded away (a workload whose first
+  arrival is hours away; the canary's one round is over) and both the daemon and vLLM show
+  nothing in flight; then the daemon's counts equal vLLM's own counter deltas exactly;
+- a figure taken from a sample is taken in a state that persists (a closed loop that keeps more
+  streams than the KV cache holds), or in a quiescent state where it cannot change;
+- the experiments decide from states they construct (see src/experiments/kvscale.rs).
+Waits have deadlines only to turn a hang into a failure, never to decide a verdict.
 """
 import argparse
 import json
@@ -26,15 +37,29 @@ def log(msg):
     print(f"  {msg}", flush=True)
 
 
+RESULTS = {"passed": 0, "failed": []}
+
+
+class SectionFailed(Exception):
+    """A precondition of a section failed: its remaining checks cannot run."""
+
+
 def fail(msg):
+    """Records a failure and stops the current section."""
+    RESULTS["failed"].append(msg)
     print(f"FAIL: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    raise SectionFailed(msg)
 
 
 def check(cond, msg):
-    if not cond:
-        fail(msg)
-    log(f"ok: {msg}")
+    """Records one check; a failure is reported and the section goes on."""
+    if cond:
+        RESULTS["passed"] += 1
+        log(f"ok: {msg}")
+    else:
+        RESULTS["failed"].append(msg)
+        print(f"FAIL: {msg}", file=sys.stderr, flush=True)
+    return cond
 
 
 def http_get(url, timeout=10):
@@ -112,9 +137,13 @@ enabled = false
 name = "vllm"
 url = "{vllm}"
 
+# One canary round, at start: after it, the canary sends nothing more during the run, so the
+# counters can be compared exactly once the workloads are reloaded away.
 [targets.canary]
-interval = "5s"
+interval = "10h"
+{workloads}"""
 
+STEADY = """
 [[targets.workloads]]
 name = "steady"
 concurrency = 2
@@ -127,7 +156,7 @@ rate = 0.5
 arrival = "constant"
 prompt_tokens = {too_long}
 max_tokens = 1
-{burst}"""
+"""
 
 BURST = """
 [[targets.workloads]]
@@ -137,11 +166,75 @@ prompt_tokens = 700
 max_tokens = 256
 """
 
+# The quiescent state: one open-loop workload whose first arrival is ten hours away.
+IDLE = """
+[[targets.workloads]]
+name = "idle"
+rate = 0.0001
+arrival = "constant"
+prompt_tokens = 8
+max_tokens = 1
+"""
+
 
 def hist_mean(samples, base, **want):
     s = total(samples, base + "_sum", **want)
     c = total(samples, base + "_count", **want)
     return (s / c if c else float("nan")), s, c
+
+
+def vllm_counters(args):
+    raw = parse(http_get(args.vllm + "/metrics"))
+    return {
+        "gen": total(raw, "vllm:generation_tokens_total"),
+        "prompt": total(raw, "vllm:prompt_tokens_total"),
+        "success": total(raw, "vllm:request_success_total"),
+        "running": total(raw, "vllm:num_requests_running"),
+        "waiting": total(raw, "vllm:num_requests_waiting"),
+    }
+
+
+def quiesce(args, metrics_url, what):
+    """Waits until the daemon has nothing in flight, its canary round is over, and vLLM has
+    nothing running or waiting, twice in a row with vLLM's generation counter unchanged.
+    Returns (daemon samples, vLLM counters) of that state."""
+    state = {"prev": None}
+
+    def quiet():
+        s = parse(http_get(metrics_url))
+        v = vllm_counters(args)
+        inside = total(s, "vllm_sentinel_canary_probes_total", probe="inside")
+        over = total(s, "vllm_sentinel_canary_probes_total", probe="over")
+        idle = (total(s, "vllm_sentinel_probe_in_flight") == 0 and inside == over
+                and v["running"] == 0 and v["waiting"] == 0)
+        prev, state["prev"] = state["prev"], (v["gen"], v["success"]) if idle else None
+        return (s, v) if idle and prev == (v["gen"], v["success"]) else None
+    s, v = wait_until(f"quiescence ({what}): nothing in flight in the daemon or vLLM", 180, quiet)
+    log(f"quiescent after {what}")
+    return s, v
+
+
+def reload(proc, cfg_path, write):
+    """Writes a new config and reloads it with SIGHUP (which needs no lifecycle flag)."""
+    write()
+    proc.send_signal(signal.SIGHUP)
+
+
+def compare_counters(args, s, v, v0, what):
+    """Exact equalities between the daemon's counts and vLLM's counter deltas."""
+    ours_tokens = total(s, "vllm_sentinel_probe_output_tokens_total")
+    ours_prompt = total(s, "vllm_sentinel_probe_prompt_tokens_total")
+    ours_ok = total(s, "vllm_sentinel_probe_requests_total", outcome="ok")
+    # The canary's inside probe asks for one token of a max_model_len − 1 prompt.
+    canary = total(s, "vllm_sentinel_canary_probes_total", probe="inside", result="served")
+    gen, success, prompt = v["gen"] - v0["gen"], v["success"] - v0["success"], v["prompt"] - v0["prompt"]
+    check(ours_tokens + canary == gen,
+          f"{what}: output tokens: vLLM generated {gen:.0f}, the daemon counted {ours_tokens:.0f} + {canary:.0f} canary")
+    check(ours_ok + canary == success,
+          f"{what}: requests: vLLM finished {success:.0f}, the daemon counted {ours_ok:.0f} ok + {canary:.0f} canary")
+    check(ours_prompt + canary * (args.max_model_len - 1) == prompt,
+          f"{what}: prompt tokens: vLLM prefilled {prompt:.0f}, the daemon counted {ours_prompt:.0f} + "
+          f"{canary:.0f} x {args.max_model_len - 1} canary")
 
 
 def daemon_checks(args, out):
@@ -150,13 +243,15 @@ def daemon_checks(args, out):
     cfg_path = os.path.join(out, "sentinel.toml")
     too_long = args.max_model_len + 100
 
-    def write_config(burst):
+    def write_config(*parts):
         with open(cfg_path, "w") as f:
-            f.write(CONFIG.format(port=port, vllm=args.vllm, too_long=too_long, burst=BURST if burst else ""))
+            f.write(CONFIG.format(port=port, vllm=args.vllm,
+                                  workloads="".join(p.format(too_long=too_long) for p in parts)))
 
-    write_config(False)
-    gen0 = total(parse(http_get(args.vllm + "/metrics")), "vllm:generation_tokens_total")
-    log(f"vLLM generation_tokens_total before the daemon: {gen0:.0f}")
+    write_config(STEADY)
+    v0 = wait_until("vLLM idle before the daemon starts", 120,
+                    lambda: (lambda v: v if v["running"] == 0 and v["waiting"] == 0 else None)(vllm_counters(args)))
+    log(f"vLLM before the daemon: generation_tokens_total {v0['gen']:.0f}, request_success_total {v0['success']:.0f}")
     daemon_log = open(os.path.join(out, "daemon.log"), "w")
     proc = subprocess.Popen([args.bin, "serve", "--config", cfg_path], stdout=daemon_log, stderr=subprocess.STDOUT)
     try:
@@ -169,53 +264,50 @@ def daemon_checks(args, out):
                          and total(s, "vllm_sentinel_canary_probes_total", probe="over") >= 1
                          and total(s, "vllm_sentinel_probe_requests_total", workload="too-long", outcome="context_length") >= 2
                          and total(s, "vllm_sentinel_upstream_up") == 1) else None
-        s = wait_until("steady-state probe results", 240, steady_enough)
+        wait_until("steady-state probe results", 240, steady_enough)
+        with open(os.path.join(out, "vllm-metrics-steady.txt"), "w") as f:
+            f.write(http_get(args.vllm + "/metrics"))
+        with open(os.path.join(out, "sentinel-metrics-steady.txt"), "w") as f:
+            f.write(http_get(metrics_url))
+
+        # Quiesce, then compare: nothing can change between the two reads.
+        reload(proc, cfg_path, lambda: write_config(IDLE))
+        s, v = quiesce(args, metrics_url, "the steady load")
+        compare_counters(args, s, v, v0, "steady")
         for h in ("ttft", "itl", "tpot", "e2e", "ttfb"):
             mean, _, count = hist_mean(s, f"vllm_sentinel_probe_{h}_seconds", workload="steady")
             check(count > 0 and mean > 0, f"probe {h} histogram filled: {count:.0f} observations, mean {mean * 1000:.2f} ms")
         ttft1, _, _ = hist_mean(s, "vllm_sentinel_probe_ttft_seconds", workload="steady")
-        itl1, _, _ = hist_mean(s, "vllm_sentinel_probe_itl_seconds", workload="steady")
-        tpot1, _, _ = hist_mean(s, "vllm_sentinel_probe_tpot_seconds", workload="steady")
-        check(tpot1 > 0 and abs(tpot1 - itl1) / itl1 < 0.5, f"TPOT {tpot1 * 1000:.2f} ms consistent with mean ITL {itl1 * 1000:.2f} ms")
-        check(total(s, "vllm_sentinel_probe_requests_total", workload="steady", outcome="ok")
-              == total(s, "vllm_sentinel_probe_ttft_seconds_count", workload="steady"),
+        # TPOT = (last − first output time) / (16 − 1) and the ITL gaps of a request add up to
+        # last − first, so over the same requests sum(ITL) = 15 · sum(TPOT), whatever the gaps.
+        _, itl_sum, _ = hist_mean(s, "vllm_sentinel_probe_itl_seconds", workload="steady")
+        _, tpot_sum, tpot_n = hist_mean(s, "vllm_sentinel_probe_tpot_seconds", workload="steady")
+        check(tpot_n > 0 and abs(itl_sum - 15 * tpot_sum) <= 1e-6 * itl_sum,
+              f"sum of ITL gaps {itl_sum:.6f} s = 15 x sum of TPOT {15 * tpot_sum:.6f} s over {tpot_n:.0f} requests")
+        ok = total(s, "vllm_sentinel_probe_requests_total", workload="steady", outcome="ok")
+        check(ok == total(s, "vllm_sentinel_probe_ttft_seconds_count", workload="steady"),
               "every ok request is in the TTFT histogram, and nothing else")
-
-        # Output tokens against vLLM's own counter. Ours counts finished requests; vLLM counts
-        # every generated token, so the difference is the canary's inside probes (1 token each)
-        # plus what is still in flight (at most 2 streams x 16 tokens + 1 canary token).
-        s = parse(http_get(metrics_url))
-        raw = parse(http_get(args.vllm + "/metrics"))
-        ours = total(s, "vllm_sentinel_probe_output_tokens_total")
-        canary = total(s, "vllm_sentinel_canary_probes_total", probe="inside", result="served")
-        delta = total(raw, "vllm:generation_tokens_total") - gen0
-        diff = delta - ours - canary
-        check(0 <= diff <= 2 * 16 + 1,
-              f"output tokens: vLLM generated {delta:.0f}, the daemon counted {ours:.0f} + {canary:.0f} canary; "
-              f"in flight {diff:.0f} (0..33 allowed)")
-        per_req = ours / max(1.0, total(s, "vllm_sentinel_probe_requests_total", outcome="ok", workload="steady"))
+        steady_other = sum(x for l, x in values(s, "vllm_sentinel_probe_requests_total", workload="steady") if l["outcome"] != "ok")
+        check(steady_other == 0, f"no steady request failed ({steady_other:.0f} did)")
+        per_req = total(s, "vllm_sentinel_probe_output_tokens_total", workload="steady") / max(1.0, ok)
         check(per_req == 16, f"every ok steady request produced exactly max_tokens=16 tokens (mean {per_req})")
 
-        # Normalised gauges equal the raw values of the same scrape (pass-through is on, so the
-        # raw families come from the very body the normalised ones were computed from).
+        # Normalised gauges equal the raw values of the same scrape: once the daemon's
+        # pass-through shows vLLM's current counter, vLLM is quiescent and nothing changes.
+        s = wait_until("the daemon's scrape to catch up with quiescent vLLM", 60,
+                       lambda: (lambda x: x if total(x, "vllm:generation_tokens_total", target="vllm") == v["gen"] else None)(parse(http_get(metrics_url))))
         for concept, raw_name in (("kv_cache_usage_ratio", "vllm:kv_cache_usage_perc"),
                                   ("requests_running", "vllm:num_requests_running"),
                                   ("requests_waiting", "vllm:num_requests_waiting"),
                                   ("generation_tokens_total", "vllm:generation_tokens_total"),
                                   ("prompt_tokens_total", "vllm:prompt_tokens_total"),
                                   ("preemptions_total", "vllm:num_preemptions_total")):
-            ok = False
-            for _ in range(5):
-                s = parse(http_get(metrics_url))
-                norm = values(s, f"vllm_sentinel_server_{concept}", target="vllm")
-                rawv = values(s, raw_name, target="vllm")
-                if norm and rawv and norm[0][1] == rawv[0][1]:
-                    ok = True
-                    break
-            check(ok, f"normalised {concept} = raw {raw_name} from the same scrape ({norm[0][1] if norm else None} vs {rawv[0][1] if rawv else None})")
-        s = parse(http_get(metrics_url))
+            norm = values(s, f"vllm_sentinel_server_{concept}", target="vllm")
+            rawv = values(s, raw_name, target="vllm")
+            check(norm and rawv and norm[0][1] == rawv[0][1],
+                  f"normalised {concept} = raw {raw_name} from the same scrape ({norm[0][1] if norm else None} vs {rawv[0][1] if rawv else None})")
         cap = values(s, "vllm_sentinel_server_kv_cache_capacity_tokens", target="vllm")
-        info = [l for n, l, v in parse(http_get(args.vllm + "/metrics")) if n == "vllm:cache_config_info"]
+        info = [l for n, l, x in parse(http_get(args.vllm + "/metrics")) if n == "vllm:cache_config_info"]
         expect_cap = int(info[0]["num_gpu_blocks"]) * int(info[0]["block_size"])
         check(cap and cap[0][1] == expect_cap, f"KV capacity {cap[0][1] if cap else None} tokens = num_gpu_blocks x block_size = {expect_cap}")
         srv = values(s, "vllm_sentinel_server_info", target="vllm")
@@ -230,32 +322,33 @@ def daemon_checks(args, out):
         served = total(s, "vllm_sentinel_canary_max_prompt_served_tokens", target="vllm")
         check(served == args.max_model_len - 1, f"canary: largest prompt served {served:.0f} = max_model_len - 1")
         rej = total(s, "vllm_sentinel_probe_requests_total", workload="too-long", outcome="context_length")
-        other = sum(v for l, v in values(s, "vllm_sentinel_probe_requests_total", workload="too-long") if l["outcome"] != "context_length")
+        other = sum(x for l, x in values(s, "vllm_sentinel_probe_requests_total", workload="too-long") if l["outcome"] != "context_length")
         check(rej >= 2 and other == 0, f"real over-long requests counted as context_length rejections: {rej:.0f} (other outcomes: {other:.0f})")
-        with open(os.path.join(out, "sentinel-metrics-steady.txt"), "w") as f:
-            f.write(http_get(metrics_url))
-        with open(os.path.join(out, "vllm-metrics-steady.txt"), "w") as f:
-            f.write(http_get(args.vllm + "/metrics"))
 
-        # --- 2. burst through a config reload --------------------------------------------------
+        # --- 2. burst: 24 closed-loop streams of 956 tokens where 7 fit ---------------------------
+        # The states looked for persist while the burst runs (17 streams always wait; the cache
+        # stays near full), so a sample finds them; the wait ends as soon as all are seen.
         before = parse(http_get(metrics_url))
-        write_config(True)
-        status, body = http_post(f"http://127.0.0.1:{port}/-/reload")
-        check(status == 200, f"POST /-/reload accepted the burst workload: {body.strip()}")
+        reload(proc, cfg_path, lambda: write_config(STEADY, BURST))
         peak = {"waiting": 0.0, "kv": 0.0}
-        t_end = time.monotonic() + 90
-        while time.monotonic() < t_end:
-            s = parse(http_get(metrics_url))
-            peak["waiting"] = max(peak["waiting"], total(s, "vllm_sentinel_server_requests_waiting", target="vllm"))
-            peak["kv"] = max(peak["kv"], total(s, "vllm_sentinel_server_kv_cache_usage_ratio", target="vllm"))
-            pre = total(s, "vllm_sentinel_server_preemptions_total", target="vllm") - total(before, "vllm_sentinel_server_preemptions_total", target="vllm")
-            burst_done = total(s, "vllm_sentinel_probe_requests_total", workload="burst", outcome="ok")
-            if peak["waiting"] > 0 and peak["kv"] >= 0.9 and pre > 0 and burst_done >= 24:
-                break
-            time.sleep(0.5)
-        after = parse(http_get(metrics_url))
+
+        def burst_seen():
+            x = parse(http_get(metrics_url))
+            peak["waiting"] = max(peak["waiting"], total(x, "vllm_sentinel_server_requests_waiting", target="vllm"))
+            peak["kv"] = max(peak["kv"], total(x, "vllm_sentinel_server_kv_cache_usage_ratio", target="vllm"))
+            pre = total(x, "vllm_sentinel_server_preemptions_total", target="vllm") - total(before, "vllm_sentinel_server_preemptions_total", target="vllm")
+            done = total(x, "vllm_sentinel_probe_requests_total", workload="burst", outcome="ok")
+            steady_more = (total(x, "vllm_sentinel_probe_ttft_seconds_count", workload="steady")
+                           - total(before, "vllm_sentinel_probe_ttft_seconds_count", workload="steady"))
+            return x if peak["waiting"] > 0 and peak["kv"] >= 0.9 and pre > 0 and done >= 24 and steady_more >= 5 else None
+        try:
+            wait_until("the burst's waiting queue, full KV cache, preemptions and 24 finished streams", 300, burst_seen)
+        except SectionFailed:
+            pass
         with open(os.path.join(out, "sentinel-metrics-burst.txt"), "w") as f:
             f.write(http_get(metrics_url))
+        reload(proc, cfg_path, lambda: write_config(IDLE))
+        after, v2 = quiesce(args, metrics_url, "the burst")
         pre = total(after, "vllm_sentinel_server_preemptions_total", target="vllm") - total(before, "vllm_sentinel_server_preemptions_total", target="vllm")
         check(peak["waiting"] > 0, f"burst: requests waiting peaked at {peak['waiting']:.0f}")
         check(peak["kv"] >= 0.9, f"burst: KV-cache usage peaked at {peak['kv']:.3f}")
@@ -270,13 +363,14 @@ def daemon_checks(args, out):
         check(total(after, "vllm_sentinel_probe_requests_total", workload="steady", outcome="ok")
               >= total(before, "vllm_sentinel_probe_requests_total", workload="steady", outcome="ok"),
               "reload kept the counters (no reset)")
+        compare_counters(args, after, v2, v0, "after the burst")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             rc = proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            fail("the daemon did not stop within 30 s of SIGTERM")
+            rc = None
         daemon_log.close()
     check(rc == 0, f"daemon stopped cleanly on SIGTERM (exit {rc})")
 
@@ -293,6 +387,7 @@ def run_cmd(args, out, name, argv):
     if r.returncode != 0:
         print(r.stdout[-4000:])
         fail(f"`{name}` exited {r.returncode}")
+    print("\n".join("    | " + x for x in r.stdout.splitlines()[-60:]), flush=True)
     log(f"{name} took {time.monotonic() - t0:.1f}s")
     with open(os.path.join(d, f"{name}.json")) as f:
         return json.load(f), d
@@ -331,20 +426,40 @@ def experiment_checks(args, out):
     rejected = [r for r in kv["ladder"] if r["feasibility"] == "rejected"]
     check(rejected and all((r["kv_usage_delta"] or 0) == 0 for r in rejected),
           f"kv-scale: {len(rejected)} rejected rung(s), none changed KV usage (rejected before any GPU work)")
-    # One request's KV usage against the expectation from cache_config_info. vLLM publishes the
-    # gauge between engine steps, so a short request can finish between two samples and show 0:
-    # most rungs, not all, must match to within one block.
+    check_kv_scale(kv, blocks, args.max_model_len)
+    log(f"kv-scale artefacts: {sorted(os.listdir(d))}")
+
+
+def check_kv_scale(kv, blocks, max_model_len, min_hold=64):
+    """kv-scale's measurements by construction: every rung that could be held was read while
+    resident and matches cache_config_info's expectation within one block, and was freed when
+    closed; every grid cell was decided, and agrees with the computed capacity."""
     one_block = 1.0 / (blocks - 1)
-    rungs = [r for r in kv["ladder"] if r["feasibility"] in ("accepted", "clamped") and r["kv_usage_expected"]]
-    matched = [r for r in rungs if r["kv_usage_peak"] is not None and abs(r["kv_usage_peak"] - r["kv_usage_expected"]) <= one_block + 1e-9]
-    check(len(rungs) >= 3 and len(matched) >= 0.6 * len(rungs),
-          f"kv-scale: one request's measured KV usage matches the expected blocks on {len(matched)}/{len(rungs)} rungs: "
-          + ", ".join(f"{r['prompt_tokens']}: {r['kv_usage_peak']:.3f}/{r['kv_usage_expected']:.3f}" for r in rungs))
+    accepted = [r for r in kv["ladder"] if r["feasibility"] == "accepted"]
+    held = [r for r in accepted if max_model_len - r["prompt_tokens_requested"] >= min_hold]
+    check(len(held) >= 3, f"kv-scale: {len(held)} rungs with room to be held")
+    for r in held:
+        d, e = r["kv_usage_delta"], r["kv_usage_expected"]
+        check(d is not None and e is not None and r["kv_within_one_block"] is True and abs(d - e) <= one_block + 1e-9,
+              f"kv-scale: prompt {r['prompt_tokens_requested']}: measured KV usage {d} vs expected {e} "
+              f"({r['kv_tokens_at_sample']} tokens held, {r['resident_samples']} resident samples, {r['attempts']} attempt(s))")
+        check(r["released_after_close"] is True,
+              f"kv-scale: prompt {r['prompt_tokens_requested']}: vLLM aborted the closed stream and freed its blocks "
+              f"in {r['release_s']} s")
+    for r in accepted:
+        if r not in held:
+            check(r["kv_usage_delta"] is None and r["kv_note"],
+                  f"kv-scale: prompt {r['prompt_tokens_requested']}: too close to the limit to hold, reported as not measured: {r['kv_note']}")
+    for g in kv["grid"]:
+        cap = g["capacity_computed"]
+        for c in g["cells"]:
+            want = "fits" if c["concurrency"] <= cap else "queues"
+            check(c["verdict"] == want,
+                  f"kv-scale grid: {c['concurrency']} x {g['context_tokens']} tokens (capacity {cap}): {c['verdict']} "
+                  f"after {c['attempts']} run(s), running peak {c['running_peak']}, waiting peak {c['waiting_peak']}, preemptions {c['preemptions']}")
     grid = [g for g in kv["grid"] if g["max_fitting_observed"] is not None]
-    log("kv-scale grid (context: computed/observed): " + ", ".join(f"{g['context_tokens']}: {g['capacity_computed']}/{g['max_fitting_observed']}" for g in kv["grid"]))
     check(grid and all(g["max_fitting_observed"] <= g["capacity_computed"] for g in grid),
           "kv-scale grid: no more sequences ran at once than the computed KV capacity allows")
-    log(f"kv-scale artefacts: {sorted(os.listdir(d))}")
 
 
 def update_examples(src, dst):
@@ -371,11 +486,27 @@ def main():
         update_examples(args.update_examples, args.examples)
         return
     t0 = time.monotonic()
-    print("-- daemon against real vLLM", flush=True)
-    daemon_checks(args, args.out)
-    print("-- one-shot experiments against real vLLM", flush=True)
-    experiment_checks(args, args.out)
-    print(f"all real-vLLM checks passed in {time.monotonic() - t0:.0f}s", flush=True)
+    sections = [("daemon against real vLLM", daemon_checks),
+                ("one-shot experiments against real vLLM", experiment_checks)]
+    only = os.environ.get("E2E_ONLY")
+    for title, fn in sections:
+        if only and only not in fn.__name__:
+            continue
+        print(f"-- {title}", flush=True)
+        t = time.monotonic()
+        try:
+            fn(args, args.out)
+        except SectionFailed:
+            log(f"section stopped: {title}")
+        except Exception as e:  # a bug or an unexpected answer: report it, go on
+            RESULTS["failed"].append(f"{title}: {type(e).__name__}: {e}")
+            print(f"FAIL: {title}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        log(f"{title}: {time.monotonic() - t:.0f}s")
+    n_ok, failed = RESULTS["passed"], RESULTS["failed"]
+    print(f"real-vLLM checks: {n_ok} passed, {len(failed)} failed, in {time.monotonic() - t0:.0f}s", flush=True)
+    for f in failed:
+        print(f"  FAILED: {f}", flush=True)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ mod tests {
             .unwrap();
         let b = r.bench.as_ref().unwrap();
         assert_eq!(b.modes[0].ok, 0);
-        assert_eq!(b.modes[0].errors_by_class.get("http_500"), Some(&3));
+        assert_eq!(b.modes[0].errors_by_class.get("server_error"), Some(&3));
         let dir = tempfile::tempdir().unwrap();
         let out = Outputs {
             json: Some(dir.path().join("b.json")),

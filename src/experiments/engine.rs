@@ -9,6 +9,8 @@
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// One model the server offers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +88,11 @@ pub struct ServerSnapshot {
     pub waiting: Option<f64>,
     /// `vllm:num_preemptions_total` (a counter).
     pub preemptions_total: Option<f64>,
+    /// `vllm:generation_tokens_total` (a counter). vLLM updates it in the same engine step as
+    /// the gauges above, so within one body it says how many tokens the resident requests
+    /// have produced.
+    #[serde(default)]
+    pub generation_tokens_total: Option<f64>,
     /// From `vllm:cache_config_info`.
     pub cache: Option<CacheConfig>,
 }
@@ -121,6 +128,22 @@ pub struct GpuSnapshot {
     pub memory_used_bytes: f64,
 }
 
+/// How far a held stream ([`Target::stream_held`]) has got, published while it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamProgress {
+    /// Output-bearing events received so far (the first one is the first token).
+    pub output_events: u32,
+    /// The stream has ended: by itself, by a failure, or closed by the caller.
+    pub ended: bool,
+}
+
+impl StreamProgress {
+    /// Whether the first token has arrived: the request is past its prefill.
+    pub fn started(&self) -> bool {
+        self.output_events > 0
+    }
+}
+
 /// A server to experiment on.
 pub trait Target: Send + Sync + 'static {
     /// `/v1/models`: the models offered. Fails when the server cannot be reached.
@@ -132,6 +155,31 @@ pub trait Target: Send + Sync + 'static {
     /// `late_by_s` is how far behind its intended start the request is sent (open-loop load);
     /// it is added to the end-to-end latency so latency counts from the intended start.
     fn execute(&self, spec: RequestSpec, late_by_s: f64) -> impl Future<Output = Sample> + Send;
+    /// Sends one streaming request and keeps it open until it ends by itself or `close` is
+    /// cancelled (which closes the connection, so the server aborts the request and frees its
+    /// KV blocks). Publishes its progress on `progress` as each output event arrives. The
+    /// returned sample of a closed stream has outcome `cancelled` and keeps its TTFT.
+    ///
+    /// The default runs [`Target::execute`] and publishes progress only at the end: a target
+    /// that cannot report progress mid-stream cannot be observed while resident.
+    fn stream_held(
+        &self,
+        spec: RequestSpec,
+        progress: watch::Sender<StreamProgress>,
+        close: CancellationToken,
+    ) -> impl Future<Output = Sample> + Send {
+        async move {
+            let s = tokio::select! {
+                s = self.execute(spec, 0.0) => s,
+                _ = close.cancelled() => Sample::failed("cancelled", "closed by the caller"),
+            };
+            progress.send_replace(StreamProgress {
+                output_events: s.output_tokens.unwrap_or(0),
+                ended: true,
+            });
+            s
+        }
+    }
     /// Reads the server's gauges from its `/metrics`. Fails when there is no `/metrics`.
     fn metrics(&self) -> impl Future<Output = anyhow::Result<ServerSnapshot>> + Send;
     /// Reads the GPUs, or says why it cannot (e.g. no NVML on this machine).

@@ -3,19 +3,25 @@
 //!
 //! It runs at most `max_seqs` requests at once and holds `ceil((prompt + output − 1) / 16)` KV
 //! blocks of a 64-block cache (63 usable, as vLLM keeps a null block) for each; the rest wait.
-//! A request takes 10 ms of prefill, then 5 ms per further token.
+//! A request takes 10 ms of prefill, then 5 ms per further token. A held stream
+//! ([`Target::stream_held`]) holds blocks as vLLM does while it grows, `ceil((prompt + k − 1) /
+//! 16)` after its k-th token, counts every token in `generation_tokens_total` in the same
+//! update, and frees everything when it is closed.
+//! Failures are the prober's own outcomes (`server_error`, `context_length`).
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::common::CommonArgs;
 use super::engine::{
-    CacheConfig, GpuSnapshot, ModelInfo, RequestSpec, Sample, ServerSnapshot, Target,
+    CacheConfig, GpuSnapshot, ModelInfo, RequestSpec, Sample, ServerSnapshot, StreamProgress,
+    Target,
 };
 
 pub const BLOCK_SIZE: u64 = 16;
@@ -27,6 +33,31 @@ struct State {
     running: f64,
     waiting: f64,
     blocks: u64,
+    generated: f64,
+}
+
+/// What one held stream contributes to the fake's gauges; taken back when dropped (the
+/// stream ended or was closed).
+struct Residency<'a> {
+    fake: &'a FakeServer,
+    waiting: bool,
+    running: bool,
+    blocks: u64,
+}
+
+impl Drop for Residency<'_> {
+    fn drop(&mut self) {
+        let (w, r, b) = (self.waiting, self.running, self.blocks);
+        self.fake.update(|s| {
+            if w {
+                s.waiting -= 1.0;
+            }
+            if r {
+                s.running -= 1.0;
+            }
+            s.blocks -= b;
+        });
+    }
 }
 
 /// The fake.
@@ -80,6 +111,92 @@ impl FakeServer {
     pub fn requests_seen(&self) -> usize {
         self.seen.load(Ordering::SeqCst)
     }
+    /// The answer to a request the fake refuses outright, as the prober classifies it.
+    fn refusal(&self, spec: RequestSpec) -> Option<Sample> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Some(Sample {
+                outcome: "server_error".into(),
+                status: Some(500),
+                error_message: Some("internal error".into()),
+                ..Default::default()
+            });
+        }
+        (spec.prompt_tokens >= MAX_MODEL_LEN).then(|| Sample {
+            outcome: "context_length".into(),
+            status: Some(400),
+            error_message: Some(format!(
+                "This model's maximum context length is {MAX_MODEL_LEN} tokens."
+            )),
+            ..Default::default()
+        })
+    }
+
+    /// The body of a held stream: admission, prefill, then one token every 5 ms, growing its
+    /// blocks as it goes. Dropping the future (a close) frees what it holds.
+    async fn run_held(
+        &self,
+        spec: RequestSpec,
+        progress: &watch::Sender<StreamProgress>,
+        t0: Instant,
+        first_token: &std::sync::OnceLock<f64>,
+    ) -> Sample {
+        let out = spec
+            .max_tokens
+            .min(MAX_MODEL_LEN.saturating_sub(spec.prompt_tokens));
+        let mut res = Residency {
+            fake: self,
+            waiting: true,
+            running: false,
+            blocks: 0,
+        };
+        self.update(|s| s.waiting += 1.0);
+        let _slot = self.slots.acquire().await;
+        let first = u64::from(spec.prompt_tokens).div_ceil(BLOCK_SIZE);
+        let mut permits = match self.kv.acquire_many(first as u32).await {
+            Ok(p) => p,
+            Err(_) => return Sample::failed("server_error", "closed"),
+        };
+        self.update(|s| {
+            s.waiting -= 1.0;
+            s.running += 1.0;
+            s.blocks += first;
+        });
+        res.waiting = false;
+        res.running = true;
+        res.blocks = first;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let ttft = t0.elapsed().as_secs_f64();
+        let _ = first_token.set(ttft);
+        for k in 1..=out {
+            if k > 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let need = u64::from(spec.prompt_tokens + k - 1).div_ceil(BLOCK_SIZE);
+            if need > res.blocks {
+                match self.kv.acquire_many((need - res.blocks) as u32).await {
+                    Ok(p) => permits.merge(p),
+                    Err(_) => return Sample::failed("server_error", "closed"),
+                }
+                let more = need - res.blocks;
+                self.update(|s| s.blocks += more);
+                res.blocks = need;
+            }
+            self.update(|s| s.generated += 1.0);
+            progress.send_modify(|p| p.output_events = k);
+        }
+        Sample {
+            outcome: "ok".into(),
+            status: Some(200),
+            ttfb_s: Some(ttft),
+            ttft_s: Some(ttft),
+            e2e_s: t0.elapsed().as_secs_f64(),
+            prompt_tokens: Some(spec.prompt_tokens),
+            output_tokens: Some(out),
+            finish_reason: Some("length".into()),
+            ..Default::default()
+        }
+    }
+
     fn update(&self, f: impl FnOnce(&mut State)) {
         if let Ok(mut s) = self.state.lock() {
             f(&mut s);
@@ -105,23 +222,8 @@ impl Target for FakeServer {
     async fn execute(&self, spec: RequestSpec, late_by_s: f64) -> Sample {
         self.seen.fetch_add(1, Ordering::SeqCst);
         let t0 = Instant::now();
-        if self.fail.load(Ordering::SeqCst) {
-            return Sample {
-                outcome: "http_500".into(),
-                status: Some(500),
-                error_message: Some("internal error".into()),
-                ..Default::default()
-            };
-        }
-        if spec.prompt_tokens >= MAX_MODEL_LEN {
-            return Sample {
-                outcome: "http_400_context_length".into(),
-                status: Some(400),
-                error_message: Some(format!(
-                    "This model's maximum context length is {MAX_MODEL_LEN} tokens."
-                )),
-                ..Default::default()
-            };
+        if let Some(s) = self.refusal(spec) {
+            return s;
         }
         let out = spec.max_tokens.min(MAX_MODEL_LEN - spec.prompt_tokens);
         let blocks = u64::from(spec.prompt_tokens + out - 1).div_ceil(BLOCK_SIZE);
@@ -146,6 +248,7 @@ impl Target for FakeServer {
         self.update(|s| {
             s.running -= 1.0;
             s.blocks -= blocks;
+            s.generated += f64::from(out);
         });
         let e2e = t0.elapsed().as_secs_f64() + late_by_s;
         Sample {
@@ -163,6 +266,35 @@ impl Target for FakeServer {
         }
     }
 
+    async fn stream_held(
+        &self,
+        spec: RequestSpec,
+        progress: watch::Sender<StreamProgress>,
+        close: CancellationToken,
+    ) -> Sample {
+        self.seen.fetch_add(1, Ordering::SeqCst);
+        let t0 = Instant::now();
+        let first_token = std::sync::OnceLock::new();
+        let s = match self.refusal(spec) {
+            Some(s) => s,
+            None => tokio::select! {
+                s = self.run_held(spec, &progress, t0, &first_token) => s,
+                _ = close.cancelled() => {
+                    Sample {
+                        outcome: "cancelled".into(),
+                        status: Some(200),
+                        error_message: Some("closed by the caller".into()),
+                        ttft_s: first_token.get().copied(),
+                        e2e_s: t0.elapsed().as_secs_f64(),
+                        ..Default::default()
+                    }
+                }
+            },
+        };
+        progress.send_modify(|p| p.ended = true);
+        s
+    }
+
     async fn metrics(&self) -> anyhow::Result<ServerSnapshot> {
         if self.no_metrics.load(Ordering::SeqCst) {
             anyhow::bail!("GET /metrics: HTTP 404");
@@ -173,6 +305,7 @@ impl Target for FakeServer {
             running: Some(s.running),
             waiting: Some(s.waiting),
             preemptions_total: Some(0.0),
+            generation_tokens_total: Some(s.generated),
             cache: Some(CacheConfig {
                 block_size: BLOCK_SIZE,
                 num_gpu_blocks: NUM_BLOCKS,

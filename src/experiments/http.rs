@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::common::{self, CommonArgs};
-use super::engine::{GpuSnapshot, ModelInfo, RequestSpec, Sample, ServerSnapshot, Target};
+use super::engine::{
+    GpuSnapshot, ModelInfo, RequestSpec, Sample, ServerSnapshot, StreamProgress, Target,
+};
 use crate::config::Endpoint;
 use crate::prober::discovery;
 use crate::prober::prompt::{PromptBuilder, SharedPrefix};
@@ -65,6 +68,85 @@ impl HttpTarget {
             rng: Mutex::new(SmallRng::seed_from_u64(crate::clock::monotonic_ns())),
             gpu: GpuReader::start(),
         })
+    }
+}
+
+impl HttpTarget {
+    /// The probe request for `spec`, with a fresh random prompt of its length.
+    fn probe_request(&self, spec: RequestSpec) -> Result<ProbeRequest, Sample> {
+        let Some((model, builder)) = self.prepared.get() else {
+            return Err(Sample::failed(
+                "client_error",
+                "internal: target used before prepare()",
+            ));
+        };
+        let prompt = match self.rng.lock() {
+            Ok(mut rng) => builder.build(
+                &mut *rng,
+                self.endpoint,
+                spec.prompt_tokens,
+                &SharedPrefix::default(),
+            ),
+            Err(_) => {
+                return Err(Sample::failed(
+                    "client_error",
+                    "internal: poisoned prompt state",
+                ));
+            }
+        };
+        Ok(ProbeRequest {
+            endpoint: self.endpoint,
+            model: model.clone(),
+            prompt,
+            max_tokens: spec.max_tokens,
+            ignore_eos: true,
+            temperature: None,
+            stream: spec.stream,
+            extra: serde_json::Map::new(),
+        })
+    }
+}
+
+/// The experiments' view of one request record.
+fn sample_from_record(rec: &request::RequestRecord, stream: bool) -> Sample {
+    let secs = |d: Duration| d.as_secs_f64();
+    Sample {
+        outcome: rec.outcome.as_str().to_string(),
+        status: rec.http_status,
+        error_message: rec.error.clone(),
+        ttfb_s: rec.ttfb.map(secs),
+        // a non-streaming answer arrives whole: it has no first token of its own
+        ttft_s: if stream { rec.ttft.map(secs) } else { None },
+        tpot_s: if stream { rec.tpot.map(secs) } else { None },
+        itl_s: if stream {
+            rec.itl.iter().copied().map(secs).collect()
+        } else {
+            Vec::new()
+        },
+        e2e_s: secs(rec.e2e),
+        prompt_tokens: rec.prompt_tokens,
+        output_tokens: rec.output_tokens,
+        finish_reason: rec.finish_reason.clone(),
+    }
+}
+
+/// Publishes a held stream's progress: one more output event each time an event carrying
+/// generated output arrives (the engine's own reading of the same event decides the record).
+struct ProgressObserver<'a> {
+    tx: &'a watch::Sender<StreamProgress>,
+    events: u32,
+}
+
+impl request::ChunkObserver for ProgressObserver<'_> {
+    fn on_event(&mut self, _recv_ns: u64, data: &[u8]) {
+        if data == b"[DONE]" {
+            return;
+        }
+        if crate::prober::event::parse(data).is_ok_and(|e| e.content) {
+            self.events = self.events.saturating_add(1);
+            let n = self.events;
+            self.tx.send_modify(|p| p.output_events = n);
+        }
     }
 }
 
@@ -117,27 +199,9 @@ impl Target for HttpTarget {
     }
 
     async fn execute(&self, spec: RequestSpec, late_by_s: f64) -> Sample {
-        let Some((model, builder)) = self.prepared.get() else {
-            return Sample::failed("client_error", "internal: target used before prepare()");
-        };
-        let prompt = match self.rng.lock() {
-            Ok(mut rng) => builder.build(
-                &mut *rng,
-                self.endpoint,
-                spec.prompt_tokens,
-                &SharedPrefix::default(),
-            ),
-            Err(_) => return Sample::failed("client_error", "internal: poisoned prompt state"),
-        };
-        let req = ProbeRequest {
-            endpoint: self.endpoint,
-            model: model.clone(),
-            prompt,
-            max_tokens: spec.max_tokens,
-            ignore_eos: true,
-            temperature: None,
-            stream: spec.stream,
-            extra: serde_json::Map::new(),
+        let req = match self.probe_request(spec) {
+            Ok(r) => r,
+            Err(s) => return s,
         };
         let now = Instant::now();
         let intended = now
@@ -152,33 +216,40 @@ impl Target for HttpTarget {
             intended,
         )
         .await;
-        let secs = |d: Duration| d.as_secs_f64();
-        Sample {
-            outcome: rec.outcome.as_str().to_string(),
-            status: rec.http_status,
-            error_message: rec.error.clone(),
-            ttfb_s: rec.ttfb.map(secs),
-            // a non-streaming answer arrives whole: it has no first token of its own
-            ttft_s: if spec.stream {
-                rec.ttft.map(secs)
-            } else {
-                None
-            },
-            tpot_s: if spec.stream {
-                rec.tpot.map(secs)
-            } else {
-                None
-            },
-            itl_s: if spec.stream {
-                rec.itl.iter().copied().map(secs).collect()
-            } else {
-                Vec::new()
-            },
-            e2e_s: secs(rec.e2e),
-            prompt_tokens: rec.prompt_tokens,
-            output_tokens: rec.output_tokens,
-            finish_reason: rec.finish_reason.clone(),
-        }
+        sample_from_record(&rec, spec.stream)
+    }
+
+    async fn stream_held(
+        &self,
+        spec: RequestSpec,
+        progress: watch::Sender<StreamProgress>,
+        close: CancellationToken,
+    ) -> Sample {
+        let spec = RequestSpec {
+            stream: true,
+            ..spec
+        };
+        let s = match self.probe_request(spec) {
+            Ok(req) => {
+                let conn = request::Conn {
+                    client: &self.client,
+                    base_url: &self.base_url,
+                    api_key: self.api_key.as_deref(),
+                    timeouts: &self.timeouts,
+                    cancel: Some(&close),
+                    max_response_bytes: request::DEFAULT_MAX_RESPONSE_BYTES,
+                };
+                let mut observer = ProgressObserver {
+                    tx: &progress,
+                    events: 0,
+                };
+                let rec = request::execute_with(&conn, &req, Instant::now(), &mut observer).await;
+                sample_from_record(&rec, true)
+            }
+            Err(s) => s,
+        };
+        progress.send_modify(|p| p.ended = true);
+        s
     }
 
     async fn metrics(&self) -> anyhow::Result<ServerSnapshot> {

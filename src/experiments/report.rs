@@ -355,6 +355,32 @@ pub struct LadderRung {
     pub running_peak: Option<f64>,
     /// Samples of `/metrics` taken while it ran.
     pub metric_samples: usize,
+    /// Samples that the server's own gauges showed it running in, taken during its decode
+    /// (after its first token, before it ended): the KV figures come from the last of them.
+    #[serde(default)]
+    pub resident_samples: usize,
+    /// Tokens the request held in the KV cache at that sample: prompt + generated − 1 (the
+    /// newest token is not cached yet), with generated from the server's
+    /// `generation_tokens_total` in the same body.
+    #[serde(default)]
+    pub kv_tokens_at_sample: Option<u64>,
+    /// Whether the measured usage is within one block of the expected usage.
+    #[serde(default)]
+    pub kv_within_one_block: Option<bool>,
+    /// Why the KV usage of this rung was not measured, when it was not.
+    #[serde(default)]
+    pub kv_note: Option<String>,
+    /// After the stream was closed: whether the server aborted the request and freed its
+    /// blocks (running back to its level before, KV usage back, generation stopped).
+    #[serde(default)]
+    pub released_after_close: Option<bool>,
+    /// Seconds from closing the stream to seeing it released.
+    #[serde(default)]
+    pub release_s: Option<f64>,
+    /// Requests sent for this rung (more than one when a stream ended before it was seen
+    /// resident twice).
+    #[serde(default)]
+    pub attempts: u32,
     /// GPU memory used (bytes) at the peak, when NVML is present.
     pub gpu_memory_used_bytes: Option<f64>,
     /// GPU utilisation peak (0–1), when NVML is present.
@@ -399,8 +425,18 @@ pub struct GridRow {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GridCell {
     pub concurrency: u32,
-    /// Every sequence ran at once (peak running == concurrency) and none was preempted.
+    /// `verdict == "fits"`.
     pub fits: bool,
+    /// `fits`: a sample taken after every sequence had its first token and before any ended
+    /// showed all of them running, nothing waiting, and none was preempted. `queues`: a
+    /// preemption, or a sample taken while every running sequence was past its prefill showed
+    /// one waiting. `undecided`: no sample was taken in either known state. `failed`: a
+    /// request failed.
+    #[serde(default)]
+    pub verdict: String,
+    /// Times the cell was run (an undecided cell is run again, up to 3 times).
+    #[serde(default)]
+    pub attempts: u32,
     pub running_peak: Option<f64>,
     pub waiting_peak: Option<f64>,
     /// Increase of `vllm:num_preemptions_total` while the cell ran.
@@ -570,9 +606,12 @@ pub fn kv_ladder_csv(k: &KvScaleSection) -> String {
         "kv_usage_peak",
         "kv_usage_delta",
         "kv_usage_expected",
+        "kv_within_one_block",
+        "released_after_close",
         "running_peak",
         "gpu_memory_used_bytes",
         "reason",
+        "kv_note",
     ];
     let rows: Vec<Vec<String>> = k
         .ladder
@@ -592,9 +631,12 @@ pub fn kv_ladder_csv(k: &KvScaleSection) -> String {
                 opt(r.kv_usage_peak),
                 opt(r.kv_usage_delta),
                 opt(r.kv_usage_expected),
+                opt(r.kv_within_one_block),
+                opt(r.released_after_close),
                 opt(r.running_peak),
                 opt(r.gpu_memory_used_bytes),
                 opt(r.reason.clone()),
+                opt(r.kv_note.clone()),
             ]
         })
         .collect();
@@ -607,6 +649,7 @@ pub fn kv_grid_csv(k: &KvScaleSection) -> String {
         "context_tokens",
         "concurrency",
         "fits",
+        "verdict",
         "capacity_computed",
         "running_peak",
         "waiting_peak",
@@ -624,6 +667,7 @@ pub fn kv_grid_csv(k: &KvScaleSection) -> String {
                     g.context_tokens.to_string(),
                     c.concurrency.to_string(),
                     c.fits.to_string(),
+                    c.verdict.clone(),
                     opt(g.capacity_computed),
                     opt(c.running_peak),
                     opt(c.waiting_peak),

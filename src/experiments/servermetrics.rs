@@ -38,6 +38,7 @@ fn snapshot(exp: &expfmt::Exposition<'_>) -> ServerSnapshot {
     let mut running: Option<f64> = None;
     let mut waiting: Option<f64> = None;
     let mut preempt: Option<f64> = None;
+    let mut generated: Option<f64> = None;
     let mut cache = None;
     let add = |slot: &mut Option<f64>, v: f64| *slot = Some(slot.unwrap_or(0.0) + v);
     for f in exp.families.iter().filter(|f| !f.damaged) {
@@ -53,6 +54,7 @@ fn snapshot(exp: &expfmt::Exposition<'_>) -> ServerSnapshot {
                 "vllm:num_requests_running" => add(&mut running, s.value),
                 "vllm:num_requests_waiting" => add(&mut waiting, s.value),
                 "vllm:num_preemptions" => add(&mut preempt, s.value),
+                "vllm:generation_tokens" => add(&mut generated, s.value),
                 "vllm:cache_config_info" if cache.is_none() => {
                     let get = |k: &str| exp.label(s, k).and_then(|v| v.parse::<u64>().ok());
                     if let (Some(b), Some(n)) = (get("block_size"), get("num_gpu_blocks"))
@@ -75,6 +77,7 @@ fn snapshot(exp: &expfmt::Exposition<'_>) -> ServerSnapshot {
         running,
         waiting,
         preemptions_total: preempt,
+        generation_tokens_total: generated,
         cache,
     }
 }

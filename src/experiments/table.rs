@@ -219,6 +219,7 @@ pub fn kv_scale(k: &KvScaleSection) -> String {
             pct(r.kv_usage_expected),
             r.reason
                 .as_deref()
+                .or(r.kv_note.as_deref())
                 .map(|s| s.chars().take(60).collect::<String>())
                 .unwrap_or_default(),
         ]);
@@ -242,7 +243,7 @@ pub fn kv_scale(k: &KvScaleSection) -> String {
                 "blocks/seq",
                 "capacity (computed)",
                 "fits (observed)",
-                "cells (concurrency: fit?)",
+                "cells (concurrency: verdict)",
             ]
             .map(String::from)
             .to_vec(),
@@ -262,7 +263,14 @@ pub fn kv_scale(k: &KvScaleSection) -> String {
                     .unwrap_or_else(|| "-".into()),
                 row.cells
                     .iter()
-                    .map(|c| format!("{}:{}", c.concurrency, if c.fits { "yes" } else { "no" }))
+                    .map(|c| {
+                        let v = match c.verdict.as_str() {
+                            "" if c.fits => "fits",
+                            "" => "no",
+                            v => v,
+                        };
+                        format!("{}:{v}", c.concurrency)
+                    })
                     .collect::<Vec<_>>()
                     .join(" "),
             ]);
