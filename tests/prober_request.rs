@@ -528,3 +528,57 @@ async fn itl_samples_are_capped_but_events_counted() {
     assert_eq!(r.output_events as usize, n + 1);
     assert_eq!(r.itl.len(), MAX_ITL_SAMPLES);
 }
+
+/// A 200 answer that carries no generated output is `empty`, not `ok`.
+#[tokio::test]
+async fn a_200_without_generated_output_is_empty() {
+    let done_only = vec![
+        sse_head(),
+        Step::Chunk(b"data: [DONE]\n\n".to_vec()),
+        Step::EndChunks,
+    ];
+    let comments_then_done = vec![
+        sse_head(),
+        Step::Chunk(b": keep-alive\n\nevent: ping\n\n".to_vec()),
+        Step::Chunk(b"data: [DONE]\n\n".to_vec()),
+        Step::EndChunks,
+    ];
+    let finish_without_text = vec![
+        sse_head(),
+        Step::Chunk(
+            br#"data: {"id":"x","object":"text_completion","choices":[{"index":0,"text":"","finish_reason":"length"}]}
+
+"#
+            .to_vec(),
+        ),
+        Step::Chunk(b"data: [DONE]\n\n".to_vec()),
+        Step::EndChunks,
+    ];
+    let json_without_choices = fixed(200, "application/json", br#"{"id":"x","choices":[]}"#);
+    for (name, steps) in [
+        ("done only", done_only),
+        ("comments then done", comments_then_done),
+        ("finish without text", finish_without_text),
+        ("json without choices", json_without_choices),
+    ] {
+        let r = run_script(steps, Endpoint::Completions, Timeouts::default()).await;
+        assert_eq!(r.outcome, Outcome::Empty, "{name}: {r:?}");
+        assert_eq!(r.outcome.as_str(), "empty");
+        assert_eq!(r.http_status, Some(200));
+        assert!(r.error.is_some(), "{name}");
+    }
+    // A model whose first token is end-of-sequence: no text, but the server counts a token.
+    let eos_first = vec![
+        sse_head(),
+        Step::Chunk(
+            br#"data: {"id":"x","object":"text_completion","choices":[{"index":0,"text":"","finish_reason":"stop"}],"usage":{"prompt_tokens":6,"completion_tokens":1,"total_tokens":7}}
+
+"#
+            .to_vec(),
+        ),
+        Step::Chunk(b"data: [DONE]\n\n".to_vec()),
+        Step::EndChunks,
+    ];
+    let r = run_script(eos_first, Endpoint::Completions, Timeouts::default()).await;
+    assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+}

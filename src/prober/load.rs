@@ -189,20 +189,50 @@ async fn closed_worker(
 ) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let conn = shared.conn();
+    let mut backoff = Duration::ZERO;
     while !stop.is_cancelled() && !shared.shutdown.is_cancelled() {
         let s = spec.borrow().clone();
         let req = s.request(&shared.prompts, &shared.model, &mut rng);
+        let started = Instant::now();
         metrics.in_flight.inc();
-        let rec = execute_with(&conn, &req, Instant::now(), &mut ()).await;
+        let rec = execute_with(&conn, &req, started, &mut ()).await;
         metrics.in_flight.dec();
         metrics.record(&rec);
-        if rec.outcome != Outcome::Ok && rec.outcome != Outcome::Cancelled {
+        let pause = match rec.outcome {
+            Outcome::Cancelled => Duration::ZERO,
+            Outcome::Ok => {
+                backoff = Duration::ZERO;
+                MIN_CYCLE.saturating_sub(started.elapsed())
+            }
+            _ => {
+                backoff = next_backoff(backoff, s.error_backoff);
+                backoff
+            }
+        };
+        if !pause.is_zero() {
             tokio::select! {
-                _ = tokio::time::sleep(s.error_backoff) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.cancelled() => {}
                 _ = shared.shutdown.cancelled() => {}
             }
         }
+    }
+}
+
+/// Closed loop: the first pause after a failed or empty request.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// Closed loop: the shortest time from one request's send to the next on a stream when the
+/// request succeeded, so a server that answers instantly sees at most 1,000 requests/s per
+/// stream.
+pub const MIN_CYCLE: Duration = Duration::from_millis(1);
+
+/// The pause after one more consecutive failure: [`FIRST_BACKOFF`], then doubling, capped at
+/// `cap` (`prober.error_backoff`).
+pub fn next_backoff(prev: Duration, cap: Duration) -> Duration {
+    if prev.is_zero() {
+        FIRST_BACKOFF.min(cap)
+    } else {
+        prev.saturating_mul(2).min(cap)
     }
 }
 

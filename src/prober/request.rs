@@ -202,13 +202,16 @@ pub enum Outcome {
     Truncated,
     /// An event that is not the expected JSON, or a response over the byte cap.
     Malformed,
+    /// A 200 response that carried no generated output (no token-bearing event and no
+    /// `usage.completion_tokens`, e.g. only `data: [DONE]`) although `max_tokens` ≥ 1.
+    Empty,
     /// The prober shut down while the request was in flight.
     Cancelled,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Ok,
         Outcome::ContextLength,
         Outcome::ClientError,
@@ -222,6 +225,7 @@ impl Outcome {
         Outcome::StreamError,
         Outcome::Truncated,
         Outcome::Malformed,
+        Outcome::Empty,
         Outcome::Cancelled,
     ];
 
@@ -241,6 +245,7 @@ impl Outcome {
             Outcome::StreamError => "stream_error",
             Outcome::Truncated => "truncated",
             Outcome::Malformed => "malformed",
+            Outcome::Empty => "empty",
             Outcome::Cancelled => "cancelled",
         }
     }
@@ -738,6 +743,9 @@ pub async fn execute_with<O: ChunkObserver>(
                     return finish(rec, Outcome::StreamError, Some(&m), end);
                 }
                 rec.output_events = u32::from(ev.content);
+                if is_empty(req, &rec) {
+                    return finish(rec, Outcome::Empty, Some(EMPTY_MESSAGE), end);
+                }
                 finish(rec, Outcome::Ok, None, end)
             }
         };
@@ -834,7 +842,26 @@ pub async fn execute_with<O: ChunkObserver>(
             intended_ns,
         );
     }
+    if is_empty(req, &rec) {
+        return finish_stream(
+            rec,
+            &st,
+            Outcome::Empty,
+            Some(EMPTY_MESSAGE),
+            e2e,
+            intended_ns,
+        );
+    }
     finish_stream(rec, &st, Outcome::Ok, None, e2e, intended_ns)
+}
+
+const EMPTY_MESSAGE: &str = "a 200 response with no generated output (no token-bearing event)";
+
+/// A complete 200 answer is `empty` when output was asked for but none came: no event with
+/// text, content, reasoning or a tool call, and no `usage.completion_tokens` above 0 (a model
+/// whose first token is end-of-sequence reports one completion token with empty text).
+fn is_empty(req: &ProbeRequest, rec: &RequestRecord) -> bool {
+    req.max_tokens >= 1 && rec.output_events == 0 && rec.output_tokens.unwrap_or(0) == 0
 }
 
 #[derive(Default)]

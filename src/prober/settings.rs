@@ -23,7 +23,9 @@ pub struct ProberConfig {
     pub request_timeout: Duration,
     /// Body bytes read from one response at most; more is counted as `malformed`.
     pub max_response_bytes: u64,
-    /// Closed loop: pause of a stream after a failed request (so a down server is not hammered).
+    /// Closed loop: the longest pause of a stream after consecutive failed or empty requests
+    /// (10 ms after the first, doubling up to this; an ok request resets it), so a down or
+    /// broken server is not hammered.
     #[serde(with = "humantime_serde")]
     pub error_backoff: Duration,
     /// Discovery retries start at this interval...
