@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The default port of the exporter (`/metrics`, `/healthz`, `/readyz`, `/`).
@@ -70,6 +71,9 @@ pub struct ServeArgs {
     /// Address the exporter listens on [default: 0.0.0.0:9471].
     #[arg(long, env = "VLLM_SENTINEL_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Allow `POST /-/reload` on the exporter port (off by default; SIGHUP always reloads). Sets `server.enable_lifecycle`.
+    #[arg(long = "web.enable-lifecycle", action = clap::ArgAction::SetTrue, value_parser = BoolishValueParser::new(), env = "VLLM_SENTINEL_WEB_ENABLE_LIFECYCLE")]
+    pub enable_lifecycle: bool,
     /// Model to request; default: the first model of the target's /v1/models.
     #[arg(long, env = "VLLM_SENTINEL_MODEL")]
     pub model: Option<String>,

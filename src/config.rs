@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// How long in-flight work may take to finish after SIGINT/SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Allow `POST /-/reload` (off by default: anyone who can reach the port could trigger it).
+    /// SIGHUP works either way. Also `--web.enable-lifecycle`.
+    pub enable_lifecycle: bool,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +57,7 @@ impl Default for ServerConfig {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9471))),
             shutdown_grace: Duration::from_secs(5),
+            enable_lifecycle: false,
         }
     }
 }
@@ -216,6 +220,9 @@ pub fn apply_args(cfg: &mut Config, args: &ServeArgs) {
     if let Some(listen) = args.listen {
         cfg.server.listen = listen;
     }
+    if args.enable_lifecycle {
+        cfg.server.enable_lifecycle = true;
+    }
     for t in &mut cfg.targets {
         if let Some(m) = &args.model {
             t.model = Some(m.clone());
@@ -302,6 +309,15 @@ pub fn describe(cfg: &Config) -> String {
         let _ = writeln!(out, "file: {}", p.display());
     }
     let _ = writeln!(out, "listen: {}", cfg.server.listen);
+    let _ = writeln!(
+        out,
+        "POST /-/reload: {}",
+        if cfg.server.enable_lifecycle {
+            "enabled"
+        } else {
+            "disabled (SIGHUP only; enable with --web.enable-lifecycle)"
+        }
+    );
     if cfg.targets.is_empty() {
         let _ = writeln!(out, "targets: none (only GPU sampling will run)");
     }
