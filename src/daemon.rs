@@ -137,7 +137,7 @@ pub async fn serve_on(
 fn status_entries(cfg: &Config) -> Vec<(String, String, Option<String>)> {
     cfg.targets
         .iter()
-        .map(|t| (t.label(), t.url.clone(), t.model.clone()))
+        .map(|t| (t.label(), t.base_url(), t.model.clone()))
         .collect()
 }
 

@@ -400,7 +400,7 @@ async fn huge_response_is_capped() {
     let conn = Conn {
         client: &client,
         base_url: &fake,
-        api_key: None,
+        authorization: None,
         timeouts: &t,
         cancel: None,
         max_response_bytes: 1 << 20,
@@ -447,7 +447,7 @@ async fn cancellation_mid_stream() {
     let conn = Conn {
         client: &client,
         base_url: &fake,
-        api_key: None,
+        authorization: None,
         timeouts: &t,
         cancel: Some(&token),
         max_response_bytes: 1 << 20,

@@ -42,8 +42,8 @@ pub struct TargetShared {
     pub label: String,
     pub client: super::request::ProbeClient,
     pub base_url: String,
-    /// Bearer token; never logged (see the `Debug` impl).
-    pub api_key: Option<String>,
+    /// The `Authorization` value (`Bearer …` or `Basic …`); never logged (see the `Debug` impl).
+    pub authorization: Option<crate::config::Secret>,
     pub model: String,
     pub timeouts: Timeouts,
     pub max_response_bytes: u64,
@@ -59,7 +59,7 @@ impl std::fmt::Debug for TargetShared {
         f.debug_struct("TargetShared")
             .field("label", &self.label)
             .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("authorization", &self.authorization)
             .field("model", &self.model)
             .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
@@ -72,7 +72,7 @@ impl TargetShared {
         Conn {
             client: &self.client,
             base_url: &self.base_url,
-            api_key: self.api_key.as_deref(),
+            authorization: self.authorization.as_ref().map(|s| s.expose()),
             timeouts: &self.timeouts,
             cancel: Some(&self.shutdown),
             max_response_bytes: self.max_response_bytes,

@@ -344,8 +344,9 @@ pub struct Conn<'a> {
     pub client: &'a ProbeClient,
     /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8000`.
     pub base_url: &'a str,
-    /// Bearer token; never logged.
-    pub api_key: Option<&'a str>,
+    /// The whole `Authorization` header value (`Bearer <key>`, or `Basic …` from credentials
+    /// in the target URL); never logged.
+    pub authorization: Option<&'a str>,
     pub timeouts: &'a Timeouts,
     /// Cancelling it ends the request as [`Outcome::Cancelled`].
     pub cancel: Option<&'a CancellationToken>,
@@ -357,7 +358,7 @@ impl std::fmt::Debug for Conn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
             .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.map(|_| "<redacted>"))
+            .field("authorization", &self.authorization.map(|_| "<redacted>"))
             .field("timeouts", &self.timeouts)
             .field("max_response_bytes", &self.max_response_bytes)
             .finish_non_exhaustive()
@@ -528,10 +529,11 @@ pub async fn execute(
     timeouts: &Timeouts,
     intended_start: Instant,
 ) -> RequestRecord {
+    let authorization = api_key.map(|k| format!("Bearer {k}"));
     let conn = Conn {
         client,
         base_url,
-        api_key,
+        authorization: authorization.as_deref(),
         timeouts,
         cancel: None,
         max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -554,11 +556,11 @@ pub async fn execute_with<O: ChunkObserver>(
     let intended_ns = sent_ns.saturating_sub(behind.as_nanos() as u64);
     let mut rec = RequestRecord::new(intended_ns, sent_ns);
 
-    let bearer = match conn.api_key {
-        Some(key) => match HeaderValue::from_str(&format!("Bearer {key}")) {
+    let bearer = match conn.authorization {
+        Some(value) => match HeaderValue::from_str(value) {
             Ok(mut v) => {
                 v.set_sensitive(true);
-                Some((key, v))
+                Some((value, v))
             }
             Err(_) => {
                 rec.outcome = Outcome::ClientError;
@@ -596,7 +598,7 @@ pub async fn execute_with<O: ChunkObserver>(
             Some(pool) => {
                 let head = http1::RequestHead {
                     path: req.endpoint.path(),
-                    bearer: bearer.as_ref().map(|(k, _)| *k),
+                    authorization: bearer.as_ref().map(|(k, _)| *k),
                 };
                 pool.send(head, &body)
                     .await

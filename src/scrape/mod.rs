@@ -169,7 +169,7 @@ pub fn target_runs(cfg: &Config) -> Vec<TargetRun> {
         .iter()
         .filter(|t| t.scrape.enabled)
         .map(|t| {
-            let base = t.url.trim_end_matches('/');
+            let base = t.base_url();
             TargetRun {
                 label: t.label(),
                 metrics_url: t
@@ -184,6 +184,10 @@ pub fn target_runs(cfg: &Config) -> Vec<TargetRun> {
                         .unwrap_or_else(|| format!("{base}/version")),
                 ),
                 auth_header_env: t.scrape.auth_header_env.clone(),
+                // `user:password@` in the target URL: HTTP Basic (auth_header_env wins).
+                basic_auth: t.url_credentials().map(|(u, p)| {
+                    crate::config::Secret::new(crate::config::basic_authorization(&u, &p))
+                }),
                 model: t.model.clone(),
                 interval: cfg.scrape.interval,
                 timeout: cfg.scrape.effective_timeout(),
@@ -440,5 +444,25 @@ mod tests {
         );
         assert_eq!(runs[0].interval, Duration::from_secs(2));
         assert!(runs[0].passthrough);
+    }
+
+    #[test]
+    fn url_credentials_become_basic_auth_and_leave_the_urls() {
+        let cfg = crate::config::from_toml(
+            "[[targets]]\nurl = \"http://admin:S3CRETPASS@127.0.0.1:8000/\"\n",
+        )
+        .unwrap();
+        let runs = target_runs(&cfg);
+        assert_eq!(runs[0].label, "127.0.0.1:8000");
+        assert_eq!(runs[0].metrics_url, "http://127.0.0.1:8000/metrics");
+        assert_eq!(
+            runs[0].version_url.as_deref(),
+            Some("http://127.0.0.1:8000/version")
+        );
+        assert_eq!(
+            runs[0].basic_auth.as_ref().map(|s| s.expose()),
+            Some("Basic YWRtaW46UzNDUkVUUEFTUw==")
+        );
+        assert!(!format!("{:?}", runs[0]).contains("YWRt"));
     }
 }
