@@ -87,10 +87,15 @@ pub async fn fetch(
         })?;
         let status = resp.status();
         if !status.is_success() {
+            let note = if status.is_redirection() {
+                " (a redirect to another origin is not followed)"
+            } else {
+                ""
+            };
             return Err(Failure {
                 reason: FailReason::HttpStatus,
                 kinds: vec![],
-                message: format!("GET {url_shown}: HTTP {status}"),
+                message: format!("GET {url_shown}: HTTP {status}{note}"),
             });
         }
         let ct = resp
