@@ -582,3 +582,45 @@ async fn a_200_without_generated_output_is_empty() {
     let r = run_script(eos_first, Endpoint::Completions, Timeouts::default()).await;
     assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
 }
+
+/// `/v1/models` and `/tokenize` answers are read with a cap (`httpcap::MAX_JSON_BODY_BYTES`):
+/// a huge body is a classified failure, not an unbounded allocation.
+#[tokio::test]
+async fn discovery_reads_are_capped() {
+    let big = vec![b' '; 5 * 1024 * 1024];
+    let chunked = {
+        let b = big.clone();
+        move || {
+            vec![
+                Step::Raw(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                        .to_vec(),
+                ),
+                Step::Chunk(b.clone()),
+                Step::EndChunks,
+            ]
+        }
+    };
+    let fake = start(move |_, path, _| match path {
+        "/v1/models" => chunked(),
+        _ => fixed(200, "application/json", &big),
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let t = Duration::from_secs(10);
+    let err = vllm_sentinel::prober::discovery::list_models(&client, &fake.url, None, t)
+        .await
+        .expect_err("a 5 MiB body must be refused");
+    assert!(err.to_string().contains("larger than"), "{err}");
+    let err = vllm_sentinel::prober::discovery::tokenize(
+        &client,
+        &fake.url,
+        None,
+        "m",
+        vllm_sentinel::prober::discovery::TokenizeInput::Prompt("x"),
+        t,
+    )
+    .await
+    .expect_err("a 5 MiB body must be refused");
+    assert!(err.to_string().contains("larger than"), "{err}");
+}

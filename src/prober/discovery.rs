@@ -72,10 +72,15 @@ async fn get_json(
         .await
         .map_err(|e| DiscoveryError::Unreachable(event::short(&e.without_url().to_string())))?;
     let status = resp.status().as_u16();
-    let body = resp
-        .bytes()
+    let body = crate::httpcap::read_capped(resp, crate::httpcap::MAX_JSON_BODY_BYTES)
         .await
-        .map_err(|e| DiscoveryError::Unreachable(event::short(&e.without_url().to_string())))?;
+        .map_err(|e| match e {
+            crate::httpcap::CapError::TooLarge { .. } => DiscoveryError::BadResponse {
+                path,
+                message: e.to_string(),
+            },
+            crate::httpcap::CapError::Body(m) => DiscoveryError::Unreachable(event::short(&m)),
+        })?;
     if !(200..300).contains(&status) {
         let message = event::parse_error_body(&body)
             .map(|e| e.message)
@@ -86,7 +91,7 @@ async fn get_json(
             message: event::short(&message),
         });
     }
-    Ok(body.to_vec())
+    Ok(body)
 }
 
 /// `GET {base}/v1/models` with an API key (sent as a Bearer token).
