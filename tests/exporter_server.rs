@@ -92,3 +92,61 @@ async fn reload_over_http_is_refused_unless_lifecycle_is_enabled() {
     assert_eq!(resp.status().as_u16(), 403);
     d.stop().await;
 }
+
+/// A reload whose file now holds an out-of-bounds token count answers 400 with the reason, and
+/// the running configuration is kept (the reloader is never asked to apply it).
+#[tokio::test]
+async fn a_reload_with_a_huge_prompt_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[server]\nenable_lifecycle = true\n[gpu]\nenabled = false\n",
+    )
+    .unwrap();
+    let args = vllm_sentinel::cli::ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    let global = vllm_sentinel::cli::GlobalArgs {
+        log_level: None,
+        log_format: vllm_sentinel::cli::LogFormat::Text,
+    };
+    let cfg = vllm_sentinel::config::load(&global, &args).unwrap();
+    let reloader: Reloader = Arc::new(move || vllm_sentinel::config::load(&global, &args));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(daemon::serve_on(
+        listener,
+        cfg,
+        token.clone(),
+        Some(reloader),
+    ));
+    let d = Daemon { addr, token, task };
+    std::fs::write(
+        &path,
+        "[server]\nenable_lifecycle = true\n[gpu]\nenabled = false\n[[targets]]\nurl = \"http://127.0.0.1:9\"\n[[targets.workloads]]\nprompt_tokens = 4294967295\n",
+    )
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .post(d.url("/-/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("prompt_tokens") && body.contains("at most 10000000"),
+        "{body}"
+    );
+    // Still the old configuration: no target on the landing page.
+    let page = reqwest::get(d.url("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("no targets configured"), "{page}");
+    d.stop().await;
+}

@@ -40,6 +40,8 @@ pub struct HealthCounters {
 /// What every request of a target shares.
 pub struct TargetShared {
     pub label: String,
+    /// The advertised `max_model_len`, when known.
+    pub max_model_len: Option<u32>,
     pub client: super::request::ProbeClient,
     pub base_url: String,
     /// The `Authorization` value (`Bearer …` or `Basic …`); never logged (see the `Debug` impl).
@@ -89,6 +91,9 @@ pub struct WorkloadSpec {
     pub max_in_flight: u32,
     pub error_backoff: Duration,
     pub shared_prefix: SharedPrefix,
+    /// Longest prompt sent: `max_model_len + 1` when the server advertises it (a longer one
+    /// is rejected all the same), else [`super::settings::MAX_TOKENS_CEILING`].
+    pub max_prompt_tokens: u32,
 }
 
 impl WorkloadSpec {
@@ -99,7 +104,12 @@ impl WorkloadSpec {
         model: &str,
         rng: &mut SmallRng,
     ) -> ProbeRequest {
-        let len = self.cfg.prompt_tokens.sample(rng);
+        let len = self
+            .cfg
+            .prompt_tokens
+            .sample(rng)
+            .min(self.max_prompt_tokens)
+            .max(1);
         ProbeRequest {
             endpoint: self.endpoint,
             model: model.to_string(),

@@ -196,6 +196,15 @@ pub async fn run_target(
                     limit,
                     "prompt_tokens + max_tokens can exceed the server's max_model_len; those requests will count as context_length"
                 );
+                if longest > limit.saturating_add(1) {
+                    tracing::warn!(
+                        target = %label,
+                        workload = %w.label(i),
+                        limit,
+                        longest,
+                        "prompts longer than max_model_len + 1 are clamped to max_model_len + 1 tokens (they are rejected all the same)"
+                    );
+                }
             }
         }
         deps.metrics
@@ -209,6 +218,7 @@ pub async fn run_target(
 
     let shared = Arc::new(TargetShared {
         label: label.clone(),
+        max_model_len: info.max_model_len,
         client,
         base_url,
         authorization,
@@ -281,7 +291,12 @@ fn reconcile(
         } else {
             SharedPrefix::default()
         };
+        let max_prompt_tokens = shared
+            .max_model_len
+            .map_or(super::settings::MAX_TOKENS_CEILING, |l| l.saturating_add(1))
+            .min(super::settings::MAX_TOKENS_CEILING);
         let spec = Arc::new(WorkloadSpec {
+            max_prompt_tokens,
             max_in_flight: w.max_in_flight.unwrap_or(run.prober.max_in_flight),
             error_backoff: run.prober.error_backoff,
             label: label.clone(),
