@@ -195,7 +195,7 @@ async fn run(a: Args) -> Result<(), String> {
             let conn = Conn {
                 client: &client,
                 base_url: &base,
-                api_key: None,
+                authorization: None,
                 timeouts: &timeouts,
                 cancel: None,
                 max_response_bytes: 16 << 20,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The default port of the exporter (`/metrics`, `/healthz`, `/readyz`, `/`).
@@ -70,17 +71,20 @@ pub struct ServeArgs {
     /// Address the exporter listens on [default: 0.0.0.0:9471].
     #[arg(long, env = "VLLM_SENTINEL_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Allow `POST /-/reload` on the exporter port (off by default; SIGHUP always reloads). Sets `server.enable_lifecycle`.
+    #[arg(long = "web.enable-lifecycle", action = clap::ArgAction::SetTrue, value_parser = BoolishValueParser::new(), env = "VLLM_SENTINEL_WEB_ENABLE_LIFECYCLE")]
+    pub enable_lifecycle: bool,
     /// Model to request; default: the first model of the target's /v1/models.
     #[arg(long, env = "VLLM_SENTINEL_MODEL")]
     pub model: Option<String>,
     /// Endpoint the probes use.
     #[arg(long, value_enum, env = "VLLM_SENTINEL_ENDPOINT")]
     pub endpoint: Option<crate::config::Endpoint>,
-    /// Closed loop: number of concurrent probe streams.
-    #[arg(long, env = "VLLM_SENTINEL_CONCURRENCY", conflicts_with = "rate")]
+    /// Closed loop: number of concurrent probe streams (a positive integer).
+    #[arg(long, env = "VLLM_SENTINEL_CONCURRENCY", conflicts_with = "rate", allow_negative_numbers = true, value_parser = parse_positive_u32)]
     pub concurrency: Option<u32>,
-    /// Open loop: probe requests per second (Poisson arrivals).
-    #[arg(long, env = "VLLM_SENTINEL_RATE")]
+    /// Open loop: probe requests per second (Poisson arrivals; a positive number).
+    #[arg(long, env = "VLLM_SENTINEL_RATE", allow_negative_numbers = true, value_parser = parse_positive_f64)]
     pub rate: Option<f64>,
     /// Environment variable holding the target's API key (sent as a Bearer token).
     #[arg(long, env = "VLLM_SENTINEL_API_KEY_ENV")]
@@ -92,7 +96,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_SCRAPE_INTERVAL")]
     pub scrape_interval: Option<std::time::Duration>,
     /// Disable NVML GPU sampling.
-    #[arg(long, env = "VLLM_SENTINEL_NO_GPU")]
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_GPU")]
     pub no_gpu: bool,
     /// Path to libnvidia-ml.so.1 when it is not on the loader path.
     #[arg(long, env = "VLLM_SENTINEL_NVML_LIBRARY")]
@@ -120,14 +124,14 @@ pub struct DemoArgs {
         env = "VLLM_SENTINEL_SIM_LISTEN"
     )]
     pub sim_listen: SocketAddr,
-    /// Concurrent probe streams against the simulator.
-    #[arg(long, default_value_t = 4, env = "VLLM_SENTINEL_CONCURRENCY")]
+    /// Concurrent probe streams against the simulator (a positive integer).
+    #[arg(long, default_value_t = 4, env = "VLLM_SENTINEL_CONCURRENCY", allow_negative_numbers = true, value_parser = parse_positive_u32)]
     pub concurrency: u32,
     /// Stop after this long (e.g. 30s); default: run until Ctrl-C.
     #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_DURATION")]
     pub duration: Option<std::time::Duration>,
     /// Disable NVML GPU sampling.
-    #[arg(long, env = "VLLM_SENTINEL_NO_GPU")]
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_GPU")]
     pub no_gpu: bool,
 }
 
@@ -135,4 +139,55 @@ pub struct DemoArgs {
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 5s, 2m)"))
+}
+
+/// Parses a positive integer (`--concurrency`): `0` and negative values are refused with a
+/// message that says so, instead of clap's "unexpected argument" for `-1`.
+pub fn parse_positive_u32(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => {
+            u32::try_from(n).map_err(|_| format!("{s:?} is too large (at most {})", u32::MAX))
+        }
+        Ok(_) => Err(format!("{s:?} must be positive (at least 1)")),
+        Err(_) => Err(format!("{s:?} is not a whole number (must be positive)")),
+    }
+}
+
+/// Parses a positive, finite number (`--rate`).
+pub fn parse_positive_f64(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err(format!(
+            "{s:?} must be positive (greater than 0) and finite"
+        )),
+        Err(_) => Err(format!("{s:?} is not a number (must be positive)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vllm-sentinel").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn negative_rate_and_concurrency_say_must_be_positive() {
+        for args in [
+            &["serve", "--rate", "-1"][..],
+            &["serve", "--rate", "0"],
+            &["serve", "--concurrency", "-1"],
+            &["serve", "--concurrency", "0"],
+            &["check-config", "--rate", "-2.5"],
+        ] {
+            let err = parse(args).expect_err("must be refused").to_string();
+            assert!(err.contains("must be positive"), "{args:?}: {err}");
+            assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+        }
+        let Command::Serve(a) = parse(&["serve", "--rate", "2.5"]).expect("valid").command else {
+            panic!("not serve");
+        };
+        assert_eq!(a.rate, Some(2.5));
+    }
 }

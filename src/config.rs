@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// How long in-flight work may take to finish after SIGINT/SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Allow `POST /-/reload` (off by default: anyone who can reach the port could trigger it).
+    /// SIGHUP works either way. Also `--web.enable-lifecycle`.
+    pub enable_lifecycle: bool,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +57,7 @@ impl Default for ServerConfig {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9471))),
             shutdown_grace: Duration::from_secs(5),
+            enable_lifecycle: false,
         }
     }
 }
@@ -134,21 +138,49 @@ impl TargetConfig {
         }
     }
 
-    /// The `target` label value.
+    /// The `target` label value: the name, else the URL's `host:port` (never its credentials).
     pub fn label(&self) -> String {
         if let Some(n) = &self.name {
             return n.clone();
         }
-        let rest = self
-            .url
-            .split_once("://")
-            .map(|(_, r)| r)
-            .unwrap_or(&self.url);
+        let url = redact_url(&self.url);
+        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
         rest.split('/').next().unwrap_or(rest).to_string()
     }
 
-    /// Reads the API key from the environment variable or file, if one is configured.
-    /// The key is never logged; errors name the variable or path only.
+    /// The base URL requests go to: without `user:password@` and without a trailing slash. Safe
+    /// to show (landing page, `check-config`, logs).
+    pub fn base_url(&self) -> String {
+        redact_url(&self.url).trim_end_matches('/').to_string()
+    }
+
+    /// `user:password` given in the URL (percent-decoded), sent as HTTP Basic auth.
+    pub fn url_credentials(&self) -> Option<(String, String)> {
+        let u = reqwest::Url::parse(&self.url).ok()?;
+        if u.username().is_empty() && u.password().is_none() {
+            return None;
+        }
+        Some((
+            percent_decode(u.username()),
+            percent_decode(u.password().unwrap_or("")),
+        ))
+    }
+
+    /// The `Authorization` header value of every request to this target (probes, discovery,
+    /// `/tokenize`): `Bearer <key>` from `api_key_env`/`api_key_file`, or `Basic …` from
+    /// credentials in the URL (validation refuses both at once). Never logged.
+    pub fn authorization(&self) -> anyhow::Result<Option<Secret>> {
+        if let Some(key) = self.api_key()? {
+            return Ok(Some(Secret(format!("Bearer {key}"))));
+        }
+        Ok(self
+            .url_credentials()
+            .map(|(user, pass)| Secret(basic_authorization(&user, &pass))))
+    }
+
+    /// Reads the API key from the environment variable or file, if one is configured, and
+    /// checks it: one line of visible characters (a CR or LF would split the HTTP header it is
+    /// sent in). The key is never logged; errors name the variable or path only.
     pub fn api_key(&self) -> anyhow::Result<Option<String>> {
         if let Some(var) = &self.api_key_env {
             let v = std::env::var(var).with_context(|| {
@@ -157,7 +189,14 @@ impl TargetConfig {
                     self.label()
                 )
             })?;
-            return Ok(Some(v.trim().to_string()));
+            let key = v.trim().to_string();
+            check_api_key(&key).map_err(|why| {
+                anyhow::anyhow!(
+                    "target {}: api_key_env: environment variable {var} {why}",
+                    self.label()
+                )
+            })?;
+            return Ok(Some(key));
         }
         if let Some(path) = &self.api_key_file {
             let v = std::fs::read_to_string(path).with_context(|| {
@@ -167,10 +206,103 @@ impl TargetConfig {
                     path.display()
                 )
             })?;
-            return Ok(Some(v.trim().to_string()));
+            let key = v.trim().to_string();
+            check_api_key(&key).map_err(|why| {
+                anyhow::anyhow!(
+                    "target {}: api_key_file: file {} {why}",
+                    self.label(),
+                    path.display()
+                )
+            })?;
+            return Ok(Some(key));
         }
         Ok(None)
     }
+}
+
+/// A credential (an `Authorization` header value): `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a header value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The value, for the one place that writes the header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `Basic base64(user:password)` (RFC 7617).
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}");
+    let bytes = input.as_bytes();
+    let mut out = String::with_capacity(6 + bytes.len().div_ceil(3) * 4);
+    out.push_str("Basic ");
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks an API key read from the environment or a file (after trimming surrounding
+/// whitespace): not empty, and only visible ASCII (no CR, LF or other control character, which
+/// would end or split the `Authorization` header). The reason never quotes the key.
+fn check_api_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("holds an empty API key");
+    }
+    if key.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err("holds a line break (CR or LF) inside the API key; the key must be one line");
+    }
+    if key.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(
+            "holds a control character, a space or a non-ASCII byte inside the API key; the key must be printable ASCII",
+        );
+    }
+    Ok(())
 }
 
 /// Reads the file named by `--config` (if any), lays environment and flags over it, and validates.
@@ -216,6 +348,9 @@ pub fn apply_args(cfg: &mut Config, args: &ServeArgs) {
     if let Some(listen) = args.listen {
         cfg.server.listen = listen;
     }
+    if args.enable_lifecycle {
+        cfg.server.enable_lifecycle = true;
+    }
     for t in &mut cfg.targets {
         if let Some(m) = &args.model {
             t.model = Some(m.clone());
@@ -253,13 +388,19 @@ pub fn validate(cfg: &Config) -> anyhow::Result<()> {
     let mut names = std::collections::HashSet::new();
     for (i, t) in cfg.targets.iter().enumerate() {
         let key = format!("targets[{i}]");
+        let shown = redact_url(&t.url);
         if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
             errors.push(format!(
-                "{key}.url: {:?} must start with http:// or https://",
-                t.url
+                "{key}.url: {shown:?} must start with http:// or https://"
             ));
-        } else if reqwest::Url::parse(&t.url).is_err() {
-            errors.push(format!("{key}.url: {:?} is not a valid URL", t.url));
+        } else {
+            match reqwest::Url::parse(&t.url) {
+                Err(_) => errors.push(format!("{key}.url: {shown:?} is not a valid URL")),
+                Ok(u) if u.query().is_some() || u.fragment().is_some() => errors.push(format!(
+                    "{key}.url: {shown:?} has a query or fragment (`?`, `#`); give the base URL only, e.g. http://host:8000"
+                )),
+                Ok(_) => {}
+            }
         }
         if t.url.starts_with("https://") && !cfg!(feature = "tls") {
             errors.push(format!(
@@ -271,6 +412,15 @@ pub fn validate(cfg: &Config) -> anyhow::Result<()> {
         }
         if t.api_key_env.is_some() && t.api_key_file.is_some() {
             errors.push(format!("{key}: set api_key_env or api_key_file, not both"));
+        } else if t.url_credentials().is_some()
+            && (t.api_key_env.is_some() || t.api_key_file.is_some())
+        {
+            errors.push(format!(
+                "{key}.url: credentials in the URL (sent as HTTP Basic auth) cannot be combined with api_key_env or api_key_file (sent as a Bearer token); use one of the two"
+            ));
+        } else if let Err(e) = t.api_key() {
+            // Read at load (and at every reload) so a bad key stops check-config and start-up.
+            errors.push(format!("{key}: {e:#}"));
         }
         crate::prober::validate_target(&key, t, &cfg.prober, &mut errors);
         crate::scrape::validate_target(&key, t, &mut errors);
@@ -302,6 +452,15 @@ pub fn describe(cfg: &Config) -> String {
         let _ = writeln!(out, "file: {}", p.display());
     }
     let _ = writeln!(out, "listen: {}", cfg.server.listen);
+    let _ = writeln!(
+        out,
+        "POST /-/reload: {}",
+        if cfg.server.enable_lifecycle {
+            "enabled"
+        } else {
+            "disabled (SIGHUP only; enable with --web.enable-lifecycle)"
+        }
+    );
     if cfg.targets.is_empty() {
         let _ = writeln!(out, "targets: none (only GPU sampling will run)");
     }
@@ -311,11 +470,15 @@ pub fn describe(cfg: &Config) -> String {
             (_, Some(p)) => format!("from file {}", p.display()),
             _ => "none".to_string(),
         };
+        let key = match (key.as_str(), t.url_credentials()) {
+            ("none", Some(_)) => "HTTP Basic from the URL's user:password".to_string(),
+            _ => key,
+        };
         let _ = writeln!(
             out,
             "target {}: url={} model={} endpoint={} api_key={key} workloads={}",
             t.label(),
-            t.url,
+            t.base_url(),
             t.model.as_deref().unwrap_or("(discover)"),
             t.endpoint.as_str(),
             crate::prober::describe_workloads(t),
@@ -336,4 +499,62 @@ pub fn describe(cfg: &Config) -> String {
         }
     );
     out
+}
+
+/// `url` with any `user:password@` removed, for labels, logs, pages and messages.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            let s = u.to_string();
+            if url.ends_with('/') {
+                s
+            } else {
+                s.trim_end_matches('/').to_string()
+            }
+        }
+        Ok(_) => url.to_string(),
+        // Not a URL: drop everything up to the last '@' before the first '/' after the scheme.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority_end = rest.find('/').unwrap_or(rest.len());
+                match rest[..authority_end].rfind('@') {
+                    Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                    None => url.to_string(),
+                }
+            }
+            None => url.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_authorization_is_rfc7617_base64() {
+        assert_eq!(
+            basic_authorization("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert_eq!(basic_authorization("a", ""), "Basic YTo=");
+        assert_eq!(basic_authorization("ab", "c"), "Basic YWI6Yw==");
+        assert_eq!(basic_authorization("ab", "cd"), "Basic YWI6Y2Q=");
+    }
+
+    #[test]
+    fn url_credentials_are_decoded_and_redacted() {
+        let t = TargetConfig::from_url("http://us%40er:p%3Ass@127.0.0.1:8000/");
+        assert_eq!(t.url_credentials(), Some(("us@er".into(), "p:ss".into())));
+        assert_eq!(t.base_url(), "http://127.0.0.1:8000");
+        assert_eq!(t.label(), "127.0.0.1:8000");
+        assert_eq!(redact_url("http://a:b@h:1/x"), "http://h:1/x");
+        assert_eq!(redact_url("http://a:b@h:1"), "http://h:1");
+        assert_eq!(redact_url("http://a:b@[bad"), "http://[bad");
+        assert_eq!(redact_url("http://h:1/"), "http://h:1/");
+        assert_eq!(TargetConfig::from_url("http://h:1").url_credentials(), None);
+        assert!(!format!("{:?}", Secret::new("Bearer x")).contains('x'));
+    }
 }

@@ -77,12 +77,20 @@ pub async fn serve_on(
     scraper.spawn(&ctx);
     gpu.spawn(&ctx);
 
+    let lifecycle = Arc::new(std::sync::atomic::AtomicBool::new(
+        cfg.server.enable_lifecycle,
+    ));
     let reload: Option<ReloadFn> = reloader.map(|r| {
         let tx = config_tx.clone();
         let status = ctx.status.clone();
+        let lifecycle = lifecycle.clone();
         let f: ReloadFn = Arc::new(move || match r() {
             Ok(new) => {
                 status.sync_targets(&status_entries(&new));
+                lifecycle.store(
+                    new.server.enable_lifecycle,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 tx.send_replace(Arc::new(new));
                 tracing::info!("configuration reloaded");
                 Ok("configuration reloaded".to_string())
@@ -103,6 +111,7 @@ pub async fn serve_on(
         readiness: ctx.readiness.clone(),
         status: ctx.status.clone(),
         reload,
+        lifecycle,
     };
     let server = tokio::spawn(exporter::serve(listener, state, ctx.token.clone()));
 
@@ -128,7 +137,7 @@ pub async fn serve_on(
 fn status_entries(cfg: &Config) -> Vec<(String, String, Option<String>)> {
     cfg.targets
         .iter()
-        .map(|t| (t.label(), t.url.clone(), t.model.clone()))
+        .map(|t| (t.label(), t.base_url(), t.model.clone()))
         .collect()
 }
 

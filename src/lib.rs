@@ -13,6 +13,7 @@
 //! | [`experiments`] | one-shot `bench`, `sweep` and `kv-scale` |
 //! | [`sim`] | the built-in vLLM simulator |
 //! | [`daemon`] | wires the subsystems together for `serve` and `demo` |
+//! | [`httpcap`] | reading a response body with a size cap |
 //!
 //! Measuring tasks produce plain-data records that flow to one aggregator per subsystem,
 //! which owns the Prometheus series.
@@ -24,6 +25,7 @@ pub mod daemon;
 pub mod experiments;
 pub mod exporter;
 pub mod gpu;
+pub mod httpcap;
 pub mod prober;
 pub mod scrape;
 pub mod shutdown;

@@ -256,3 +256,135 @@ fn help_lists_every_command() {
         assert!(text.contains(cmd), "--help lacks {cmd}:\n{text}");
     }
 }
+
+fn check_config(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check-config").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn boolean_env_variables_take_1_0_true_false_yes_no() {
+    for (v, disabled) in [
+        ("1", true),
+        ("true", true),
+        ("yes", true),
+        ("0", false),
+        ("false", false),
+        ("no", false),
+    ] {
+        let (ok, out, err) = check_config(&[], &[("VLLM_SENTINEL_NO_GPU", v)]);
+        assert!(ok, "VLLM_SENTINEL_NO_GPU={v}: {err}");
+        assert_eq!(out.contains("gpu: disabled"), disabled, "{v}: {out}");
+    }
+}
+
+#[test]
+fn a_negative_rate_or_concurrency_says_must_be_positive() {
+    for args in [
+        &["--rate", "-1"][..],
+        &["--concurrency", "-1"],
+        &["--rate", "0"],
+    ] {
+        let (ok, _, err) = check_config(args, &[]);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains("must be positive"), "{args:?}: {err}");
+        assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_target_with_a_query_or_fragment_is_refused() {
+    for url in ["http://127.0.0.1:8000/?x=1", "http://127.0.0.1:8000/#f"] {
+        let (ok, _, err) = check_config(&["--no-gpu", "--target", url], &[]);
+        assert!(!ok, "{url}");
+        assert!(err.contains("query or fragment"), "{url}: {err}");
+    }
+}
+
+#[test]
+fn a_garbage_rust_log_fails_at_start_up() {
+    let (ok, _, err) = check_config(&["--no-gpu"], &[("RUST_LOG", "vllm_sentinel=loud")]);
+    assert!(!ok);
+    assert!(err.contains("invalid RUST_LOG"), "{err}");
+    let (ok, _, err) = check_config(&["--no-gpu"], &[("RUST_LOG", "vllm_sentinel=debug")]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn an_api_key_env_with_cr_lf_fails_check_config() {
+    let (ok, out, err) = check_config(
+        &[
+            "--no-gpu",
+            "--target",
+            "http://127.0.0.1:8000",
+            "--api-key-env",
+            "VLLM_SENTINEL_TEST_KEY",
+        ],
+        &[("VLLM_SENTINEL_TEST_KEY", "sk-abc\r\nX-Injected: 1")],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("api_key_env") && err.contains("VLLM_SENTINEL_TEST_KEY"),
+        "{err}"
+    );
+    assert!(err.contains("line break"), "{err}");
+    assert!(!err.contains("sk-abc"), "{err}");
+}
+
+#[test]
+fn check_config_reports_the_reload_endpoint_state() {
+    let (ok, out, err) = check_config(&["--no-gpu"], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("POST /-/reload: disabled"), "{out}");
+    let (ok, out, err) = check_config(&["--no-gpu", "--web.enable-lifecycle"], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("POST /-/reload: enabled"), "{out}");
+}
+
+#[test]
+fn credentials_in_the_target_url_are_never_printed() {
+    let url = "http://admin:S3CRETPASS@127.0.0.1:18100/";
+    let (ok, out, err) = check_config(&["--no-gpu", "--target", url], &[]);
+    assert!(ok, "{err}");
+    assert!(
+        !out.contains("S3CRETPASS") && !err.contains("S3CRETPASS"),
+        "{out}{err}"
+    );
+    assert!(out.contains("target 127.0.0.1:18100:"), "{out}");
+    assert!(out.contains("url=http://127.0.0.1:18100 "), "{out}");
+    assert!(out.contains("HTTP Basic"), "{out}");
+    // A bad URL's error does not echo the password either.
+    let (ok, _, err) = check_config(
+        &[
+            "--no-gpu",
+            "--target",
+            "http://admin:S3CRETPASS@127.0.0.1:18100/?q=1",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(!err.contains("S3CRETPASS"), "{err}");
+    // Basic from the URL and a Bearer key at once: refused.
+    let (ok, _, err) = check_config(
+        &[
+            "--no-gpu",
+            "--target",
+            url,
+            "--api-key-env",
+            "VLLM_SENTINEL_TEST_KEY2",
+        ],
+        &[("VLLM_SENTINEL_TEST_KEY2", "sk-1")],
+    );
+    assert!(!ok);
+    assert!(err.contains("cannot be combined"), "{err}");
+    assert!(!err.contains("S3CRETPASS"), "{err}");
+}

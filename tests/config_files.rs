@@ -116,3 +116,27 @@ fn api_key_is_never_printed() {
     assert!(!described.contains("sk-secret"), "{described}");
     assert!(!format!("{cfg:?}").contains("sk-secret"));
 }
+
+#[test]
+fn an_api_key_with_a_line_break_is_refused_at_load_naming_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "sk-secret\r\nX-Injected: 1\n").unwrap();
+    let cfg_path = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[[targets]]\nurl = \"http://127.0.0.1:8000\"\napi_key_file = {:?}\n",
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let err = format!("{:#}", load(&cfg_path).expect_err("must be refused"));
+    assert!(
+        err.contains("targets[0]") && err.contains("api_key_file"),
+        "{err}"
+    );
+    assert!(err.contains(&key.display().to_string()), "{err}");
+    assert!(err.contains("line break"), "{err}");
+    assert!(!err.contains("sk-secret"), "{err}");
+}

@@ -423,3 +423,83 @@ async fn target_failing_mid_run_is_counted_and_recovers() {
     assert_eq!(metric(&t, REQ, &["outcome=\"connect\""]), 10.0);
     h.shutdown().await;
 }
+
+/// `user:password@` in the target URL: sent as HTTP Basic on discovery, `/tokenize` and every
+/// probe, and never part of a label, the status board or the exposition.
+#[tokio::test]
+async fn url_credentials_are_basic_auth_and_never_shown() {
+    let mut fake = start(vllm_like).await;
+    let with_creds = fake.url.replace("http://", "http://admin:S3CRETPASS@");
+    let h = start_prober(parse_config(&format!(
+        "[prober]\ndiscovery_retry_min = \"20ms\"\n[[targets]]\nurl = \"{with_creds}/\"\n[targets.canary]\nenabled = false\n"
+    )));
+    let t = h
+        .wait_for("an ok probe", |t| {
+            metric(t, REQ, &["outcome=\"ok\""]) >= 1.0
+        })
+        .await;
+    // base64("admin:S3CRETPASS")
+    let want = "authorization: Basic YWRtaW46UzNDUkVUUEFTUw==";
+    let mut paths = std::collections::BTreeSet::new();
+    while let Ok((head, _)) = fake.requests.try_recv() {
+        let path = head.lines().next().unwrap_or("").to_string();
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&want.to_ascii_lowercase()),
+            "{path}: no Basic auth in\n{head}"
+        );
+        paths.insert(path);
+    }
+    for p in ["/v1/models", "/tokenize", "/v1/completions"] {
+        assert!(paths.contains(p), "{p} not requested: {paths:?}");
+    }
+    let host = fake.url.trim_start_matches("http://");
+    assert!(t.contains(&format!("target=\"{host}\"")), "{t}");
+    assert!(!t.contains("S3CRETPASS") && !t.contains("admin"), "{t}");
+    let st = h.ctx.status.snapshot();
+    assert_eq!(st[0].0, host);
+    assert!(!format!("{st:?}").contains("S3CRETPASS"));
+    h.shutdown().await;
+}
+
+/// A server that answers every completion with only `data: [DONE]`, instantly: every request is
+/// `empty`, and the closed loop backs off (10 ms, doubling, capped at `error_backoff`) instead
+/// of spinning. The bounds follow from the schedule: from the 1st to the 7th request there are
+/// at least 10+20+40+80+160+320 ms of pauses, however fast or slow the machine (the test sees
+/// the 1st up to one 20 ms poll late, hence 500 ms).
+#[tokio::test]
+async fn an_instant_empty_server_is_not_hammered() {
+    let fake = start(|_, path, body| match path {
+        "/v1/completions" => vec![
+            sse_head(),
+            Step::Chunk(b"data: [DONE]\n\n".to_vec()),
+            Step::EndChunks,
+        ],
+        _ => vllm_like(0, path, body),
+    })
+    .await;
+    let h = start_prober(parse_config(&format!(
+        "[prober]\nerror_backoff = \"1s\"\n[[targets]]\nname = \"t\"\nurl = \"{}\"\n[targets.canary]\nenabled = false\n",
+        fake.url
+    )));
+    h.wait_for("a first empty answer", |t| {
+        metric(t, REQ, &["outcome=\"empty\""]) >= 1.0
+    })
+    .await;
+    let first = Instant::now();
+    let t = h
+        .wait_for("seven empty answers", |t| {
+            metric(t, REQ, &["outcome=\"empty\""]) >= 7.0
+        })
+        .await;
+    assert!(
+        first.elapsed() >= Duration::from_millis(500),
+        "7 requests within {:?}: no backoff",
+        first.elapsed()
+    );
+    assert_eq!(metric(&t, REQ, &["outcome=\"ok\""]), 0.0);
+    // Within those >= 300 ms an unthrottled loop would have sent hundreds of requests.
+    let sent = fake.served.load(Ordering::SeqCst);
+    assert!(sent < 20, "{sent} requests reached the server");
+    h.shutdown().await;
+}

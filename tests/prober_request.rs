@@ -400,7 +400,7 @@ async fn huge_response_is_capped() {
     let conn = Conn {
         client: &client,
         base_url: &fake,
-        api_key: None,
+        authorization: None,
         timeouts: &t,
         cancel: None,
         max_response_bytes: 1 << 20,
@@ -447,7 +447,7 @@ async fn cancellation_mid_stream() {
     let conn = Conn {
         client: &client,
         base_url: &fake,
-        api_key: None,
+        authorization: None,
         timeouts: &t,
         cancel: Some(&token),
         max_response_bytes: 1 << 20,
@@ -527,4 +527,100 @@ async fn itl_samples_are_capped_but_events_counted() {
     assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
     assert_eq!(r.output_events as usize, n + 1);
     assert_eq!(r.itl.len(), MAX_ITL_SAMPLES);
+}
+
+/// A 200 answer that carries no generated output is `empty`, not `ok`.
+#[tokio::test]
+async fn a_200_without_generated_output_is_empty() {
+    let done_only = vec![
+        sse_head(),
+        Step::Chunk(b"data: [DONE]\n\n".to_vec()),
+        Step::EndChunks,
+    ];
+    let comments_then_done = vec![
+        sse_head(),
+        Step::Chunk(b": keep-alive\n\nevent: ping\n\n".to_vec()),
+        Step::Chunk(b"data: [DONE]\n\n".to_vec()),
+        Step::EndChunks,
+    ];
+    let finish_without_text = vec![
+        sse_head(),
+        Step::Chunk(
+            br#"data: {"id":"x","object":"text_completion","choices":[{"index":0,"text":"","finish_reason":"length"}]}
+
+"#
+            .to_vec(),
+        ),
+        Step::Chunk(b"data: [DONE]\n\n".to_vec()),
+        Step::EndChunks,
+    ];
+    let json_without_choices = fixed(200, "application/json", br#"{"id":"x","choices":[]}"#);
+    for (name, steps) in [
+        ("done only", done_only),
+        ("comments then done", comments_then_done),
+        ("finish without text", finish_without_text),
+        ("json without choices", json_without_choices),
+    ] {
+        let r = run_script(steps, Endpoint::Completions, Timeouts::default()).await;
+        assert_eq!(r.outcome, Outcome::Empty, "{name}: {r:?}");
+        assert_eq!(r.outcome.as_str(), "empty");
+        assert_eq!(r.http_status, Some(200));
+        assert!(r.error.is_some(), "{name}");
+    }
+    // A model whose first token is end-of-sequence: no text, but the server counts a token.
+    let eos_first = vec![
+        sse_head(),
+        Step::Chunk(
+            br#"data: {"id":"x","object":"text_completion","choices":[{"index":0,"text":"","finish_reason":"stop"}],"usage":{"prompt_tokens":6,"completion_tokens":1,"total_tokens":7}}
+
+"#
+            .to_vec(),
+        ),
+        Step::Chunk(b"data: [DONE]\n\n".to_vec()),
+        Step::EndChunks,
+    ];
+    let r = run_script(eos_first, Endpoint::Completions, Timeouts::default()).await;
+    assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+}
+
+/// `/v1/models` and `/tokenize` answers are read with a cap (`httpcap::MAX_JSON_BODY_BYTES`):
+/// a huge body is a classified failure, not an unbounded allocation.
+#[tokio::test]
+async fn discovery_reads_are_capped() {
+    let big = vec![b' '; 5 * 1024 * 1024];
+    let chunked = {
+        let b = big.clone();
+        move || {
+            vec![
+                Step::Raw(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                        .to_vec(),
+                ),
+                Step::Chunk(b.clone()),
+                Step::EndChunks,
+            ]
+        }
+    };
+    let fake = start(move |_, path, _| match path {
+        "/v1/models" => chunked(),
+        _ => fixed(200, "application/json", &big),
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let t = Duration::from_secs(10);
+    let err = vllm_sentinel::prober::discovery::list_models(&client, &fake.url, None, t)
+        .await
+        .expect_err("a 5 MiB body must be refused");
+    assert!(err.to_string().contains("larger than"), "{err}");
+    let err = vllm_sentinel::prober::discovery::tokenize(
+        &client,
+        &fake.url,
+        None,
+        "m",
+        vllm_sentinel::prober::discovery::TokenizeInput::Prompt("x"),
+        t,
+    )
+    .await
+    .expect_err("a 5 MiB body must be refused");
+    assert!(err.to_string().contains("larger than"), "{err}");
 }

@@ -374,6 +374,25 @@ async fn non_streaming_bodies_match_the_fixtures() {
     sim.stop().await;
 }
 
+/// vLLM accepts request bodies far over axum's 2 MiB default (a long prompt as text); the
+/// simulator must answer such a prompt as vLLM does (a context-length 400), not with a 413.
+#[tokio::test]
+async fn bodies_over_two_mib_are_served_like_vllm() {
+    let sim = Sim::start(tiny()).await;
+    let prompt = "word ".repeat(700 * 1024); // 3.5 MiB
+    let body = serde_json::json!({"model": "tiny", "prompt": prompt, "max_tokens": 1}).to_string();
+    assert!(body.len() > 3 * 1024 * 1024);
+    assert!(body.len() < sim::MAX_REQUEST_BODY_BYTES);
+    let (status, _, text) = sim.post_text("/v1/completions", &body).await;
+    assert_ne!(status, 413, "{text}");
+    assert_eq!(status, 400, "{}", &text[..text.len().min(300)]);
+    assert!(
+        text.contains("context length") || text.contains("maximum"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+}
+
 #[tokio::test]
 async fn context_length_requests_replay_like_the_real_server() {
     let sim = Sim::start(tiny()).await;

@@ -32,7 +32,7 @@ LAT_B = [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240,
 LAG_B = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1]
 
 OUTCOMES = ["ok", "context_length", "client_error", "rate_limited", "overloaded", "server_error", "connect",
-            "timeout_connect", "timeout_first_token", "timeout_request", "stream_error", "truncated", "malformed", "cancelled"]
+            "timeout_connect", "timeout_first_token", "timeout_request", "stream_error", "truncated", "malformed", "empty", "cancelled"]
 
 # default labels by section heading of docs/metrics.md
 SECTION_LABELS = {

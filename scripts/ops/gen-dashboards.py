@@ -400,7 +400,7 @@ def overview():
     b.row("Errors and context length")
     b.timeseries(
         "Probe errors by class",
-        "Failed probe requests per second by outcome (error class): context_length, client_error, rate_limited, overloaded, server_error, connect, timeouts, stream_error, truncated, malformed. Empty while everything succeeds.",
+        "Failed probe requests per second by outcome (error class): context_length, client_error, rate_limited, overloaded, server_error, connect, timeouts, stream_error, truncated, malformed, empty. Empty while everything succeeds.",
         "reqps",
         [tgt(f'sum by (target, outcome) (rate(vllm_sentinel_probe_requests_total{{{P}, outcome!="ok"}}[{RI}]))', "{{outcome}} {{target}}")],
         stack=True,

@@ -40,7 +40,7 @@ pub struct CommonArgs {
     #[arg(long, env = "VLLM_SENTINEL_OUT_DIR")]
     pub out_dir: Option<PathBuf>,
     /// No progress bar (it is also hidden when stderr is not a terminal).
-    #[arg(long, env = "VLLM_SENTINEL_NO_PROGRESS")]
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_PROGRESS")]
     pub no_progress: bool,
 }
 

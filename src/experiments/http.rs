@@ -271,10 +271,10 @@ impl Target for HttpTarget {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp
-            .text()
+        let body = crate::httpcap::read_capped(resp, 64 * 1024 * 1024)
             .await
             .context("GET /metrics: reading the body")?;
+        let body = String::from_utf8_lossy(&body);
         super::servermetrics::snapshot_from_body(&body, ct.as_deref())
     }
 

@@ -86,10 +86,10 @@ pub struct KvScaleArgs {
     #[arg(long, default_value = "50ms", value_parser = parse_duration, env = "VLLM_SENTINEL_KV_SAMPLE_INTERVAL")]
     pub sample_interval: Duration,
     /// Skip the bisection for the exact context boundary.
-    #[arg(long, env = "VLLM_SENTINEL_KV_NO_BOUNDARY")]
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_KV_NO_BOUNDARY")]
     pub no_boundary: bool,
     /// Skip the concurrency × context grid.
-    #[arg(long, env = "VLLM_SENTINEL_KV_NO_GRID")]
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_KV_NO_GRID")]
     pub no_grid: bool,
     /// Grid: sequence lengths (prompt + output tokens) [default: max_model_len/8, /4, /2 and
     /// max_model_len, rounded down to whole KV blocks].

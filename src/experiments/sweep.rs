@@ -82,7 +82,7 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 0.9, env = "VLLM_SENTINEL_SLO_ATTAINMENT")]
     pub slo_attainment: f64,
     /// Run every level even past saturation.
-    #[arg(long, env = "VLLM_SENTINEL_NO_EARLY_STOP")]
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_EARLY_STOP")]
     pub no_early_stop: bool,
     /// Knee: a step scaling throughput by less than this fraction of its load increase...
     #[arg(long, default_value_t = 0.5, env = "VLLM_SENTINEL_KNEE_EFFICIENCY")]
@@ -101,7 +101,7 @@ pub struct SweepArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "VLLM_SENTINEL_METRICS_INTERVAL")]
     pub metrics_interval: Duration,
     /// Run without the server's /metrics (no KV usage or queue depth in the report).
-    #[arg(long, env = "VLLM_SENTINEL_NO_SERVER_METRICS")]
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_SERVER_METRICS")]
     pub no_server_metrics: bool,
     /// Rate mode: most requests in flight at once; arrivals beyond it are dropped and counted.
     #[arg(long, default_value_t = 1024, env = "VLLM_SENTINEL_MAX_IN_FLIGHT")]

@@ -41,6 +41,8 @@ pub struct ExporterState {
     pub readiness: Readiness,
     pub status: StatusBoard,
     pub reload: Option<ReloadFn>,
+    /// Whether `POST /-/reload` is allowed (`server.enable_lifecycle`); followed on reload.
+    pub lifecycle: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Binds the listen address, with a one-line error naming it when that fails.
@@ -154,6 +156,13 @@ async fn readyz(State(state): State<ExporterState>) -> Response {
 }
 
 async fn reload(State(state): State<ExporterState>) -> Response {
+    if !state.lifecycle.load(std::sync::atomic::Ordering::Relaxed) {
+        return (
+            StatusCode::FORBIDDEN,
+            "POST /-/reload is disabled: start with --web.enable-lifecycle (or set server.enable_lifecycle = true) to allow it; SIGHUP reloads either way\n",
+        )
+            .into_response();
+    }
     match &state.reload {
         None => (
             StatusCode::NOT_FOUND,

@@ -79,7 +79,7 @@ pub async fn run(
             if let Ok(m) = discovery::discover_model(
                 shared.client.http(),
                 &shared.base_url,
-                shared.api_key.as_deref(),
+                shared.authorization.as_ref().map(|s| s.expose()),
                 Some(&shared.model),
                 shared.timeouts.connect + Duration::from_secs(10),
             )

@@ -46,8 +46,13 @@ struct ModelEntry {
     max_model_len: Option<u64>,
 }
 
-fn auth(b: reqwest::RequestBuilder, api_key: Option<&str>) -> reqwest::RequestBuilder {
-    match api_key.and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok()) {
+/// `Bearer <key>` for an API key.
+pub fn bearer(api_key: Option<&str>) -> Option<String> {
+    api_key.map(|k| format!("Bearer {k}"))
+}
+
+fn auth(b: reqwest::RequestBuilder, authorization: Option<&str>) -> reqwest::RequestBuilder {
+    match authorization.and_then(|v| HeaderValue::from_str(v).ok()) {
         Some(mut v) => {
             v.set_sensitive(true);
             b.header(AUTHORIZATION, v)
@@ -67,10 +72,15 @@ async fn get_json(
         .await
         .map_err(|e| DiscoveryError::Unreachable(event::short(&e.without_url().to_string())))?;
     let status = resp.status().as_u16();
-    let body = resp
-        .bytes()
+    let body = crate::httpcap::read_capped(resp, crate::httpcap::MAX_JSON_BODY_BYTES)
         .await
-        .map_err(|e| DiscoveryError::Unreachable(event::short(&e.without_url().to_string())))?;
+        .map_err(|e| match e {
+            crate::httpcap::CapError::TooLarge { .. } => DiscoveryError::BadResponse {
+                path,
+                message: e.to_string(),
+            },
+            crate::httpcap::CapError::Body(m) => DiscoveryError::Unreachable(event::short(&m)),
+        })?;
     if !(200..300).contains(&status) {
         let message = event::parse_error_body(&body)
             .map(|e| e.message)
@@ -81,17 +91,27 @@ async fn get_json(
             message: event::short(&message),
         });
     }
-    Ok(body.to_vec())
+    Ok(body)
 }
 
-/// `GET {base}/v1/models`.
+/// `GET {base}/v1/models` with an API key (sent as a Bearer token).
 pub async fn list_models(
     client: &reqwest::Client,
     base_url: &str,
     api_key: Option<&str>,
     timeout: Duration,
 ) -> Result<Vec<ModelInfo>, DiscoveryError> {
-    let b = auth(client.get(format!("{base_url}/v1/models")), api_key);
+    list_models_with(client, base_url, bearer(api_key).as_deref(), timeout).await
+}
+
+/// `GET {base}/v1/models` with a whole `Authorization` value (`Bearer …`, `Basic …`).
+pub async fn list_models_with(
+    client: &reqwest::Client,
+    base_url: &str,
+    authorization: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<ModelInfo>, DiscoveryError> {
+    let b = auth(client.get(format!("{base_url}/v1/models")), authorization);
     let body = get_json(b, "/v1/models", timeout).await?;
     parse_models(&body)
 }
@@ -115,14 +135,15 @@ pub fn parse_models(body: &[u8]) -> Result<Vec<ModelInfo>, DiscoveryError> {
 
 /// The model to probe: `wanted` when given (it must be listed, unless the server lists none
 /// of that name but the caller insists — then its limit is unknown), else the first listed.
+/// `authorization` is the whole `Authorization` value (`Bearer …`, `Basic …`).
 pub async fn discover_model(
     client: &reqwest::Client,
     base_url: &str,
-    api_key: Option<&str>,
+    authorization: Option<&str>,
     wanted: Option<&str>,
     timeout: Duration,
 ) -> Result<ModelInfo, DiscoveryError> {
-    let models = list_models(client, base_url, api_key, timeout).await?;
+    let models = list_models_with(client, base_url, authorization, timeout).await?;
     pick_model(models, wanted)
 }
 
@@ -166,11 +187,11 @@ pub struct Tokenized {
     pub tokens: Vec<u32>,
 }
 
-/// `POST {base}/tokenize` (vLLM).
+/// `POST {base}/tokenize` (vLLM); `authorization` is the whole `Authorization` value.
 pub async fn tokenize(
     client: &reqwest::Client,
     base_url: &str,
-    api_key: Option<&str>,
+    authorization: Option<&str>,
     model: &str,
     input: TokenizeInput<'_>,
     timeout: Duration,
@@ -183,7 +204,7 @@ pub async fn tokenize(
             "add_generation_prompt": true,
         }),
     };
-    let b = auth(client.post(format!("{base_url}/tokenize")), api_key).json(&body);
+    let b = auth(client.post(format!("{base_url}/tokenize")), authorization).json(&body);
     let body = get_json(b, "/tokenize", timeout).await?;
     serde_json::from_slice(&body).map_err(|e| DiscoveryError::BadResponse {
         path: "/tokenize",

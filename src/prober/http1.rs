@@ -116,16 +116,16 @@ pub struct Pool {
 pub struct RequestHead<'a> {
     /// Path below the base URL, starting with `/`.
     pub path: &'a str,
-    /// Sent as `Authorization: Bearer …`; must be a valid header value (checked by the caller).
-    /// Never printed: `Debug` shows `<redacted>`.
-    pub bearer: Option<&'a str>,
+    /// The whole `Authorization` value (`Bearer …`, `Basic …`); must be a valid header value
+    /// (checked by the caller). Never printed: `Debug` shows `<redacted>`.
+    pub authorization: Option<&'a str>,
 }
 
 impl std::fmt::Debug for RequestHead<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestHead")
             .field("path", &self.path)
-            .field("bearer", &self.bearer.map(|_| "<redacted>"))
+            .field("authorization", &self.authorization.map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -182,8 +182,8 @@ impl Pool {
             self.user_agent,
             body.len()
         );
-        if let Some(key) = head.bearer {
-            let _ = write!(req, "authorization: Bearer {key}\r\n");
+        if let Some(value) = head.authorization {
+            let _ = write!(req, "authorization: {value}\r\n");
         }
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);
@@ -606,7 +606,7 @@ mod tests {
     fn the_key_never_shows_in_debug_output() {
         let head = RequestHead {
             path: "/v1/completions",
-            bearer: Some("sekret-key"),
+            authorization: Some("Bearer sekret-key"),
         };
         let shown = format!("{head:?}");
         assert!(!shown.contains("sekret"), "{shown}");

@@ -40,10 +40,12 @@ pub struct HealthCounters {
 /// What every request of a target shares.
 pub struct TargetShared {
     pub label: String,
+    /// The advertised `max_model_len`, when known.
+    pub max_model_len: Option<u32>,
     pub client: super::request::ProbeClient,
     pub base_url: String,
-    /// Bearer token; never logged (see the `Debug` impl).
-    pub api_key: Option<String>,
+    /// The `Authorization` value (`Bearer …` or `Basic …`); never logged (see the `Debug` impl).
+    pub authorization: Option<crate::config::Secret>,
     pub model: String,
     pub timeouts: Timeouts,
     pub max_response_bytes: u64,
@@ -59,7 +61,7 @@ impl std::fmt::Debug for TargetShared {
         f.debug_struct("TargetShared")
             .field("label", &self.label)
             .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("authorization", &self.authorization)
             .field("model", &self.model)
             .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
@@ -72,7 +74,7 @@ impl TargetShared {
         Conn {
             client: &self.client,
             base_url: &self.base_url,
-            api_key: self.api_key.as_deref(),
+            authorization: self.authorization.as_ref().map(|s| s.expose()),
             timeouts: &self.timeouts,
             cancel: Some(&self.shutdown),
             max_response_bytes: self.max_response_bytes,
@@ -89,6 +91,9 @@ pub struct WorkloadSpec {
     pub max_in_flight: u32,
     pub error_backoff: Duration,
     pub shared_prefix: SharedPrefix,
+    /// Longest prompt sent: `max_model_len + 1` when the server advertises it (a longer one
+    /// is rejected all the same), else [`super::settings::MAX_TOKENS_CEILING`].
+    pub max_prompt_tokens: u32,
 }
 
 impl WorkloadSpec {
@@ -99,7 +104,12 @@ impl WorkloadSpec {
         model: &str,
         rng: &mut SmallRng,
     ) -> ProbeRequest {
-        let len = self.cfg.prompt_tokens.sample(rng);
+        let len = self
+            .cfg
+            .prompt_tokens
+            .sample(rng)
+            .min(self.max_prompt_tokens)
+            .max(1);
         ProbeRequest {
             endpoint: self.endpoint,
             model: model.to_string(),
@@ -189,20 +199,50 @@ async fn closed_worker(
 ) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let conn = shared.conn();
+    let mut backoff = Duration::ZERO;
     while !stop.is_cancelled() && !shared.shutdown.is_cancelled() {
         let s = spec.borrow().clone();
         let req = s.request(&shared.prompts, &shared.model, &mut rng);
+        let started = Instant::now();
         metrics.in_flight.inc();
-        let rec = execute_with(&conn, &req, Instant::now(), &mut ()).await;
+        let rec = execute_with(&conn, &req, started, &mut ()).await;
         metrics.in_flight.dec();
         metrics.record(&rec);
-        if rec.outcome != Outcome::Ok && rec.outcome != Outcome::Cancelled {
+        let pause = match rec.outcome {
+            Outcome::Cancelled => Duration::ZERO,
+            Outcome::Ok => {
+                backoff = Duration::ZERO;
+                MIN_CYCLE.saturating_sub(started.elapsed())
+            }
+            _ => {
+                backoff = next_backoff(backoff, s.error_backoff);
+                backoff
+            }
+        };
+        if !pause.is_zero() {
             tokio::select! {
-                _ = tokio::time::sleep(s.error_backoff) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.cancelled() => {}
                 _ = shared.shutdown.cancelled() => {}
             }
         }
+    }
+}
+
+/// Closed loop: the first pause after a failed or empty request.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// Closed loop: the shortest time from one request's send to the next on a stream when the
+/// request succeeded, so a server that answers instantly sees at most 1,000 requests/s per
+/// stream.
+pub const MIN_CYCLE: Duration = Duration::from_millis(1);
+
+/// The pause after one more consecutive failure: [`FIRST_BACKOFF`], then doubling, capped at
+/// `cap` (`prober.error_backoff`).
+pub fn next_backoff(prev: Duration, cap: Duration) -> Duration {
+    if prev.is_zero() {
+        FIRST_BACKOFF.min(cap)
+    } else {
+        prev.saturating_mul(2).min(cap)
     }
 }
 

@@ -292,9 +292,9 @@ const FINISH_REASONS: [&str; 4] = ["stop", "length", "abort", "other"];
 /// The handles one workload writes to.
 #[derive(Debug, Clone)]
 pub struct WorkloadMetrics {
-    requests: [Counter; 14],
+    requests: [Counter; Outcome::ALL.len()],
     failed_family: HFam<OutcomeLabels>,
-    failed_labels: [OutcomeLabels; 14],
+    failed_labels: [OutcomeLabels; Outcome::ALL.len()],
     ttfb: Histogram,
     ttft: Histogram,
     itl: Histogram,

@@ -174,6 +174,28 @@ impl PromptBuilder {
         chat: bool,
         timeout: Duration,
     ) -> Result<Self, DiscoveryError> {
+        let authorization = discovery::bearer(api_key);
+        Self::calibrate_with(
+            client,
+            base_url,
+            authorization.as_deref(),
+            model,
+            chat,
+            timeout,
+        )
+        .await
+    }
+
+    /// [`PromptBuilder::calibrate`] with a whole `Authorization` value (`Bearer …`, `Basic …`).
+    pub async fn calibrate_with(
+        client: &reqwest::Client,
+        base_url: &str,
+        authorization: Option<&str>,
+        model: &str,
+        chat: bool,
+        timeout: Duration,
+    ) -> Result<Self, DiscoveryError> {
+        let api_key = authorization;
         let text: String = WORDS.iter().map(|w| format!(" {w}")).collect();
         let t = discovery::tokenize(
             client,

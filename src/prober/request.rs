@@ -202,13 +202,16 @@ pub enum Outcome {
     Truncated,
     /// An event that is not the expected JSON, or a response over the byte cap.
     Malformed,
+    /// A 200 response that carried no generated output (no token-bearing event and no
+    /// `usage.completion_tokens`, e.g. only `data: [DONE]`) although `max_tokens` ≥ 1.
+    Empty,
     /// The prober shut down while the request was in flight.
     Cancelled,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Ok,
         Outcome::ContextLength,
         Outcome::ClientError,
@@ -222,6 +225,7 @@ impl Outcome {
         Outcome::StreamError,
         Outcome::Truncated,
         Outcome::Malformed,
+        Outcome::Empty,
         Outcome::Cancelled,
     ];
 
@@ -241,6 +245,7 @@ impl Outcome {
             Outcome::StreamError => "stream_error",
             Outcome::Truncated => "truncated",
             Outcome::Malformed => "malformed",
+            Outcome::Empty => "empty",
             Outcome::Cancelled => "cancelled",
         }
     }
@@ -339,8 +344,9 @@ pub struct Conn<'a> {
     pub client: &'a ProbeClient,
     /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8000`.
     pub base_url: &'a str,
-    /// Bearer token; never logged.
-    pub api_key: Option<&'a str>,
+    /// The whole `Authorization` header value (`Bearer <key>`, or `Basic …` from credentials
+    /// in the target URL); never logged.
+    pub authorization: Option<&'a str>,
     pub timeouts: &'a Timeouts,
     /// Cancelling it ends the request as [`Outcome::Cancelled`].
     pub cancel: Option<&'a CancellationToken>,
@@ -352,7 +358,7 @@ impl std::fmt::Debug for Conn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
             .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.map(|_| "<redacted>"))
+            .field("authorization", &self.authorization.map(|_| "<redacted>"))
             .field("timeouts", &self.timeouts)
             .field("max_response_bytes", &self.max_response_bytes)
             .finish_non_exhaustive()
@@ -523,10 +529,11 @@ pub async fn execute(
     timeouts: &Timeouts,
     intended_start: Instant,
 ) -> RequestRecord {
+    let authorization = api_key.map(|k| format!("Bearer {k}"));
     let conn = Conn {
         client,
         base_url,
-        api_key,
+        authorization: authorization.as_deref(),
         timeouts,
         cancel: None,
         max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -549,11 +556,11 @@ pub async fn execute_with<O: ChunkObserver>(
     let intended_ns = sent_ns.saturating_sub(behind.as_nanos() as u64);
     let mut rec = RequestRecord::new(intended_ns, sent_ns);
 
-    let bearer = match conn.api_key {
-        Some(key) => match HeaderValue::from_str(&format!("Bearer {key}")) {
+    let bearer = match conn.authorization {
+        Some(value) => match HeaderValue::from_str(value) {
             Ok(mut v) => {
                 v.set_sensitive(true);
-                Some((key, v))
+                Some((value, v))
             }
             Err(_) => {
                 rec.outcome = Outcome::ClientError;
@@ -591,7 +598,7 @@ pub async fn execute_with<O: ChunkObserver>(
             Some(pool) => {
                 let head = http1::RequestHead {
                     path: req.endpoint.path(),
-                    bearer: bearer.as_ref().map(|(k, _)| *k),
+                    authorization: bearer.as_ref().map(|(k, _)| *k),
                 };
                 pool.send(head, &body)
                     .await
@@ -738,6 +745,9 @@ pub async fn execute_with<O: ChunkObserver>(
                     return finish(rec, Outcome::StreamError, Some(&m), end);
                 }
                 rec.output_events = u32::from(ev.content);
+                if is_empty(req, &rec) {
+                    return finish(rec, Outcome::Empty, Some(EMPTY_MESSAGE), end);
+                }
                 finish(rec, Outcome::Ok, None, end)
             }
         };
@@ -834,7 +844,26 @@ pub async fn execute_with<O: ChunkObserver>(
             intended_ns,
         );
     }
+    if is_empty(req, &rec) {
+        return finish_stream(
+            rec,
+            &st,
+            Outcome::Empty,
+            Some(EMPTY_MESSAGE),
+            e2e,
+            intended_ns,
+        );
+    }
     finish_stream(rec, &st, Outcome::Ok, None, e2e, intended_ns)
+}
+
+const EMPTY_MESSAGE: &str = "a 200 response with no generated output (no token-bearing event)";
+
+/// A complete 200 answer is `empty` when output was asked for but none came: no event with
+/// text, content, reasoning or a tool call, and no `usage.completion_tokens` above 0 (a model
+/// whose first token is end-of-sequence reports one completion token with empty text).
+fn is_empty(req: &ProbeRequest, rec: &RequestRecord) -> bool {
+    req.max_tokens >= 1 && rec.output_events == 0 && rec.output_tokens.unwrap_or(0) == 0
 }
 
 #[derive(Default)]

@@ -23,7 +23,9 @@ pub struct ProberConfig {
     pub request_timeout: Duration,
     /// Body bytes read from one response at most; more is counted as `malformed`.
     pub max_response_bytes: u64,
-    /// Closed loop: pause of a stream after a failed request (so a down server is not hammered).
+    /// Closed loop: the longest pause of a stream after consecutive failed or empty requests
+    /// (10 ms after the first, doubling up to this; an ok request resets it), so a down or
+    /// broken server is not hammered.
     #[serde(with = "humantime_serde")]
     pub error_backoff: Duration,
     /// Discovery retries start at this interval...
@@ -342,6 +344,25 @@ pub fn apply_load_args(t: &mut TargetConfig, concurrency: Option<u32>, rate: Opt
     }
 }
 
+/// Hard ceiling on every token count in the configuration (prompt lengths, `max_tokens`, shared
+/// prefixes, canary lengths): far above any served context, far below what would exhaust memory
+/// building one prompt.
+pub const MAX_TOKENS_CEILING: u32 = 10_000_000;
+/// Ceiling on `prober.max_response_bytes` (1 GiB).
+pub const MAX_RESPONSE_BYTES_CEILING: u64 = 1 << 30;
+/// Ceiling on in-flight caps.
+pub const MAX_IN_FLIGHT_CEILING: u32 = 100_000;
+
+fn check_tokens(key: &str, v: Option<f64>, errors: &mut Vec<String>) {
+    if let Some(v) = v
+        && v > f64::from(MAX_TOKENS_CEILING)
+    {
+        errors.push(format!(
+            "{key}: {v} tokens is over the ceiling; at most {MAX_TOKENS_CEILING}"
+        ));
+    }
+}
+
 const BODY_KEYS_OWNED: &[&str] = &["model", "prompt", "messages", "stream", "stream_options"];
 
 /// Checks a target's prober settings; pushes `"<key>: <problem>"` messages.
@@ -384,6 +405,59 @@ pub fn validate_target(
                 "{k}.max_in_flight: only applies to an open loop (set rate)"
             ));
         }
+        if let Some(m) = w.max_in_flight
+            && m > MAX_IN_FLIGHT_CEILING
+        {
+            errors.push(format!(
+                "{k}.max_in_flight: at most {MAX_IN_FLIGHT_CEILING}"
+            ));
+        }
+        match w.prompt_tokens {
+            Length::Fixed(n) => {
+                check_tokens(&format!("{k}.prompt_tokens"), Some(f64::from(n)), errors)
+            }
+            Length::Uniform { min, max } => {
+                check_tokens(
+                    &format!("{k}.prompt_tokens.min"),
+                    Some(f64::from(min)),
+                    errors,
+                );
+                check_tokens(
+                    &format!("{k}.prompt_tokens.max"),
+                    Some(f64::from(max)),
+                    errors,
+                );
+            }
+            Length::Normal {
+                mean,
+                stddev,
+                min,
+                max,
+            } => {
+                check_tokens(&format!("{k}.prompt_tokens.mean"), Some(mean), errors);
+                check_tokens(&format!("{k}.prompt_tokens.stddev"), Some(stddev), errors);
+                check_tokens(
+                    &format!("{k}.prompt_tokens.min"),
+                    min.map(f64::from),
+                    errors,
+                );
+                check_tokens(
+                    &format!("{k}.prompt_tokens.max"),
+                    max.map(f64::from),
+                    errors,
+                );
+            }
+        }
+        check_tokens(
+            &format!("{k}.max_tokens"),
+            Some(f64::from(w.max_tokens)),
+            errors,
+        );
+        check_tokens(
+            &format!("{k}.shared_prefix_tokens"),
+            Some(f64::from(w.shared_prefix_tokens)),
+            errors,
+        );
         match w.prompt_tokens {
             Length::Fixed(0) => errors.push(format!("{k}.prompt_tokens: must be at least 1")),
             Length::Uniform { min, max } if min == 0 || min > max => errors.push(format!(
@@ -441,6 +515,16 @@ pub fn validate_target(
             "{key}.canary.inside_prompt_tokens: must be at least 1"
         ));
     }
+    check_tokens(
+        &format!("{key}.canary.inside_prompt_tokens"),
+        c.inside_prompt_tokens.map(f64::from),
+        errors,
+    );
+    check_tokens(
+        &format!("{key}.canary.over_by"),
+        Some(f64::from(c.over_by)),
+        errors,
+    );
     if c.over_by == 0 {
         errors.push(format!(
             "{key}.canary.over_by: must be at least 1 (the probe must exceed the limit)"
@@ -480,8 +564,16 @@ pub fn validate(p: &ProberConfig, errors: &mut Vec<String>) {
     if p.max_response_bytes < 4096 {
         errors.push("prober.max_response_bytes: must be at least 4096".into());
     }
+    if p.max_response_bytes > MAX_RESPONSE_BYTES_CEILING {
+        errors.push("prober.max_response_bytes: must be at most 1073741824 (1 GiB)".into());
+    }
     if p.max_in_flight == 0 {
         errors.push("prober.max_in_flight: must be at least 1".into());
+    }
+    if p.max_in_flight > MAX_IN_FLIGHT_CEILING {
+        errors.push(format!(
+            "prober.max_in_flight: at most {MAX_IN_FLIGHT_CEILING}"
+        ));
     }
     for (name, b) in [
         ("ttft", &p.buckets.ttft),

@@ -87,7 +87,7 @@ pub async fn run_target(
     let run = cfg_rx.borrow_and_update().clone();
     let t = &run.target;
     let label = t.label();
-    let base_url = t.url.trim_end_matches('/').to_string();
+    let base_url = t.base_url();
     let wait_for_end = |stop: CancellationToken, shutdown: CancellationToken| async move {
         tokio::select! {
             _ = stop.cancelled() => {}
@@ -95,7 +95,7 @@ pub async fn run_target(
         }
     };
 
-    let api_key = match t.api_key() {
+    let authorization = match t.authorization() {
         Ok(k) => k,
         Err(e) => {
             let msg = format!("{e:#}");
@@ -135,7 +135,7 @@ pub async fn run_target(
         match discovery::discover_model(
             client.http(),
             &base_url,
-            api_key.as_deref(),
+            authorization.as_ref().map(|s| s.expose()),
             t.model.as_deref(),
             discovery_timeout,
         )
@@ -169,10 +169,10 @@ pub async fn run_target(
     let wants_chat = effective_workloads(t)
         .iter()
         .any(|w| w.endpoint.unwrap_or(t.endpoint) == Endpoint::Chat);
-    let prompts = match PromptBuilder::calibrate(
+    let prompts = match PromptBuilder::calibrate_with(
         client.http(),
         &base_url,
-        api_key.as_deref(),
+        authorization.as_ref().map(|s| s.expose()),
         &info.id,
         wants_chat,
         discovery_timeout,
@@ -196,6 +196,15 @@ pub async fn run_target(
                     limit,
                     "prompt_tokens + max_tokens can exceed the server's max_model_len; those requests will count as context_length"
                 );
+                if longest > limit.saturating_add(1) {
+                    tracing::warn!(
+                        target = %label,
+                        workload = %w.label(i),
+                        limit,
+                        longest,
+                        "prompts longer than max_model_len + 1 are clamped to max_model_len + 1 tokens (they are rejected all the same)"
+                    );
+                }
             }
         }
         deps.metrics
@@ -209,9 +218,10 @@ pub async fn run_target(
 
     let shared = Arc::new(TargetShared {
         label: label.clone(),
+        max_model_len: info.max_model_len,
         client,
         base_url,
-        api_key,
+        authorization,
         model: info.id.clone(),
         timeouts,
         max_response_bytes: run.prober.max_response_bytes,
@@ -281,7 +291,12 @@ fn reconcile(
         } else {
             SharedPrefix::default()
         };
+        let max_prompt_tokens = shared
+            .max_model_len
+            .map_or(super::settings::MAX_TOKENS_CEILING, |l| l.saturating_add(1))
+            .min(super::settings::MAX_TOKENS_CEILING);
         let spec = Arc::new(WorkloadSpec {
+            max_prompt_tokens,
             max_in_flight: w.max_in_flight.unwrap_or(run.prober.max_in_flight),
             error_backoff: run.prober.error_backoff,
             label: label.clone(),

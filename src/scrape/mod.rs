@@ -169,7 +169,7 @@ pub fn target_runs(cfg: &Config) -> Vec<TargetRun> {
         .iter()
         .filter(|t| t.scrape.enabled)
         .map(|t| {
-            let base = t.url.trim_end_matches('/');
+            let base = t.base_url();
             TargetRun {
                 label: t.label(),
                 metrics_url: t
@@ -184,6 +184,10 @@ pub fn target_runs(cfg: &Config) -> Vec<TargetRun> {
                         .unwrap_or_else(|| format!("{base}/version")),
                 ),
                 auth_header_env: t.scrape.auth_header_env.clone(),
+                // `user:password@` in the target URL: HTTP Basic (auth_header_env wins).
+                basic_auth: t.url_credentials().map(|(u, p)| {
+                    crate::config::Secret::new(crate::config::basic_authorization(&u, &p))
+                }),
                 model: t.model.clone(),
                 interval: cfg.scrape.interval,
                 timeout: cfg.scrape.effective_timeout(),
@@ -196,12 +200,32 @@ pub fn target_runs(cfg: &Config) -> Vec<TargetRun> {
 }
 
 /// Builds the HTTP client the scrape loops share (gzip accepted; reqwest decodes it).
+///
+/// No proxy: `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` in the environment are ignored (a sidecar
+/// talks to its server directly; a proxy would also see the `Authorization` header). Redirects
+/// are followed only within the same origin (scheme, host, port), at most 5; a redirect to
+/// another origin is not followed and the scrape fails with `http_status`, so credentials are
+/// never sent elsewhere.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("vllm-sentinel/", env!("CARGO_PKG_VERSION")))
         .pool_max_idle_per_host(2)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
         .build()
         .map_err(|e| anyhow::anyhow!("building the scrape HTTP client: {e}"))
+}
+
+fn same_origin_redirects(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let from = attempt.previous().last();
+    let same = from.is_some_and(|f| f.origin() == attempt.url().origin());
+    if !same {
+        attempt.stop()
+    } else if attempt.previous().len() > 5 {
+        attempt.error("more than 5 redirects")
+    } else {
+        attempt.follow()
+    }
 }
 
 /// One finished scrape, announced to [`Scraper::subscribe`]rs (tests, diagnostics).
@@ -440,5 +464,118 @@ mod tests {
         );
         assert_eq!(runs[0].interval, Duration::from_secs(2));
         assert!(runs[0].passthrough);
+    }
+
+    #[test]
+    fn url_credentials_become_basic_auth_and_leave_the_urls() {
+        let cfg = crate::config::from_toml(
+            "[[targets]]\nurl = \"http://admin:S3CRETPASS@127.0.0.1:8000/\"\n",
+        )
+        .unwrap();
+        let runs = target_runs(&cfg);
+        assert_eq!(runs[0].label, "127.0.0.1:8000");
+        assert_eq!(runs[0].metrics_url, "http://127.0.0.1:8000/metrics");
+        assert_eq!(
+            runs[0].version_url.as_deref(),
+            Some("http://127.0.0.1:8000/version")
+        );
+        assert_eq!(
+            runs[0].basic_auth.as_ref().map(|s| s.expose()),
+            Some("Basic YWRtaW46UzNDUkVUUEFTUw==")
+        );
+        assert!(!format!("{:?}", runs[0]).contains("YWRt"));
+    }
+
+    /// A loopback server answering every request on its connection with `reply(path)`;
+    /// returns its address and a hit counter.
+    async fn serve_raw(
+        reply: impl Fn(&str) -> String + Send + Sync + 'static,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (h, reply) = (hits.clone(), Arc::new(reply));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (h, reply) = (h.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut tmp).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&buf).to_string();
+                        let end = head.find("\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if s.write_all(reply(&path).as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, hits)
+    }
+
+    fn redirect_to(location: &str) -> String {
+        format!("HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_within_the_origin_only() {
+        let body = "x 1\n";
+        let (other, other_hits) = serve_raw(move |_| {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .await;
+        let (addr, _) = serve_raw(move |path| match path {
+            "/same" => redirect_to("/metrics-here"),
+            "/metrics-here" => format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            _ => redirect_to(&format!("http://{other}/metrics")),
+        })
+        .await;
+        let client = http_client().unwrap();
+        let t = Duration::from_secs(5);
+        let ok = scraper::fetch(
+            &client,
+            &format!("http://{addr}/same"),
+            None,
+            t,
+            1 << 20,
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok.body, body.as_bytes());
+        let err = scraper::fetch(
+            &client,
+            &format!("http://{addr}/metrics"),
+            None,
+            t,
+            1 << 20,
+            true,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason, export::FailReason::HttpStatus, "{err:?}");
+        assert!(err.message.contains("302"), "{}", err.message);
+        assert_eq!(
+            other_hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the cross-origin redirect was followed"
+        );
     }
 }

@@ -30,6 +30,8 @@ pub struct TargetRun {
     pub version_url: Option<String>,
     /// Name of the environment variable holding the whole `Authorization` header value.
     pub auth_header_env: Option<String>,
+    /// `Authorization: Basic …` from credentials in the target URL (when no `auth_header_env`).
+    pub basic_auth: Option<crate::config::Secret>,
     /// Model label where the engine has none.
     pub model: Option<String>,
     pub interval: Duration,
@@ -65,7 +67,11 @@ pub async fn fetch(
     max: u64,
     expect_exposition: bool,
 ) -> Result<Fetched, Failure> {
+    // Messages name the URL without any `user:password@` (they reach logs and the landing page).
+    let shown = crate::config::redact_url(url);
+    let url_for_messages = shown.as_str();
     let work = async {
+        let url_shown = url_for_messages;
         let mut req = client.get(url).header(ACCEPT, ACCEPT_HEADER);
         if let Some(a) = auth {
             req = req.header(AUTHORIZATION, a.clone());
@@ -77,14 +83,19 @@ pub async fn fetch(
                 FailReason::Connect
             },
             kinds: vec![],
-            message: format!("GET {url}: {}", error_chain(&e)),
+            message: format!("GET {url_shown}: {}", error_chain(&e)),
         })?;
         let status = resp.status();
         if !status.is_success() {
+            let note = if status.is_redirection() {
+                " (a redirect to another origin is not followed)"
+            } else {
+                ""
+            };
             return Err(Failure {
                 reason: FailReason::HttpStatus,
                 kinds: vec![],
-                message: format!("GET {url}: HTTP {status}"),
+                message: format!("GET {url_shown}: HTTP {status}{note}"),
             });
         }
         let ct = resp
@@ -99,13 +110,15 @@ pub async fn fetch(
             return Err(Failure {
                 reason: FailReason::Parse,
                 kinds: vec![(ErrorKind::ContentType, 1)],
-                message: format!("GET {url}: content type {ct:?} is not a metrics exposition"),
+                message: format!(
+                    "GET {url_shown}: content type {ct:?} is not a metrics exposition"
+                ),
             });
         }
         if let Some(len) = resp.content_length()
             && len > max
         {
-            return Err(too_large(url, max));
+            return Err(too_large(url_shown, max));
         }
         let cap = resp.content_length().unwrap_or(64 * 1024).min(max) as usize;
         let mut body = Vec::with_capacity(cap);
@@ -113,7 +126,7 @@ pub async fn fetch(
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
                     if (body.len() + chunk.len()) as u64 > max {
-                        return Err(too_large(url, max));
+                        return Err(too_large(url_shown, max));
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -126,7 +139,7 @@ pub async fn fetch(
                             FailReason::Body
                         },
                         kinds: vec![(ErrorKind::Truncated, 1)],
-                        message: format!("GET {url}: reading the body: {}", error_chain(&e)),
+                        message: format!("GET {url_shown}: reading the body: {}", error_chain(&e)),
                     });
                 }
             }
@@ -142,7 +155,7 @@ pub async fn fetch(
             reason: FailReason::Timeout,
             kinds: vec![],
             message: format!(
-                "GET {url}: no complete answer within {}",
+                "GET {url_for_messages}: no complete answer within {}",
                 humantime::format_duration(timeout)
             ),
         }),
@@ -231,7 +244,20 @@ impl TargetScraper {
 
     fn auth(&self) -> Result<Option<HeaderValue>, Failure> {
         let Some(var) = &self.run.auth_header_env else {
-            return Ok(None);
+            return match &self.run.basic_auth {
+                None => Ok(None),
+                Some(s) => match HeaderValue::from_str(s.expose()) {
+                    Ok(mut h) => {
+                        h.set_sensitive(true);
+                        Ok(Some(h))
+                    }
+                    Err(_) => Err(Failure {
+                        reason: FailReason::Config,
+                        kinds: vec![],
+                        message: "the target URL's credentials are not a valid header value".into(),
+                    }),
+                },
+            };
         };
         let fail = |m: String| Failure {
             reason: FailReason::Config,
@@ -306,7 +332,7 @@ impl TargetScraper {
         if let Some(fatal) = exp.fatal() {
             let msg = format!(
                 "GET {}: the body is not a usable exposition ({})",
-                self.run.metrics_url,
+                crate::config::redact_url(&self.run.metrics_url),
                 fatal.as_str()
             );
             return self.fail(

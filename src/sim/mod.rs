@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::{Faults, MetricsFault};
+pub use server::MAX_REQUEST_BODY_BYTES;
 
 use crate::cli::parse_duration;
 
@@ -81,7 +82,7 @@ pub struct SimArgs {
     #[arg(long, env = "VLLM_SENTINEL_SIM_MAX_QUEUED_REQUESTS")]
     pub max_queued_requests: Option<u32>,
     /// Disable prefix caching.
-    #[arg(long, env = "VLLM_SENTINEL_SIM_NO_PREFIX_CACHING")]
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_SIM_NO_PREFIX_CACHING")]
     pub no_prefix_caching: bool,
     /// Fixed cost of one engine step (e.g. 2ms).
     #[arg(long, default_value = "2ms", value_parser = parse_duration, env = "VLLM_SENTINEL_SIM_STEP_BASE")]
@@ -101,7 +102,7 @@ pub struct SimArgs {
     pub eos_probability: f64,
     /// Emit the pre-0.12 metric names (gpu_cache_usage_perc, gpu_prefix_cache_*,
     /// time_per_output_token_seconds).
-    #[arg(long, env = "VLLM_SENTINEL_SIM_LEGACY_METRICS")]
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_SIM_LEGACY_METRICS")]
     pub legacy_metrics: bool,
     /// Bypass the engine: first token after FIRST, then one every EVERY (e.g. 50ms,10ms);
     /// every event carries `sim_sent_ns`.

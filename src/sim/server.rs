@@ -218,6 +218,11 @@ async fn drive(shared: Arc<Shared>) {
     }
 }
 
+/// The largest request body the simulator accepts. vLLM (FastAPI) sets no limit of its own, so a
+/// long prompt as text or token ids (a 128k-token prompt is ~1 MiB of ids) must not meet axum's
+/// 2 MiB default; 64 MiB bounds memory all the same.
+pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
@@ -236,6 +241,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route_layer(middleware::from_fn_with_state(shared.clone(), track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
         .with_state(shared)
 }
 

@@ -61,6 +61,7 @@ pub fn count_types(body: &str) -> usize {
 
 pub fn run(label: &str, url: &str) -> TargetRun {
     TargetRun {
+        basic_auth: None,
         label: label.to_string(),
         metrics_url: format!("{url}/metrics"),
         version_url: None,
