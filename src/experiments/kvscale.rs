@@ -75,8 +75,9 @@ pub struct KvScaleArgs {
     /// boundary cases max_model_len − max_tokens, − max_tokens/2, − 1, +0, +1 and ×2].
     #[arg(long, value_delimiter = ',', env = "VLLM_SENTINEL_KV_LENGTHS")]
     pub lengths: Vec<u32>,
-    /// max_tokens of each ladder request (long enough for the request to stay resident while
-    /// /metrics is sampled).
+    /// Output tokens that set the default ladder's boundary rungs (max_model_len − N, − N/2), and
+    /// the max_tokens of a rung when max_model_len is unknown; with it known, a rung may decode
+    /// all the context left, so it stays resident until it has been read.
     #[arg(long, default_value_t = 64, env = "VLLM_SENTINEL_MAX_TOKENS")]
     pub max_tokens: u32,
     /// The server's context limit, when /v1/models does not publish max_model_len.
