@@ -868,8 +868,8 @@ async fn measures_streams_from_the_simulator_and_bounds_the_model_label() {
         }
         let e = vllm_sentinel::prober::event::parse(d.as_bytes()).unwrap();
         content_events += u32::from(e.content);
-        if e.completion_tokens.is_some() {
-            usage = Some((e.prompt_tokens.unwrap(), e.completion_tokens.unwrap()));
+        if let Some(ct) = e.completion_tokens {
+            usage = Some((e.prompt_tokens.unwrap(), ct));
         }
     }
     let (pt, ot) = usage.expect("usage in the stream");
@@ -1111,11 +1111,10 @@ async fn measures_real_vllm_bytes_byte_for_byte() {
     // Completions with usage.
     let raw = std::fs::read(format!("{DATA}/sse_completions.raw")).unwrap();
     let head = capture_head("sse_completions");
-    let (srv, (status, got)) = tokio::join!(
+    let ((), (status, got)) = tokio::join!(
         replay(&up, &head, &raw),
         through_tap(&tap, "/v1/completions", stream_req)
     );
-    let _ = srv;
     assert_eq!(status, 200);
     assert_eq!(got, raw, "SSE bytes unchanged");
     let content: u32 = raw

@@ -299,9 +299,8 @@ impl Measure {
                     let cut = parser.finish(&mut |d, ns| st.on_event(d, ns, &mut (), rec));
                     if let Some(f) = st.failure.take() {
                         *failure = Some(f.0);
-                    } else if cut && !st.done {
-                        *failure = Some(Outcome::Truncated);
-                    } else if !st.done && self.rec.finish_reason.is_none() {
+                    } else if !st.done && (cut || self.rec.finish_reason.is_none()) {
+                        // Cut mid-line, or ended without [DONE] and without a finish reason.
                         *failure = Some(Outcome::Truncated);
                     }
                 }
