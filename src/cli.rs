@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// Interval between GPU samples (e.g. 1s).
     #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_GPU_INTERVAL")]
     pub gpu_interval: Option<std::time::Duration>,
+    /// Run the tap on this address (e.g. 0.0.0.0:9472): a streaming reverse proxy to the target
+    /// (`tap.target`, default the first) that measures users' completions and chat requests.
+    /// Sets `tap.listen` and `tap.enabled = true`; see docs/tap.md.
+    #[arg(long, env = "VLLM_SENTINEL_TAP_LISTEN")]
+    pub tap_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Args)]

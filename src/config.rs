@@ -6,7 +6,7 @@
 //! error naming the key and the file, and nothing starts.
 //!
 //! Each subsystem owns the struct of its own section ([`crate::prober::ProberConfig`],
-//! [`crate::scrape::ScrapeConfig`], [`crate::gpu::GpuConfig`]); this module assembles them.
+//! [`crate::scrape::ScrapeConfig`], [`crate::gpu::GpuConfig`], [`crate::tap::TapConfig`]); this module assembles them.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -32,6 +32,8 @@ pub struct Config {
     pub scrape: crate::scrape::ScrapeConfig,
     /// NVML GPU sampling.
     pub gpu: crate::gpu::GpuConfig,
+    /// The measuring reverse proxy in front of a target (off by default).
+    pub tap: crate::tap::TapConfig,
     /// Where this config came from (not a key in the file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -380,6 +382,10 @@ pub fn apply_args(cfg: &mut Config, args: &ServeArgs) {
     if let Some(i) = args.gpu_interval {
         cfg.gpu.interval = i;
     }
+    if let Some(a) = args.tap_listen {
+        cfg.tap.listen = a;
+        cfg.tap.enabled = true;
+    }
 }
 
 /// Checks every rule that parsing alone cannot. Errors name the key (and the file).
@@ -428,6 +434,7 @@ pub fn validate(cfg: &Config) -> anyhow::Result<()> {
     crate::prober::validate(&cfg.prober, &mut errors);
     crate::scrape::validate(&cfg.scrape, &mut errors);
     crate::gpu::validate(&cfg.gpu, &mut errors);
+    crate::tap::validate(cfg, &mut errors);
     if cfg.server.shutdown_grace > Duration::from_secs(300) {
         errors.push("server.shutdown_grace: at most 300s".to_string());
     }
@@ -498,6 +505,7 @@ pub fn describe(cfg: &Config) -> String {
             "disabled".into()
         }
     );
+    let _ = writeln!(out, "{}", crate::tap::describe(cfg));
     out
 }
 

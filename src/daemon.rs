@@ -53,6 +53,7 @@ pub async fn serve_on(
     reloader: Option<Reloader>,
 ) -> anyhow::Result<()> {
     let grace = cfg.server.shutdown_grace;
+    let tap_listener = crate::tap::bind(&cfg).await?;
     let (config_tx, config_rx) = watch::channel(Arc::new(cfg.clone()));
     let ctx = RunContext {
         tracker: TaskTracker::new(),
@@ -71,11 +72,13 @@ pub async fn serve_on(
         crate::scrape::Scraper::new(&cfg, &mut registry).context("setting up the scraper")?;
     let gpu =
         crate::gpu::GpuSampler::new(&cfg.gpu, &mut registry).context("setting up GPU sampling")?;
+    let tap = crate::tap::Tap::new(&cfg, &mut registry);
     let registry = Arc::new(registry);
 
     prober.spawn(&ctx);
     scraper.spawn(&ctx);
     gpu.spawn(&ctx);
+    tap.spawn(tap_listener, &ctx);
 
     let lifecycle = Arc::new(std::sync::atomic::AtomicBool::new(
         cfg.server.enable_lifecycle,

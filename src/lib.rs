@@ -30,6 +30,7 @@ pub mod prober;
 pub mod scrape;
 pub mod shutdown;
 pub mod sim;
+pub mod tap;
 pub mod telemetry;
 
 use std::process::ExitCode;

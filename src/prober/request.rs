@@ -305,7 +305,9 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    fn new(intended_ns: u64, sent_ns: u64) -> Self {
+    /// An empty record of a request meant to start at `intended_ns` and sent at `sent_ns`
+    /// (also used by the tap, which measures users' requests into the same record).
+    pub(crate) fn new(intended_ns: u64, sent_ns: u64) -> Self {
         Self {
             outcome: Outcome::Ok,
             http_status: None,
@@ -866,19 +868,21 @@ fn is_empty(req: &ProbeRequest, rec: &RequestRecord) -> bool {
     req.max_tokens >= 1 && rec.output_events == 0 && rec.output_tokens.unwrap_or(0) == 0
 }
 
-#[derive(Default)]
-struct StreamState {
-    first_ns: Option<u64>,
-    last_ns: u64,
-    done: bool,
-    done_ns: Option<u64>,
-    failure: Option<(Outcome, String)>,
+/// The per-event classification of an SSE stream, shared with the tap ([`crate::tap`]) so a
+/// user's stream and a probe's stream are judged by the same rules.
+#[derive(Debug, Default)]
+pub(crate) struct StreamState {
+    pub(crate) first_ns: Option<u64>,
+    pub(crate) last_ns: u64,
+    pub(crate) done: bool,
+    pub(crate) done_ns: Option<u64>,
+    pub(crate) failure: Option<(Outcome, String)>,
 }
 
 impl StreamState {
     /// Handles one event; returns `false` to stop reading.
     #[inline]
-    fn on_event<O: ChunkObserver>(
+    pub(crate) fn on_event<O: ChunkObserver>(
         &mut self,
         data: &[u8],
         ns: u64,

@@ -1,0 +1,445 @@
+//! The tap: a streaming reverse proxy in front of the target that measures users' real traffic.
+//!
+//! # Why a proxy, and why this one
+//! The prober measures what a synthetic user would feel; the tap measures what the real users
+//! feel, on their own requests, with the same definitions (TTFT, ITL, TPOT, E2E, the same
+//! outcome classes, from the same code: [`crate::prober::request::StreamState`],
+//! [`crate::prober::request::Outcome::from_status`], [`crate::prober::sse`],
+//! [`crate::prober::event`]). Deployed by pointing the Service at the tap's port; the sidecar
+//! forwards to vLLM on loopback (docs/tap.md).
+//!
+//! A measuring proxy must not change what it measures, and proxies commonly do: buffering
+//! turns a token stream into clumps (TTFT up, ITL down), idle timeouts cut long prefills, header
+//! rewriting breaks clients. So:
+//! * **No buffering, no coalescing.** Each upstream body frame is returned from
+//!   [`proxy::TapBody::poll_frame`] as soon as it is read; hyper's server writes and flushes it
+//!   before it polls for the next. A slow client stalls the upstream reads (backpressure down to
+//!   vLLM's socket), never a queue in the tap. `TCP_NODELAY` is set on both legs (Nagle plus
+//!   delayed ACK would add ~40 ms to small SSE writes).
+//! * **Nothing changed on the way through**: method, path, query, headers (minus the hop-by-hop
+//!   ones, RFC 9110 §7.6.1, including those `Connection` names; header-name case preserved),
+//!   body bytes, status, trailers. No `Via`, no `X-Forwarded-*` (the tap is transparent: a `Via`
+//!   would be a change vLLM and clients can see; RFC 9110 §7.6.3's MUST is knowingly not
+//!   followed). No `Date` is added. `stream_options` is never injected: a stream without `usage`
+//!   is measured by counting content-bearing events and flagged as an estimate.
+//! * **Measure while streaming.** The request body is forwarded as it arrives; at most
+//!   `tap.max_body_bytes` of it are held to read `model`/`stream` ([`measure`]). The response is
+//!   measured frame by frame, in the order it is forwarded.
+//! * **Client disconnect → upstream disconnect.** Dropping the response body (hyper does when the
+//!   client goes away) drops the upstream body at once, which closes that upstream connection; no
+//!   task keeps reading. vLLM then aborts the request. Counted as `client_disconnected`, which
+//!   only a proxy can see (vLLM 0.32 does not count aborts).
+//! * **Never retry; fail in OpenAI's error shape**: refused/reset upstream → 502, connect or
+//!   response-header timeout → 504. (The pooled client re-sends a request only when not one byte
+//!   of it was written on a pooled connection the upstream had just closed, hyper's
+//!   `retry_canceled_requests`; the upstream never sees it twice.)
+//! * **Upgrades are refused** with a 501 JSON body (WebSocket, `Upgrade: h2c`, CONNECT): vLLM's
+//!   only WebSocket route is realtime transcription, which the tap does not measure, and a
+//!   tunnel would bypass every rule above.
+//!
+//! Built directly on hyper 1 and hyper-util rather than a proxy crate (see
+//! shared/reference/streaming-proxy.md): the server is hyper-util's auto builder (HTTP/1.1 with
+//! keep-alive, and HTTP/2 with prior knowledge, h2c, sniffed from the preface, at no extra cost;
+//! `Upgrade: h2c` is refused like any upgrade), with a header-read timeout; the upstream client
+//! is hyper-util's legacy pooled client, HTTP/1.1 (uvicorn's only protocol), with its idle
+//! timeout (4 s) under uvicorn's keep-alive (5 s) so a pooled socket is never reused as uvicorn
+//! closes it. Plain `http://` upstreams only (the sidecar talks to vLLM on loopback).
+//!
+//! Submodules: [`proxy`] (forwarding, the body wrappers, bookkeeping), [`measure`] (the
+//! per-request measurement), [`metrics`] (the `vllm_sentinel_traffic_*` families), [`models`]
+//! (the `model` label's bound: the upstream's `/v1/models`).
+
+pub mod measure;
+pub mod metrics;
+pub mod models;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, TargetConfig};
+pub use metrics::{TrafficMetrics, TrafficOutcome};
+pub use models::ModelSet;
+use proxy::Shared;
+
+/// The default address of the tap.
+pub const DEFAULT_TAP_LISTEN: &str = "0.0.0.0:9472";
+/// How long a pooled upstream connection may sit idle (under uvicorn's 5 s keep-alive).
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// `[tap]`: the measuring reverse proxy (docs/config.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TapConfig {
+    /// Run the tap (`--tap-listen` turns it on).
+    pub enabled: bool,
+    /// Address the tap listens on.
+    pub listen: SocketAddr,
+    /// Name (label) of the target to forward to; default: the first target.
+    pub target: Option<String>,
+    /// Upstream TCP connect timeout (504 past it).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Request sent to upstream response headers (504 past it). vLLM sends the headers of a
+    /// non-streamed completion only when it is complete, so this bounds whole non-streamed
+    /// requests too.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest silence between two upstream body reads; past it the response is cut.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A client must send its request headers within this (else the connection is closed).
+    #[serde(with = "humantime_serde")]
+    pub client_header_timeout: Duration,
+    /// Most bytes of a request body held to read the model (and of a non-streamed response
+    /// body held to read `usage`); the rest streams through unheld.
+    pub max_body_bytes: u64,
+    /// How often the upstream's `/v1/models` is re-read (the `model` label's bound).
+    #[serde(with = "humantime_serde")]
+    pub models_refresh: Duration,
+}
+
+impl Default for TapConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: DEFAULT_TAP_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9472))),
+            target: None,
+            connect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(300),
+            client_header_timeout: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+            models_refresh: Duration::from_secs(60),
+        }
+    }
+}
+
+impl TapConfig {
+    /// The target the tap forwards to (validated to exist when the tap is enabled).
+    pub fn upstream<'a>(&self, cfg: &'a Config) -> Option<&'a TargetConfig> {
+        match &self.target {
+            Some(name) => cfg.targets.iter().find(|t| &t.label() == name),
+            None => cfg.targets.first(),
+        }
+    }
+}
+
+/// Checks `[tap]`; errors name the key.
+pub fn validate(cfg: &Config, errors: &mut Vec<String>) {
+    let t = &cfg.tap;
+    if !t.enabled {
+        return;
+    }
+    match t.upstream(cfg) {
+        None if cfg.targets.is_empty() => errors
+            .push("tap: the tap needs a target to forward to (--target URL or [[targets]])".into()),
+        None => errors.push(format!(
+            "tap.target: no target named {:?}",
+            t.target.as_deref().unwrap_or_default()
+        )),
+        Some(up) if !up.url.starts_with("http://") => errors.push(format!(
+            "tap.target: the tap forwards to plain http:// upstreams only; target {} is {}",
+            up.label(),
+            up.url
+        )),
+        Some(_) => {}
+    }
+    if t.listen == cfg.server.listen {
+        errors.push(format!("tap.listen: {} is also server.listen", t.listen));
+    }
+    for (k, d) in [
+        ("connect_timeout", t.connect_timeout),
+        ("header_timeout", t.header_timeout),
+        ("idle_timeout", t.idle_timeout),
+        ("client_header_timeout", t.client_header_timeout),
+        ("models_refresh", t.models_refresh),
+    ] {
+        if d.is_zero() {
+            errors.push(format!("tap.{k}: must be more than 0"));
+        }
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&t.max_body_bytes) {
+        errors.push("tap.max_body_bytes: must be 1024 to 67108864".into());
+    }
+}
+
+/// A one-line summary for `check-config`.
+pub fn describe(cfg: &Config) -> String {
+    let t = &cfg.tap;
+    if !t.enabled {
+        return "tap: disabled".into();
+    }
+    format!(
+        "tap: {} -> {} (connect {}, headers {}, idle {}, hold {} bytes)",
+        t.listen,
+        t.upstream(cfg)
+            .map_or("(no target)".to_string(), |u| u.url.clone()),
+        humantime::format_duration(t.connect_timeout),
+        humantime::format_duration(t.header_timeout),
+        humantime::format_duration(t.idle_timeout),
+        t.max_body_bytes
+    )
+}
+
+/// The tap's registered families, before it starts.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    metrics: TrafficMetrics,
+}
+
+impl Tap {
+    /// Registers the families (always, so the exported set does not depend on the config).
+    pub fn new(cfg: &Config, registry: &mut prometheus_client::registry::Registry) -> Self {
+        Self {
+            metrics: TrafficMetrics::register(registry, &cfg.prober.buckets),
+        }
+    }
+
+    /// The registered families (tests and embedding).
+    pub fn metrics(&self) -> &TrafficMetrics {
+        &self.metrics
+    }
+
+    /// Starts the tap on `listener` when `[tap]` is enabled (settings are read once: a reload
+    /// does not change a running tap).
+    pub fn spawn(self, listener: Option<TcpListener>, ctx: &crate::daemon::RunContext) {
+        let cfg = ctx.config.borrow().clone();
+        let (Some(listener), Some(up)) = (listener, cfg.tap.upstream(&cfg)) else {
+            return;
+        };
+        let api_key = match up.api_key() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "tap: no API key for /v1/models; the model label stays `other` if the server needs one");
+                None
+            }
+        };
+        let settings = Settings::from_config(&cfg.tap, up, api_key);
+        let token = ctx.token.clone();
+        let metrics = self.metrics;
+        ctx.tracker.spawn(async move {
+            if let Err(e) = serve(listener, settings, metrics, ModelSet::default(), token).await {
+                tracing::error!(error = %format!("{e:#}"), "tap stopped");
+            }
+        });
+    }
+}
+
+/// Binds the tap's listener when the tap is enabled.
+pub async fn bind(cfg: &Config) -> anyhow::Result<Option<TcpListener>> {
+    if !cfg.tap.enabled {
+        return Ok(None);
+    }
+    let l = TcpListener::bind(cfg.tap.listen)
+        .await
+        .with_context(|| format!("tap: cannot listen on {}", cfg.tap.listen))?;
+    Ok(Some(l))
+}
+
+/// Everything [`serve`] needs, as plain values.
+#[derive(Clone)]
+pub struct Settings {
+    /// Upstream base URL (`http://host:port`), no trailing slash.
+    pub upstream: String,
+    /// The `target` label value.
+    pub target: String,
+    pub connect_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub client_header_timeout: Duration,
+    pub max_body_bytes: usize,
+    /// How often to re-read the upstream's `/v1/models`; `None`: never (the [`ModelSet`] given
+    /// to [`serve`] stays as it is — tests with a fixed list).
+    pub models_refresh: Option<Duration>,
+    /// Bearer token for the tap's own `/v1/models` reads; never logged.
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("upstream", &self.upstream)
+            .field("target", &self.target)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    pub fn from_config(t: &TapConfig, up: &TargetConfig, api_key: Option<String>) -> Self {
+        Self {
+            upstream: up.url.trim_end_matches('/').to_string(),
+            target: up.label(),
+            connect_timeout: t.connect_timeout,
+            header_timeout: t.header_timeout,
+            idle_timeout: t.idle_timeout,
+            client_header_timeout: t.client_header_timeout,
+            max_body_bytes: usize::try_from(t.max_body_bytes).unwrap_or(usize::MAX),
+            models_refresh: Some(t.models_refresh),
+            api_key,
+        }
+    }
+
+    /// Defaults of `[tap]` for an upstream URL (tests).
+    pub fn for_upstream(url: &str) -> Self {
+        Self::from_config(&TapConfig::default(), &TargetConfig::from_url(url), None)
+    }
+}
+
+/// Serves the tap on `listener` until `token` is cancelled, then stops accepting, lets
+/// in-flight requests finish (idle keep-alive connections are closed at once) and returns.
+/// `models` is kept current from the upstream's `/v1/models` every `models_refresh`.
+pub async fn serve(
+    listener: TcpListener,
+    settings: Settings,
+    metrics: TrafficMetrics,
+    models: ModelSet,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(settings.connect_timeout));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
+        .http1_preserve_header_case(true)
+        .build(connector);
+    let shared = Arc::new(Shared {
+        client,
+        base: settings.upstream.clone(),
+        target: settings.target.clone(),
+        metrics,
+        models,
+        header_timeout: settings.header_timeout,
+        idle_timeout: settings.idle_timeout,
+        max_body_bytes: settings.max_body_bytes,
+    });
+    let refresher = settings.models_refresh.map(|every| {
+        tokio::spawn(refresh_models(
+            shared.clone(),
+            settings.api_key.clone(),
+            every,
+            token.clone(),
+        ))
+    });
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.client_header_timeout)
+        .keep_alive(true)
+        .preserve_header_case(true)
+        .auto_date_header(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .auto_date_header(false);
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!(listen = %a, upstream = %settings.upstream, "tap listening");
+    }
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and the like: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "tap: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let sh = shared.clone();
+        let b = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| proxy::handle(sh.clone(), req));
+            let conn = b.serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, "tap: connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    if let Some(r) = refresher {
+        r.abort();
+    }
+    Ok(())
+}
+
+/// Keeps `shared.models` current.
+async fn refresh_models(
+    shared: Arc<Shared>,
+    api_key: Option<String>,
+    every: Duration,
+    token: CancellationToken,
+) {
+    let labels = metrics::TargetLabels {
+        target: shared.target.clone(),
+    };
+    loop {
+        match fetch_models(&shared, api_key.as_deref()).await {
+            Ok(list) => {
+                shared.models.replace(list);
+                shared
+                    .metrics
+                    .models_known
+                    .get_or_create(&labels)
+                    .set(shared.models.len() as i64);
+            }
+            Err(e) => tracing::debug!(error = %e, "tap: cannot read the upstream's /v1/models"),
+        }
+        let wait = models::next_delay(every, !shared.models.is_empty());
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn fetch_models(
+    shared: &Shared,
+    api_key: Option<&str>,
+) -> anyhow::Result<Vec<models::ModelInfo>> {
+    let mut req = http::Request::get(format!("{}/v1/models", shared.base))
+        .body(Either::Right(Empty::<Bytes>::new()))?;
+    if let Some(k) = api_key {
+        req.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {k}"))?,
+        );
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(10), shared.client.request(req))
+        .await
+        .context("timed out")??;
+    if !resp.status().is_success() {
+        anyhow::bail!("HTTP {}", resp.status());
+    }
+    let limited = http_body_util::Limited::new(resp.into_body(), 4 * 1024 * 1024);
+    let body = tokio::time::timeout(Duration::from_secs(10), limited.collect())
+        .await
+        .context("timed out")?
+        .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
+        .to_bytes();
+    models::parse_models(&body).context("not a /v1/models list")
+}

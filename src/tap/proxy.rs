@@ -1,0 +1,580 @@
+//! Forwarding: one user request to the upstream and its response back, frame by frame.
+//!
+//! The request is re-targeted (absolute upstream URI, HTTP/1.1 upstream) with its method, path,
+//! query, headers and body unchanged except for the hop-by-hop headers (RFC 9110 §7.6.1), and
+//! sent on the pooled upstream client. The response's head is copied (hop-by-hop headers
+//! removed) and its body is a [`TapBody`]: each upstream frame is handed to the client as soon
+//! as it is read — hyper's server writes and flushes it before polling for the next — and
+//! measured on the way. Dropping a [`TapBody`] (the client went away) drops the upstream body at
+//! once, which closes that upstream connection: vLLM sees the disconnect and aborts.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::measure::{End, Measure, RequestInfo, endpoint_of, scan_request, without_response};
+use super::metrics::{TargetLabels, TrafficMetrics, TrafficOutcome};
+use super::models::ModelSet;
+use crate::clock::monotonic_ns;
+
+/// The body of a request sent upstream: a user's body (held in part), or empty (the tap's own
+/// `/v1/models` reads).
+pub type UpstreamBody = Either<HoldBody, Empty<Bytes>>;
+/// The body of a response to a user: the upstream's, or the tap's own JSON error.
+pub type ClientBody = Either<TapBody, Full<Bytes>>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What every request of one tap shares.
+pub struct Shared {
+    pub client: Client<HttpConnector, UpstreamBody>,
+    /// Upstream base URL without a trailing slash (`http://host:port`, maybe a path prefix).
+    pub base: String,
+    /// The `target` label value.
+    pub target: String,
+    pub metrics: TrafficMetrics,
+    pub models: ModelSet,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+/// Handles one user request. Never fails: every failure is an HTTP answer.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ClientBody>, Infallible> {
+    let start_ns = monotonic_ns();
+    let endpoint = endpoint_of(req.method(), req.uri().path());
+    let mut tracker = Tracker::new(shared.clone(), start_ns, endpoint);
+
+    if is_upgrade(&req) {
+        tracker.refused();
+        return Ok(json_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "vllm-sentinel tap: protocol upgrades (WebSocket, Upgrade: h2c) and CONNECT are not proxied; send them to the server directly",
+            "NotImplementedError",
+        ));
+    }
+
+    let (mut parts, body) = req.into_parts();
+    let trailers = wants_trailers(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
+    if trailers {
+        // TE is hop-by-hop; the tap itself accepts trailers and passes them on.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = match format!("{}{pq}", shared.base).parse() {
+        Ok(u) => u,
+        Err(_) => {
+            tracker.no_response(
+                TrafficOutcome::Classified(crate::prober::request::Outcome::ClientError),
+                "4xx",
+            );
+            return Ok(json_error(
+                StatusCode::BAD_REQUEST,
+                "vllm-sentinel tap: the request target cannot be forwarded",
+                "BadRequestError",
+            ));
+        }
+    };
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let mut body = HoldBody::new(body);
+    if endpoint.is_some() {
+        // Read the start of the body (all of it up to the cap) to learn the model before
+        // forwarding; a larger body streams on from there.
+        if body.read_prefix(shared.max_body_bytes).await.is_err() {
+            tracker.no_response(TrafficOutcome::ClientDisconnected, "client_disconnected");
+            return Ok(json_error(
+                StatusCode::BAD_REQUEST,
+                "vllm-sentinel tap: the request body could not be read",
+                "BadRequestError",
+            ));
+        }
+        tracker.info = scan_request(body.prefix());
+    }
+    let body_error = body.error.clone();
+    let upstream_req = Request::from_parts(parts, Either::Left(body));
+
+    let sent =
+        tokio::time::timeout(shared.header_timeout, shared.client.request(upstream_req)).await;
+    let resp = match sent {
+        Err(_) => {
+            shared.metrics.upstream_error(&shared.target, "timeout");
+            tracker.no_response(TrafficOutcome::UpstreamTimeout, "upstream_timeout");
+            return Ok(json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "vllm-sentinel tap: no response headers from the upstream within {}",
+                    humantime::format_duration(shared.header_timeout)
+                ),
+                "GatewayTimeout",
+            ));
+        }
+        Ok(Err(e)) => {
+            if body_error.load(Ordering::Relaxed) {
+                tracker.no_response(TrafficOutcome::ClientDisconnected, "client_disconnected");
+                return Ok(json_error(
+                    StatusCode::BAD_REQUEST,
+                    "vllm-sentinel tap: the request body could not be read",
+                    "BadRequestError",
+                ));
+            }
+            let timed_out = is_timeout(&e);
+            let detail = error_chain(&e);
+            if timed_out {
+                shared.metrics.upstream_error(&shared.target, "timeout");
+                tracker.no_response(TrafficOutcome::UpstreamTimeout, "upstream_timeout");
+                return Ok(json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("vllm-sentinel tap: upstream connect timed out ({detail})"),
+                    "GatewayTimeout",
+                ));
+            }
+            shared.metrics.upstream_error(&shared.target, "unreachable");
+            tracker.no_response(TrafficOutcome::UpstreamUnreachable, "upstream_unreachable");
+            return Ok(json_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("vllm-sentinel tap: upstream unreachable ({detail})"),
+                "BadGateway",
+            ));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let headers_ns = monotonic_ns();
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let status = parts.status.as_u16();
+    tracker.status = Some(status);
+    if let Some(ep) = endpoint {
+        let sse = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            });
+        tracker.measure = Some(Measure::new(
+            start_ns,
+            headers_ns,
+            ep,
+            status,
+            sse,
+            shared.max_body_bytes,
+        ));
+    }
+    let body = TapBody::new(body, tracker, shared.idle_timeout);
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// True for a request that asks to switch protocols (WebSocket, `Upgrade: h2c`) or a CONNECT.
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::CONNECT || req.headers().contains_key(header::UPGRADE)
+}
+
+/// Whether the client said it accepts trailers (`TE: trailers`).
+fn wants_trailers(h: &HeaderMap) -> bool {
+    h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        })
+    })
+}
+
+/// The hop-by-hop fields (RFC 9110 §7.6.1, plus the legacy `Proxy-Connection` and the
+/// proxy-authentication pair, as Go's httputil does). `Trailer` is kept, unlike Go: it declares
+/// end-to-end trailer fields, and hyper only sends the trailers a `Trailer` header announces.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the hop-by-hop fields and every field `Connection` names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// An error answer in OpenAI's shape.
+pub fn json_error(status: StatusCode, message: &str, kind: &str) -> Response<ClientBody> {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": status.as_u16() }
+    });
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// The error and its sources (never a URL: the connector's errors do not carry one).
+fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
+    let mut s = String::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut depth = 0;
+    while let Some(c) = cur {
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&c.to_string());
+        cur = c.source();
+        depth += 1;
+        if depth > 4 {
+            break;
+        }
+    }
+    crate::prober::event::short(&s)
+}
+
+/// A user's request body on its way upstream: the prefix read before forwarding (see
+/// [`HoldBody::read_prefix`]), then the rest of the client's frames, untouched.
+pub struct HoldBody {
+    inner: Incoming,
+    /// Data read ahead, not yet forwarded.
+    pre: Option<Bytes>,
+    /// Trailers read ahead (a body that ended within the prefix).
+    pre_trailers: Option<HeaderMap>,
+    /// The client's body failed (it went away mid-upload).
+    pub error: Arc<AtomicBool>,
+}
+
+impl HoldBody {
+    fn new(inner: Incoming) -> Self {
+        Self {
+            inner,
+            pre: None,
+            pre_trailers: None,
+            error: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Reads frames until the body ends or `cap` bytes are held (a bounded hold: the last
+    /// frame may pass the cap by at most its own size, which hyper bounds by its read buffer).
+    async fn read_prefix(&mut self, cap: usize) -> Result<(), hyper::Error> {
+        let mut buf = bytes::BytesMut::new();
+        while buf.len() < cap && !self.inner.is_end_stream() {
+            match self.inner.frame().await {
+                None => break,
+                Some(Err(e)) => {
+                    self.error.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => buf.extend_from_slice(&d),
+                    Err(f) => {
+                        self.pre_trailers = f.into_trailers().ok();
+                        break;
+                    }
+                },
+            }
+        }
+        if !buf.is_empty() {
+            self.pre = Some(buf.freeze());
+        }
+        Ok(())
+    }
+
+    /// The data read ahead.
+    fn prefix(&self) -> &[u8] {
+        self.pre.as_deref().unwrap_or_default()
+    }
+}
+
+impl Body for HoldBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(d) = self.pre.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        if let Some(t) = self.pre_trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &r {
+            self.error.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pre.is_none() && self.pre_trailers.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let pre = self.pre.as_ref().map_or(0, |b| b.len() as u64);
+        let mut h = SizeHint::new();
+        h.set_lower(inner.lower().saturating_add(pre));
+        if let Some(u) = inner.upper() {
+            h.set_upper(u.saturating_add(pre));
+        }
+        h
+    }
+}
+
+/// One request's bookkeeping: the in-flight gauge, and exactly one record when it ends —
+/// including when it is dropped unfinished (the client went away), which counts
+/// `client_disconnected`.
+pub struct Tracker {
+    shared: Arc<Shared>,
+    start_ns: u64,
+    endpoint: Option<&'static str>,
+    /// `model` and `stream` of a measured request.
+    info: RequestInfo,
+    measure: Option<Measure>,
+    status: Option<u16>,
+    finished: bool,
+}
+
+impl Tracker {
+    fn new(shared: Arc<Shared>, start_ns: u64, endpoint: Option<&'static str>) -> Self {
+        shared
+            .metrics
+            .in_flight
+            .get_or_create(&TargetLabels {
+                target: shared.target.clone(),
+            })
+            .inc();
+        Self {
+            shared,
+            start_ns,
+            endpoint,
+            info: RequestInfo::default(),
+            measure: None,
+            status: None,
+            finished: false,
+        }
+    }
+
+    fn refused(&mut self) {
+        self.finished = true;
+        self.shared
+            .metrics
+            .passthrough(&self.shared.target, "upgrade_refused");
+    }
+
+    /// Ends a request that got no upstream response.
+    fn no_response(&mut self, outcome: TrafficOutcome, result: &str) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let sh = self.shared.clone();
+        match self.endpoint {
+            Some(ep) => {
+                let info = std::mem::take(&mut self.info);
+                let model = sh.models.label(info.model.as_deref());
+                let rec = without_response(self.start_ns, monotonic_ns(), ep, info, model, outcome);
+                sh.metrics.record(&sh.target, &rec);
+            }
+            None => sh.metrics.passthrough(&sh.target, result),
+        }
+    }
+
+    /// Ends a request whose response started.
+    fn end(&mut self, end: End) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let now = monotonic_ns();
+        let sh = self.shared.clone();
+        match (self.endpoint, self.measure.take()) {
+            (Some(_), Some(m)) => {
+                let info = std::mem::take(&mut self.info);
+                let model = sh.models.label(info.model.as_deref());
+                let (models, name) = (sh.models.clone(), model.clone());
+                let rec = m.finish(end, now, info, model, move || models.max_model_len(&name));
+                sh.metrics.record(&sh.target, &rec);
+            }
+            _ => {
+                let result = match end {
+                    End::ClientGone => "client_disconnected",
+                    End::IdleTimeout => "upstream_timeout",
+                    End::UpstreamError => "truncated",
+                    End::Complete => match self.status.unwrap_or(0) {
+                        100..=199 => "1xx",
+                        200..=299 => "2xx",
+                        300..=399 => "3xx",
+                        400..=499 => "4xx",
+                        _ => "5xx",
+                    },
+                };
+                sh.metrics.passthrough(&sh.target, result);
+            }
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.end(End::ClientGone);
+        self.shared
+            .metrics
+            .in_flight
+            .get_or_create(&TargetLabels {
+                target: self.shared.target.clone(),
+            })
+            .dec();
+    }
+}
+
+/// The upstream response body on its way to the client. Passes every frame through as soon
+/// as it is read, measures it, bounds the wait for the next one (`idle_timeout`), and ends the
+/// request's [`Tracker`] when the body ends, fails, times out or is dropped.
+pub struct TapBody {
+    inner: Option<Incoming>,
+    tracker: Tracker,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
+}
+
+impl TapBody {
+    fn new(inner: Incoming, mut tracker: Tracker, idle_timeout: Duration) -> Self {
+        let inner = if inner.is_end_stream() {
+            // No body at all (HEAD, 204, 304, Content-Length: 0): the response is complete.
+            tracker.end(End::Complete);
+            None
+        } else {
+            Some(inner)
+        };
+        Self {
+            inner,
+            tracker,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+        }
+    }
+
+    fn stop(&mut self, end: End) {
+        // Drop the upstream body first: that closes the upstream connection.
+        self.inner = None;
+        self.tracker.end(end);
+    }
+}
+
+impl Body for TapBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut *inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let now = monotonic_ns();
+                if let Some(d) = frame.data_ref()
+                    && let Some(m) = this.tracker.measure.as_mut()
+                {
+                    m.on_data(d, now);
+                }
+                if frame.is_trailers() || inner.is_end_stream() {
+                    // Trailers are the last frame of a body.
+                    this.stop(End::Complete);
+                } else {
+                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.stop(End::UpstreamError);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.stop(End::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle.as_mut().poll(cx).is_ready() {
+                    this.stop(End::IdleTimeout);
+                    return Poll::Ready(Some(Err(
+                        "vllm-sentinel tap: upstream idle timeout".into()
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(i) => i.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for TapBody {
+    fn drop(&mut self) {
+        // Unfinished: the client (or the server on its side) dropped the response.
+        self.stop(End::ClientGone);
+    }
+}
