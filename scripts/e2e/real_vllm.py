@@ -486,7 +486,14 @@ def main():
         update_examples(args.update_examples, args.examples)
         return
     t0 = time.monotonic()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tap_checks as tap
+
+    def tap_section(args, out):
+        tap.tap_checks(args, os.path.join(out, "tap"), log, check, fail)
+    tap_section.__name__ = "tap_checks"
     sections = [("daemon against real vLLM", daemon_checks),
+                ("the tap in front of real vLLM", tap_section),
                 ("one-shot experiments against real vLLM", experiment_checks)]
     only = os.environ.get("E2E_ONLY")
     for title, fn in sections:

@@ -72,13 +72,10 @@ impl HttpTarget {
 }
 
 impl HttpTarget {
-    /// The probe request for `spec`, with a fresh random prompt of its length.
-    fn probe_request(&self, spec: RequestSpec) -> Result<ProbeRequest, Sample> {
+    /// The probe request for `spec`, with a fresh random prompt of its length; else why not.
+    fn probe_request(&self, spec: RequestSpec) -> Result<ProbeRequest, &'static str> {
         let Some((model, builder)) = self.prepared.get() else {
-            return Err(Sample::failed(
-                "client_error",
-                "internal: target used before prepare()",
-            ));
+            return Err("internal: target used before prepare()");
         };
         let prompt = match self.rng.lock() {
             Ok(mut rng) => builder.build(
@@ -87,12 +84,7 @@ impl HttpTarget {
                 spec.prompt_tokens,
                 &SharedPrefix::default(),
             ),
-            Err(_) => {
-                return Err(Sample::failed(
-                    "client_error",
-                    "internal: poisoned prompt state",
-                ));
-            }
+            Err(_) => return Err("internal: poisoned prompt state"),
         };
         Ok(ProbeRequest {
             endpoint: self.endpoint,
@@ -201,7 +193,7 @@ impl Target for HttpTarget {
     async fn execute(&self, spec: RequestSpec, late_by_s: f64) -> Sample {
         let req = match self.probe_request(spec) {
             Ok(r) => r,
-            Err(s) => return s,
+            Err(why) => return Sample::failed("client_error", why),
         };
         let now = Instant::now();
         let intended = now
@@ -247,7 +239,7 @@ impl Target for HttpTarget {
                 let rec = request::execute_with(&conn, &req, Instant::now(), &mut observer).await;
                 sample_from_record(&rec, true)
             }
-            Err(s) => s,
+            Err(why) => Sample::failed("client_error", why),
         };
         progress.send_modify(|p| p.ended = true);
         s
