@@ -231,10 +231,11 @@ impl Target for HttpTarget {
         };
         let s = match self.probe_request(spec) {
             Ok(req) => {
+                let authorization = discovery::bearer(self.api_key.as_deref());
                 let conn = request::Conn {
                     client: &self.client,
                     base_url: &self.base_url,
-                    api_key: self.api_key.as_deref(),
+                    authorization: authorization.as_deref(),
                     timeouts: &self.timeouts,
                     cancel: Some(&close),
                     max_response_bytes: request::DEFAULT_MAX_RESPONSE_BYTES,
