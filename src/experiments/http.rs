@@ -73,6 +73,8 @@ impl HttpTarget {
 
 impl HttpTarget {
     /// The probe request for `spec`, with a fresh random prompt of its length.
+    // The Err is the finished (failed) sample itself, returned once per request: boxing it buys nothing.
+    #[allow(clippy::result_large_err)]
     fn probe_request(&self, spec: RequestSpec) -> Result<ProbeRequest, Sample> {
         let Some((model, builder)) = self.prepared.get() else {
             return Err(Sample::failed(
