@@ -113,7 +113,8 @@ pub async fn serve_on(
         reload,
         lifecycle,
     };
-    let server = tokio::spawn(exporter::serve(listener, state, ctx.token.clone()));
+    let limits = exporter::server::Limits::from_config(&cfg.server);
+    let server = tokio::spawn(exporter::serve(listener, state, limits, ctx.token.clone()));
 
     ctx.token.cancelled().await;
     ctx.tracker.close();
