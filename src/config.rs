@@ -42,9 +42,14 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address of `/metrics`, `/healthz`, `/readyz` and the landing page.
     pub listen: SocketAddr,
-    /// How long in-flight work may take to finish after SIGINT/SIGTERM.
+    /// How long in-flight work may take to finish after SIGINT/SIGTERM; then it is cancelled
+    /// (and counted as `cancelled`).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// After in-flight work has finished or been cancelled and counted, how long `/metrics`
+    /// keeps serving so a last scrape sees the final counts.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_linger: Duration,
     /// Allow `POST /-/reload` (off by default: anyone who can reach the port could trigger it).
     /// SIGHUP works either way. Also `--web.enable-lifecycle`.
     pub enable_lifecycle: bool,
@@ -68,6 +73,7 @@ impl Default for ServerConfig {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9471))),
             shutdown_grace: Duration::from_secs(5),
+            shutdown_linger: Duration::from_secs(5),
             enable_lifecycle: false,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
@@ -444,6 +450,9 @@ pub fn validate(cfg: &Config) -> anyhow::Result<()> {
     crate::gpu::validate(&cfg.gpu, &mut errors);
     if cfg.server.shutdown_grace > Duration::from_secs(300) {
         errors.push("server.shutdown_grace: at most 300s".to_string());
+    }
+    if cfg.server.shutdown_linger > Duration::from_secs(300) {
+        errors.push("server.shutdown_linger: at most 300s".to_string());
     }
     for (key, d) in [
         ("header_read_timeout", cfg.server.header_read_timeout),

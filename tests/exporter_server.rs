@@ -21,6 +21,8 @@ struct Daemon {
 async fn start(cfg_text: &str, reloader: Option<Reloader>) -> Daemon {
     let mut cfg: Config = vllm_sentinel::config::from_toml(cfg_text).unwrap();
     cfg.gpu.enabled = false;
+    // No final scrape window: these tests do not scrape after stopping.
+    cfg.server.shutdown_linger = Duration::ZERO;
     vllm_sentinel::config::validate(&cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -503,3 +503,130 @@ async fn an_instant_empty_server_is_not_hammered() {
     assert!(sent < 20, "{sent} requests reached the server");
     h.shutdown().await;
 }
+
+/// A daemon on 127.0.0.1:0 probing `url` with `workload` (one closed-loop workload), canary and
+/// GPU off, the given grace and final scrape window.
+async fn shutdown_daemon(
+    url: &str,
+    grace: &str,
+    linger: &str,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let mut cfg = parse_config(&format!(
+        "[server]\nshutdown_grace = \"{grace}\"\nshutdown_linger = \"{linger}\"\n[prober]\nfirst_token_timeout = \"120s\"\nrequest_timeout = \"120s\"\n[[targets]]\nname = \"t\"\nurl = \"{url}\"\n[[targets.workloads]]\nname = \"w\"\nconcurrency = 2\nprompt_tokens = 8\n[targets.canary]\nenabled = false\n"
+    ));
+    cfg.gpu.enabled = false;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let daemon = tokio::spawn(vllm_sentinel::daemon::serve_on(
+        listener,
+        cfg,
+        token.clone(),
+        None,
+    ));
+    (addr, token, daemon)
+}
+
+/// Waits until the fake has received `n` completion requests.
+async fn completions_received(fake: &mut prober_support::Fake, n: usize) {
+    let mut seen = 0;
+    while seen < n {
+        let (head, _) = tokio::time::timeout(Duration::from_secs(30), fake.requests.recv())
+            .await
+            .expect("the server never received the probes")
+            .unwrap();
+        if head.starts_with("/v1/completions") {
+            seen += 1;
+        }
+    }
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let resp = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("/metrics must be served during shutdown");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.text().await.unwrap()
+}
+
+/// SIGTERM with requests stuck in flight: no new request is sent, `/metrics` keeps serving, and
+/// once `shutdown_grace` has passed the stuck requests are counted as `cancelled` — visible in a
+/// scrape before the exporter stops.
+#[tokio::test]
+async fn cancelled_probes_are_scrapeable_after_the_grace() {
+    let mut fake = start(|n, path, body| {
+        if path == "/v1/completions" {
+            return vec![sse_head(), Step::Stall];
+        }
+        vllm_like(n, path, body)
+    })
+    .await;
+    let (addr, token, daemon) = shutdown_daemon(&fake.url, "200ms", "10s").await;
+    completions_received(&mut fake, 2).await;
+    token.cancel();
+    let t = loop {
+        let t = scrape(addr).await;
+        if metric(&t, REQ, &["outcome=\"cancelled\""]) >= 2.0 {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metric(&t, REQ, &["outcome=\"cancelled\"", "workload=\"w\""]),
+        2.0
+    );
+    assert_eq!(
+        metric(&t, "vllm_sentinel_probe_in_flight", &["workload=\"w\""]),
+        0.0
+    );
+    // Nothing new was sent after shutdown started.
+    while let Ok((head, _)) = fake.requests.try_recv() {
+        assert!(
+            !head.starts_with("/v1/completions"),
+            "a probe sent during shutdown"
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(60), daemon)
+        .await
+        .expect("the daemon did not stop after its final scrape window")
+        .unwrap()
+        .unwrap();
+}
+
+/// In-flight probes that finish within `shutdown_grace` are counted by their real outcome, not
+/// cancelled, and `/metrics` serves while they finish.
+#[tokio::test]
+async fn in_flight_probes_finish_within_the_grace() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g2 = gate.clone();
+    let mut fake = start(move |n, path, body| {
+        if path == "/v1/completions" {
+            let mut steps = vec![Step::Gate(g2.clone())];
+            steps.extend(sse_script(&fixture("sse_completions.raw")));
+            return steps;
+        }
+        vllm_like(n, path, body)
+    })
+    .await;
+    let (addr, token, daemon) = shutdown_daemon(&fake.url, "120s", "30s").await;
+    completions_received(&mut fake, 2).await;
+    token.cancel();
+    // Shutting down, the two requests still in flight, /metrics still served.
+    let t = scrape(addr).await;
+    assert_eq!(metric(&t, REQ, &["outcome=\"cancelled\""]), 0.0, "{t}");
+    gate.add_permits(2);
+    let t = loop {
+        let t = scrape(addr).await;
+        if metric(&t, REQ, &["outcome=\"ok\""]) >= 2.0 {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(metric(&t, REQ, &["outcome=\"ok\""]), 2.0);
+    assert_eq!(metric(&t, REQ, &["outcome=\"cancelled\""]), 0.0);
+    drop(daemon);
+}

@@ -94,6 +94,7 @@ impl Prober {
             status: ctx.status.clone(),
             tracker: ctx.tracker.clone(),
             shutdown: ctx.token.clone(),
+            abort: ctx.abort.clone(),
         };
         ctx.tracker.spawn(supervise(ctx.config.clone(), deps, slot));
     }

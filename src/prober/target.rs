@@ -73,8 +73,10 @@ pub struct TargetDeps {
     pub health: Arc<HealthCounters>,
     pub status: StatusBoard,
     pub tracker: TaskTracker,
-    /// Shutdown: in-flight requests are cancelled.
+    /// Shutdown started: no new request is started; in-flight ones go on.
     pub shutdown: CancellationToken,
+    /// The shutdown grace is over: in-flight requests end as `cancelled`.
+    pub abort: CancellationToken,
 }
 
 /// Runs a target until `stop` (graceful) or shutdown.
@@ -160,6 +162,10 @@ pub async fn run_target(
         }
     };
     ready.done();
+    if deps.shutdown.is_cancelled() || stop.is_cancelled() {
+        // Shutdown started while discovery was in flight: start nothing new.
+        return;
+    }
     tracing::info!(target = %label, model = %info.id, max_model_len = ?info.max_model_len, "target discovered");
     deps.status.update(&label, |s| {
         s.model = Some(info.id.clone());
@@ -227,6 +233,7 @@ pub async fn run_target(
         max_response_bytes: run.prober.max_response_bytes,
         prompts,
         shutdown: deps.shutdown.clone(),
+        abort: deps.abort.clone(),
         health: deps.health.clone(),
         tracker: deps.tracker.clone(),
     });
