@@ -44,12 +44,28 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address of `/metrics`, `/healthz`, `/readyz` and the landing page.
     pub listen: SocketAddr,
-    /// How long in-flight work may take to finish after SIGINT/SIGTERM.
+    /// How long in-flight work may take to finish after SIGINT/SIGTERM; then it is cancelled
+    /// (and counted as `cancelled`).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// After in-flight work has finished or been cancelled and counted, how long `/metrics`
+    /// keeps serving so a last scrape sees the final counts.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_linger: Duration,
     /// Allow `POST /-/reload` (off by default: anyone who can reach the port could trigger it).
     /// SIGHUP works either way. Also `--web.enable-lifecycle`.
     pub enable_lifecycle: bool,
+    /// From the first byte of a request to its complete head; a slower client is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and no byte in either direction for this long
+    /// is closed (an idle keep-alive connection, one that never sends, a client that stops
+    /// reading its response).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open connections at most. A connection over the cap makes room by closing the
+    /// longest-idle one; with every connection busy, new ones wait in the listen backlog.
+    pub max_connections: u32,
 }
 
 impl Default for ServerConfig {
@@ -59,7 +75,11 @@ impl Default for ServerConfig {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9471))),
             shutdown_grace: Duration::from_secs(5),
+            shutdown_linger: Duration::from_secs(5),
             enable_lifecycle: false,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
         }
     }
 }
@@ -437,6 +457,20 @@ pub fn validate(cfg: &Config) -> anyhow::Result<()> {
     crate::tap::validate(cfg, &mut errors);
     if cfg.server.shutdown_grace > Duration::from_secs(300) {
         errors.push("server.shutdown_grace: at most 300s".to_string());
+    }
+    if cfg.server.shutdown_linger > Duration::from_secs(300) {
+        errors.push("server.shutdown_linger: at most 300s".to_string());
+    }
+    for (key, d) in [
+        ("header_read_timeout", cfg.server.header_read_timeout),
+        ("idle_timeout", cfg.server.idle_timeout),
+    ] {
+        if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+            errors.push(format!("server.{key}: between 10ms and 1h"));
+        }
+    }
+    if !(1..=1_000_000).contains(&cfg.server.max_connections) {
+        errors.push("server.max_connections: between 1 and 1000000".to_string());
     }
     if errors.is_empty() {
         return Ok(());

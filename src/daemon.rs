@@ -2,8 +2,15 @@
 //!
 //! Start-up order: bind the listen address (a port in use fails before anything starts), build
 //! the registry with every subsystem's families, start the subsystems under one
-//! [`TaskTracker`], serve `/metrics`. On SIGINT/SIGTERM the root token is cancelled, the HTTP
-//! server stops accepting, and in-flight work gets `server.shutdown_grace` to finish.
+//! [`TaskTracker`], serve `/metrics`.
+//!
+//! Shutdown, on SIGINT/SIGTERM (the root token): (1) `RunContext::token` is cancelled: every loop
+//! stops starting new work (no new probe, scrape or sample), while requests in flight go on;
+//! (2) when they have all ended, or when `server.shutdown_grace` has passed, whichever is first,
+//! `RunContext::abort` cancels what is left, and each such request is counted as `cancelled`;
+//! (3) `/metrics` keeps serving all along and for `server.shutdown_linger` more, so a last scrape
+//! sees the final counts; then the exporter stops (idle connections at once, open responses
+//! finish) and the daemon returns.
 
 use std::sync::Arc;
 
@@ -17,13 +24,21 @@ use crate::cli::{DemoArgs, GlobalArgs};
 use crate::config::{Config, TargetConfig};
 use crate::exporter::{self, ExporterState, Readiness, ReloadFn, StatusBoard};
 
+/// After the shutdown grace has cancelled what was still in flight, how long the cancelled work
+/// may take to end and be recorded (a cancelled request ends at once; this bounds a stuck task).
+pub const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What every subsystem gets when it starts.
 #[derive(Clone)]
 pub struct RunContext {
     /// Every long-lived task is spawned on this tracker so shutdown can wait for it.
     pub tracker: TaskTracker,
-    /// Cancelled on shutdown.
+    /// Cancelled when shutdown starts (SIGINT/SIGTERM): loops stop starting new work; requests
+    /// in flight go on.
     pub token: CancellationToken,
+    /// Cancelled when `server.shutdown_grace` has passed after shutdown started: requests still
+    /// in flight end as `cancelled` (and are counted).
+    pub abort: CancellationToken,
     /// The current configuration; a new value arrives on reload (SIGHUP or `POST /-/reload`).
     pub config: watch::Receiver<Arc<Config>>,
     /// `/readyz` waits for each registered subsystem's first collection.
@@ -54,10 +69,12 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let grace = cfg.server.shutdown_grace;
     let tap_listener = crate::tap::bind(&cfg).await?;
+    let linger = cfg.server.shutdown_linger;
     let (config_tx, config_rx) = watch::channel(Arc::new(cfg.clone()));
     let ctx = RunContext {
         tracker: TaskTracker::new(),
         token: token.child_token(),
+        abort: CancellationToken::new(),
         config: config_rx,
         readiness: Readiness::default(),
         status: StatusBoard::default(),
@@ -116,17 +133,42 @@ pub async fn serve_on(
         reload,
         lifecycle,
     };
-    let server = tokio::spawn(exporter::serve(listener, state, ctx.token.clone()));
+    // The exporter outlives the rest: it stops only after in-flight work has been recorded and
+    // the final scrape window has passed.
+    let exporter_stop = CancellationToken::new();
+    let limits = exporter::server::Limits::from_config(&cfg.server);
+    let server = tokio::spawn(exporter::serve(
+        listener,
+        state,
+        limits,
+        exporter_stop.clone(),
+    ));
 
+    // 1. Stop starting new work; in-flight probes get the grace to finish.
     ctx.token.cancelled().await;
     ctx.tracker.close();
     if tokio::time::timeout(grace, ctx.tracker.wait())
         .await
         .is_err()
     {
-        tracing::warn!(grace = ?grace, "in-flight work did not finish within the shutdown grace; abandoning it");
+        // 2. The grace is over: cancel what is still in flight; each request ends as
+        //    `cancelled` and is counted.
+        tracing::warn!(grace = ?grace, "in-flight work did not finish within the shutdown grace; cancelling it");
+        ctx.abort.cancel();
+        if tokio::time::timeout(ABORT_WAIT, ctx.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("cancelled work did not end within {ABORT_WAIT:?}; abandoning it");
+        }
     }
-    match tokio::time::timeout(grace, server).await {
+    // 3. A last window in which /metrics shows the final counts, then the exporter stops.
+    if !linger.is_zero() {
+        tracing::info!(window = ?linger, "in-flight work recorded; serving /metrics for the final scrape window");
+        tokio::time::sleep(linger).await;
+    }
+    exporter_stop.cancel();
+    match tokio::time::timeout(grace.max(ABORT_WAIT), server).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(anyhow::anyhow!("exporter task failed: {e}")),
         Err(_) => {

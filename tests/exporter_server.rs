@@ -21,6 +21,8 @@ struct Daemon {
 async fn start(cfg_text: &str, reloader: Option<Reloader>) -> Daemon {
     let mut cfg: Config = vllm_sentinel::config::from_toml(cfg_text).unwrap();
     cfg.gpu.enabled = false;
+    // No final scrape window: these tests do not scrape after stopping.
+    cfg.server.shutdown_linger = Duration::ZERO;
     vllm_sentinel::config::validate(&cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -148,5 +150,126 @@ async fn a_reload_with_a_huge_prompt_is_refused_with_the_reason() {
         .await
         .unwrap();
     assert!(page.contains("no targets configured"), "{page}");
+    d.stop().await;
+}
+
+/// Reads until the server closes the connection; true on EOF or a reset (the server hung up),
+/// false if the server sent bytes instead. The 30 s bound only stops a broken server from
+/// hanging the test; the close is the event waited for.
+async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
+        Err(_) => panic!("the server kept the connection open for 30 s"),
+        Ok(Ok(0)) => true,
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(Ok(_)) => false,
+    }
+}
+
+/// One `GET path` on `s` (kept alive); returns the status line and whether a body followed.
+async fn get_on(s: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .expect("no response in 30 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = &text[..end];
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if got.len() >= end + 4 + len {
+                return head.lines().next().unwrap_or("").to_string();
+            }
+        }
+    }
+}
+
+/// A connection that never sends a byte is closed after `server.idle_timeout`.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    let d = start(
+        "[server]\nidle_timeout = \"200ms\"\nheader_read_timeout = \"1h\"\n",
+        None,
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    assert!(closed_by_server(&mut s).await);
+    // A keep-alive connection that served a request and then went quiet is closed too.
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    assert_eq!(get_on(&mut s, "/healthz").await, "HTTP/1.1 200 OK");
+    assert!(closed_by_server(&mut s).await);
+    d.stop().await;
+}
+
+/// A client that starts a request head and never finishes it (slowloris) is disconnected after
+/// `server.header_read_timeout`, although the idle timeout is an hour.
+#[tokio::test]
+async fn a_trickled_request_head_is_cut_at_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let d = start(
+        "[server]\nidle_timeout = \"1h\"\nheader_read_timeout = \"200ms\"\n",
+        None,
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut s).await);
+    d.stop().await;
+}
+
+/// With `max_connections` idle keep-alive connections open (and timeouts of an hour, so none
+/// ends by itself), a new scrape is still served: the longest-idle connection is closed to make
+/// room for it, and the others stay open.
+#[tokio::test]
+async fn a_scrape_is_served_with_every_slot_held_by_idle_connections() {
+    const N: usize = 4;
+    let d = start(
+        "[server]\nmax_connections = 4\nidle_timeout = \"1h\"\nheader_read_timeout = \"1h\"\n",
+        None,
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..N {
+        let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+        // A served request proves the server accepted it and holds a slot for it.
+        assert_eq!(get_on(&mut s, "/healthz").await, "HTTP/1.1 200 OK");
+        idle.push(s);
+    }
+    let body = reqwest::Client::new()
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.status().as_u16(), 200);
+    let text = body.text().await.unwrap();
+    assert!(text.contains("vllm_sentinel_build_info"), "{text}");
+    // The first (longest idle) connection was the one closed.
+    assert!(closed_by_server(&mut idle[0]).await);
+    // The others still serve requests.
+    for s in &mut idle[1..] {
+        assert_eq!(get_on(s, "/healthz").await, "HTTP/1.1 200 OK");
+    }
     d.stop().await;
 }

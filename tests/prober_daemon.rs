@@ -96,24 +96,51 @@ async fn target_down_at_start_then_up() {
     let fails = Arc::new(AtomicUsize::new(0));
     let f2 = fails.clone();
     let fake = start(move |n, path, body| {
-        if path == "/v1/models" && f2.fetch_add(1, Ordering::SeqCst) < 3 {
+        if path == "/v1/models" && f2.fetch_add(1, Ordering::SeqCst) < 5 {
             return fixed(503, "text/plain", b"starting");
         }
         vllm_like(n, path, body)
     })
     .await;
     let h = start_prober(config(&fake.url, "[targets.canary]\nenabled = false\n"));
-    // Ready after the first (failed) discovery attempt; the landing page shows the error.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !h.ctx.readiness.is_ready() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // Not ready while discovery fails: the target is not probed. /readyz names it and why.
+    let t = h
+        .wait_for("a failed discovery", |t| {
+            metric(
+                t,
+                "vllm_sentinel_target_discovery_failures_total",
+                &["target=\"t\"", "reason=\"http_status\""],
+            ) >= 1.0
+        })
+        .await;
+    assert_eq!(
+        metric(&t, "vllm_sentinel_target_discovered", &["target=\"t\""]),
+        0.0
+    );
+    // Discovery can succeed only at the 6th attempt: while fewer than 5 were made, it still fails.
+    if fails.load(Ordering::SeqCst) < 5 {
+        assert!(!h.ctx.readiness.is_ready());
+        let pending = h.ctx.readiness.pending().join(", ");
+        assert!(
+            pending.contains("target t") && pending.contains("http_status"),
+            "{pending}"
+        );
     }
-    h.wait_for("probes after recovery", |t| {
-        metric(t, REQ, &["outcome=\"ok\""]) >= 1.0
-    })
-    .await;
-    assert!(fails.load(Ordering::SeqCst) >= 4);
+    let t = h
+        .wait_for("probes after recovery", |t| {
+            metric(t, REQ, &["outcome=\"ok\""]) >= 1.0
+        })
+        .await;
+    assert!(fails.load(Ordering::SeqCst) >= 6);
+    assert_eq!(
+        metric(&t, "vllm_sentinel_target_discovered", &["target=\"t\""]),
+        1.0
+    );
+    assert!(
+        h.ctx.readiness.is_ready(),
+        "{:?}",
+        h.ctx.readiness.pending()
+    );
     h.shutdown().await;
 }
 
@@ -502,4 +529,215 @@ async fn an_instant_empty_server_is_not_hammered() {
     let sent = fake.served.load(Ordering::SeqCst);
     assert!(sent < 20, "{sent} requests reached the server");
     h.shutdown().await;
+}
+
+/// A daemon on 127.0.0.1:0 probing `url` with `workload` (one closed-loop workload), canary and
+/// GPU off, the given grace and final scrape window.
+async fn shutdown_daemon(
+    url: &str,
+    grace: &str,
+    linger: &str,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let mut cfg = parse_config(&format!(
+        "[server]\nshutdown_grace = \"{grace}\"\nshutdown_linger = \"{linger}\"\n[prober]\nfirst_token_timeout = \"120s\"\nrequest_timeout = \"120s\"\n[[targets]]\nname = \"t\"\nurl = \"{url}\"\n[[targets.workloads]]\nname = \"w\"\nconcurrency = 2\nprompt_tokens = 8\n[targets.canary]\nenabled = false\n"
+    ));
+    cfg.gpu.enabled = false;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let daemon = tokio::spawn(vllm_sentinel::daemon::serve_on(
+        listener,
+        cfg,
+        token.clone(),
+        None,
+    ));
+    (addr, token, daemon)
+}
+
+/// Waits until the fake has received `n` completion requests.
+async fn completions_received(fake: &mut prober_support::Fake, n: usize) {
+    let mut seen = 0;
+    while seen < n {
+        let (head, _) = tokio::time::timeout(Duration::from_secs(30), fake.requests.recv())
+            .await
+            .expect("the server never received the probes")
+            .unwrap();
+        if head.starts_with("/v1/completions") {
+            seen += 1;
+        }
+    }
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let resp = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("/metrics must be served during shutdown");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.text().await.unwrap()
+}
+
+/// SIGTERM with requests stuck in flight: no new request is sent, `/metrics` keeps serving, and
+/// once `shutdown_grace` has passed the stuck requests are counted as `cancelled` — visible in a
+/// scrape before the exporter stops.
+#[tokio::test]
+async fn cancelled_probes_are_scrapeable_after_the_grace() {
+    let mut fake = start(|n, path, body| {
+        if path == "/v1/completions" {
+            return vec![sse_head(), Step::Stall];
+        }
+        vllm_like(n, path, body)
+    })
+    .await;
+    let (addr, token, daemon) = shutdown_daemon(&fake.url, "200ms", "10s").await;
+    completions_received(&mut fake, 2).await;
+    token.cancel();
+    let t = loop {
+        let t = scrape(addr).await;
+        if metric(&t, REQ, &["outcome=\"cancelled\""]) >= 2.0 {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metric(&t, REQ, &["outcome=\"cancelled\"", "workload=\"w\""]),
+        2.0
+    );
+    assert_eq!(
+        metric(&t, "vllm_sentinel_probe_in_flight", &["workload=\"w\""]),
+        0.0
+    );
+    // Nothing new was sent after shutdown started.
+    while let Ok((head, _)) = fake.requests.try_recv() {
+        assert!(
+            !head.starts_with("/v1/completions"),
+            "a probe sent during shutdown"
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(60), daemon)
+        .await
+        .expect("the daemon did not stop after its final scrape window")
+        .unwrap()
+        .unwrap();
+}
+
+/// In-flight probes that finish within `shutdown_grace` are counted by their real outcome, not
+/// cancelled, and `/metrics` serves while they finish.
+#[tokio::test]
+async fn in_flight_probes_finish_within_the_grace() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g2 = gate.clone();
+    let mut fake = start(move |n, path, body| {
+        if path == "/v1/completions" {
+            let mut steps = vec![Step::Gate(g2.clone())];
+            steps.extend(sse_script(&fixture("sse_completions.raw")));
+            return steps;
+        }
+        vllm_like(n, path, body)
+    })
+    .await;
+    let (addr, token, daemon) = shutdown_daemon(&fake.url, "120s", "30s").await;
+    completions_received(&mut fake, 2).await;
+    token.cancel();
+    // Shutting down, the two requests still in flight, /metrics still served.
+    let t = scrape(addr).await;
+    assert_eq!(metric(&t, REQ, &["outcome=\"cancelled\""]), 0.0, "{t}");
+    gate.add_permits(2);
+    let t = loop {
+        let t = scrape(addr).await;
+        if metric(&t, REQ, &["outcome=\"ok\""]) >= 2.0 {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(metric(&t, REQ, &["outcome=\"ok\""]), 2.0);
+    assert_eq!(metric(&t, REQ, &["outcome=\"cancelled\""]), 0.0);
+    drop(daemon);
+}
+
+/// A target whose `/v1/models` answers garbage is never discovered: it is visible as
+/// `vllm_sentinel_target_discovered 0` and `…_discovery_failures_total{reason="malformed"}`
+/// (every reason exists from the start), and `/readyz` answers 503 naming the target and why.
+#[tokio::test]
+async fn an_undiscovered_target_is_visible_and_not_ready() {
+    let fake = start(|n, path, body| {
+        if path == "/v1/models" {
+            return fixed(200, "application/json", b"<html>not a model list</html>");
+        }
+        vllm_like(n, path, body)
+    })
+    .await;
+    let mut cfg = config(&fake.url, "[targets.canary]\nenabled = false\n");
+    cfg.gpu.enabled = false;
+    cfg.server.shutdown_linger = Duration::ZERO;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let daemon = tokio::spawn(vllm_sentinel::daemon::serve_on(
+        listener,
+        cfg,
+        token.clone(),
+        None,
+    ));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let body = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(
+            &body,
+            "vllm_sentinel_target_discovery_failures_total",
+            &["target=\"t\"", "reason=\"malformed\""],
+        ) >= 2.0
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        body.contains("vllm_sentinel_target_discovered{target=\"t\"} 0"),
+        "{body}"
+    );
+    for reason in [
+        "connect",
+        "timeout",
+        "http_status",
+        "no_models",
+        "model_not_found",
+    ] {
+        assert!(
+            body.contains(&format!(
+                "vllm_sentinel_target_discovery_failures_total{{target=\"t\",reason=\"{reason}\"}} 0"
+            )),
+            "{reason}: {body}"
+        );
+    }
+    assert_eq!(metric(&body, REQ, &[]), 0.0, "no probe series: {body}");
+    let resp = client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let why = resp.text().await.unwrap();
+    assert!(
+        why.contains("target t") && why.contains("malformed"),
+        "{why}"
+    );
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(30), daemon)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

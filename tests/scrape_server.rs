@@ -448,6 +448,7 @@ async fn scrape_loop_readiness_status_isolation_and_reload() {
     let ctx = RunContext {
         tracker: tokio_util::task::TaskTracker::new(),
         token: tokio_util::sync::CancellationToken::new(),
+        abort: tokio_util::sync::CancellationToken::new(),
         config: rx,
         readiness: Default::default(),
         status: Default::default(),

@@ -223,7 +223,7 @@ impl Target for HttpTarget {
         };
         let s = match self.probe_request(spec) {
             Ok(req) => {
-                let authorization = self.api_key.as_ref().map(|k| format!("Bearer {k}"));
+                let authorization = discovery::bearer(self.api_key.as_deref());
                 let conn = request::Conn {
                     client: &self.client,
                     base_url: &self.base_url,

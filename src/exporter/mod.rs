@@ -7,6 +7,7 @@
 
 pub mod process;
 pub mod readiness;
+pub mod server;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -85,18 +86,19 @@ pub fn router(state: ExporterState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `token` is cancelled, then stops accepting and lets open responses finish.
+/// Serves until `token` is cancelled, then stops accepting, closes idle connections and lets
+/// open responses finish. Connection limits and timeouts: [`server`].
 pub async fn serve(
     listener: TcpListener,
     state: ExporterState,
+    limits: server::Limits,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, "exporter listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(token.cancelled_owned())
+    server::serve_router(listener, router(state), limits, token)
         .await
         .context("exporter server failed")
 }

@@ -108,7 +108,7 @@ pub async fn run(
                             .set(i64::from(max_served));
                     }
                     count(&metrics, &labels, "inside", res);
-                    if rec.outcome == Outcome::Cancelled {
+                    if rec.outcome == Outcome::Cancelled || shared.shutdown.is_cancelled() {
                         return;
                     }
                     Some(res)

@@ -20,6 +20,8 @@ pub struct ModelInfo {
 pub enum DiscoveryError {
     #[error("cannot reach {0}")]
     Unreachable(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
     #[error("HTTP {status} from {path}: {message}")]
     Http {
         status: u16,
@@ -32,6 +34,33 @@ pub enum DiscoveryError {
     NoModels,
     #[error("model {wanted:?} is not served (served: {served})")]
     ModelNotFound { wanted: String, served: String },
+}
+
+/// Every value of [`DiscoveryError::reason`], plus `config` (the target's own settings are
+/// unusable, e.g. an unreadable API key): the `reason` label of
+/// `vllm_sentinel_target_discovery_failures_total`.
+pub const FAILURE_REASONS: [&str; 7] = [
+    "connect",
+    "timeout",
+    "http_status",
+    "malformed",
+    "no_models",
+    "model_not_found",
+    "config",
+];
+
+impl DiscoveryError {
+    /// The bounded failure class (one of [`FAILURE_REASONS`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DiscoveryError::Unreachable(_) => "connect",
+            DiscoveryError::Timeout(_) => "timeout",
+            DiscoveryError::Http { .. } => "http_status",
+            DiscoveryError::BadResponse { .. } => "malformed",
+            DiscoveryError::NoModels => "no_models",
+            DiscoveryError::ModelNotFound { .. } => "model_not_found",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -66,11 +95,15 @@ async fn get_json(
     path: &'static str,
     timeout: Duration,
 ) -> Result<Vec<u8>, DiscoveryError> {
-    let resp = b
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| DiscoveryError::Unreachable(event::short(&e.without_url().to_string())))?;
+    let resp = b.timeout(timeout).send().await.map_err(|e| {
+        let timeout = e.is_timeout();
+        let m = event::short(&e.without_url().to_string());
+        if timeout {
+            DiscoveryError::Timeout(m)
+        } else {
+            DiscoveryError::Unreachable(m)
+        }
+    })?;
     let status = resp.status().as_u16();
     let body = crate::httpcap::read_capped(resp, crate::httpcap::MAX_JSON_BODY_BYTES)
         .await

@@ -50,8 +50,10 @@ pub struct TargetShared {
     pub timeouts: Timeouts,
     pub max_response_bytes: u64,
     pub prompts: PromptBuilder,
-    /// Cancelled on shutdown: in-flight requests end as `cancelled`.
+    /// Cancelled when shutdown starts: no new request is sent; in-flight ones go on.
     pub shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace is over: in-flight requests end as `cancelled`.
+    pub abort: CancellationToken,
     pub health: Arc<HealthCounters>,
     pub tracker: TaskTracker,
 }
@@ -76,7 +78,7 @@ impl TargetShared {
             base_url: &self.base_url,
             authorization: self.authorization.as_ref().map(|s| s.expose()),
             timeouts: &self.timeouts,
-            cancel: Some(&self.shutdown),
+            cancel: Some(&self.abort),
             max_response_bytes: self.max_response_bytes,
         }
     }
@@ -123,8 +125,9 @@ impl WorkloadSpec {
     }
 }
 
-/// Runs one workload until `stop` (graceful: in-flight requests finish) or the target's
-/// shutdown token (in-flight requests are cancelled) fires. New settings arrive on `spec`.
+/// Runs one workload until `stop` or the shutdown token fires; either way in-flight requests go
+/// on (until the abort token, at the end of the shutdown grace, cancels them). New settings
+/// arrive on `spec`.
 pub async fn run_workload(
     shared: Arc<TargetShared>,
     metrics: WorkloadMetrics,

@@ -57,6 +57,19 @@ pub struct WorkloadLabels {
     pub workload: String,
 }
 
+/// `target` (discovery state).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+/// `target, reason` (discovery failures).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetReasonLabels {
+    pub target: String,
+    pub reason: String,
+}
+
 /// `target, model` (canary).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CanaryLabels {
@@ -109,6 +122,8 @@ pub struct ProberMetrics {
     pub canary_probes: Family<CanaryProbeLabels, Counter>,
     pub runtime_lag: Histogram,
     pub saturated: Gauge,
+    pub target_discovered: Family<TargetLabels, Gauge>,
+    pub discovery_failures: Family<TargetReasonLabels, Counter>,
 }
 
 impl ProberMetrics {
@@ -136,6 +151,8 @@ impl ProberMetrics {
             canary_probes: Family::default(),
             runtime_lag: Histogram::new(b.lag.iter().copied()),
             saturated: Gauge::default(),
+            target_discovered: Family::default(),
+            discovery_failures: Family::default(),
         };
         let r = registry;
         r.register(
@@ -243,7 +260,65 @@ impl ProberMetrics {
             "1 when the prober cannot keep up (late sends, dropped arrivals, runtime lag or CPU); its numbers are then not trustworthy",
             m.saturated.clone(),
         );
+        r.register(
+            "vllm_sentinel_target_discovered",
+            "1 once model discovery (GET /v1/models) has succeeded and the target is probed; 0 from the moment it is configured until then",
+            m.target_discovered.clone(),
+        );
+        r.register(
+            "vllm_sentinel_target_discovery_failures",
+            "Failed model discovery attempts by reason (connect, timeout, http_status, malformed, no_models, model_not_found, config)",
+            m.discovery_failures.clone(),
+        );
         m
+    }
+
+    /// A target's discovery series, created when it is configured: not discovered, and every
+    /// failure reason at 0 (so alerts work from the first failure).
+    pub fn target_configured(&self, target: &str) {
+        self.target_discovered
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .set(0);
+        for reason in super::discovery::FAILURE_REASONS {
+            let _ = self.discovery_failures.get_or_create(&TargetReasonLabels {
+                target: target.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    /// Counts one failed discovery attempt.
+    pub fn discovery_failed(&self, target: &str, reason: &str) {
+        self.discovery_failures
+            .get_or_create(&TargetReasonLabels {
+                target: target.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets whether the target has been discovered.
+    pub fn set_discovered(&self, target: &str, yes: bool) {
+        self.target_discovered
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .set(i64::from(yes));
+    }
+
+    /// Drops a target's discovery series (the target left the configuration).
+    pub fn target_removed(&self, target: &str) {
+        self.target_discovered.remove(&TargetLabels {
+            target: target.to_string(),
+        });
+        for reason in super::discovery::FAILURE_REASONS {
+            self.discovery_failures.remove(&TargetReasonLabels {
+                target: target.to_string(),
+                reason: reason.to_string(),
+            });
+        }
     }
 
     /// Resolves the handles of one workload.

@@ -94,6 +94,8 @@ impl Prober {
             status: ctx.status.clone(),
             tracker: ctx.tracker.clone(),
             shutdown: ctx.token.clone(),
+            abort: ctx.abort.clone(),
+            readiness: ctx.readiness.clone(),
         };
         ctx.tracker.spawn(supervise(ctx.config.clone(), deps, slot));
     }
@@ -160,6 +162,8 @@ async fn supervise(
             if let Some(r) = running.remove(&k) {
                 tracing::info!(target = %k, "target removed from the configuration; stopping its probes");
                 r.stop.cancel();
+                deps.metrics.target_removed(&k);
+                deps.readiness.unblock(&target::readiness_key(&k));
             }
         }
         first = false;

@@ -73,8 +73,17 @@ pub struct TargetDeps {
     pub health: Arc<HealthCounters>,
     pub status: StatusBoard,
     pub tracker: TaskTracker,
-    /// Shutdown: in-flight requests are cancelled.
+    /// Shutdown started: no new request is started; in-flight ones go on.
     pub shutdown: CancellationToken,
+    /// The shutdown grace is over: in-flight requests end as `cancelled`.
+    pub abort: CancellationToken,
+    /// `/readyz`: blocked while a target is not discovered.
+    pub readiness: crate::exporter::Readiness,
+}
+
+/// The `/readyz` condition of a target not (yet) discovered.
+pub fn readiness_key(label: &str) -> String {
+    format!("target {label}")
 }
 
 /// Runs a target until `stop` (graceful) or shutdown.
@@ -88,6 +97,10 @@ pub async fn run_target(
     let t = &run.target;
     let label = t.label();
     let base_url = t.base_url();
+    // Not discovered until proven otherwise: the series exist (at 0) and /readyz waits.
+    deps.metrics.target_configured(&label);
+    deps.readiness
+        .block(readiness_key(&label), "model discovery not attempted yet");
     let wait_for_end = |stop: CancellationToken, shutdown: CancellationToken| async move {
         tokio::select! {
             _ = stop.cancelled() => {}
@@ -100,6 +113,9 @@ pub async fn run_target(
         Err(e) => {
             let msg = format!("{e:#}");
             tracing::error!(target = %label, error = %msg, "cannot read the API key; not probing this target");
+            deps.metrics.discovery_failed(&label, "config");
+            deps.readiness
+                .block(readiness_key(&label), format!("not probed (config): {msg}"));
             deps.status.update(&label, |s| s.last_error = Some(msg));
             ready.done();
             wait_for_end(stop, deps.shutdown.clone()).await;
@@ -120,6 +136,9 @@ pub async fn run_target(
         Err(e) => {
             let msg = format!("cannot build an HTTP client: {e}");
             tracing::error!(target = %label, error = %msg);
+            deps.metrics.discovery_failed(&label, "config");
+            deps.readiness
+                .block(readiness_key(&label), format!("not probed (config): {msg}"));
             deps.status.update(&label, |s| s.last_error = Some(msg));
             ready.done();
             wait_for_end(stop, deps.shutdown.clone()).await;
@@ -145,6 +164,11 @@ pub async fn run_target(
             Err(e) => {
                 attempts += 1;
                 let msg = format!("model discovery: {e}");
+                deps.metrics.discovery_failed(&label, e.reason());
+                deps.readiness.block(
+                    readiness_key(&label),
+                    format!("model discovery failed ({}): {e}", e.reason()),
+                );
                 if attempts == 1 || attempts.is_power_of_two() {
                     tracing::warn!(target = %label, error = %msg, retry_in = ?backoff, "target not ready; retrying");
                 }
@@ -160,7 +184,13 @@ pub async fn run_target(
         }
     };
     ready.done();
+    if deps.shutdown.is_cancelled() || stop.is_cancelled() {
+        // Shutdown started while discovery was in flight: start nothing new.
+        return;
+    }
     tracing::info!(target = %label, model = %info.id, max_model_len = ?info.max_model_len, "target discovered");
+    deps.metrics.set_discovered(&label, true);
+    deps.readiness.unblock(&readiness_key(&label));
     deps.status.update(&label, |s| {
         s.model = Some(info.id.clone());
         s.last_error = None;
@@ -227,6 +257,7 @@ pub async fn run_target(
         max_response_bytes: run.prober.max_response_bytes,
         prompts,
         shutdown: deps.shutdown.clone(),
+        abort: deps.abort.clone(),
         health: deps.health.clone(),
         tracker: deps.tracker.clone(),
     });

@@ -35,6 +35,7 @@ pub fn start_prober(cfg: Config) -> Harness {
     let ctx = RunContext {
         tracker: TaskTracker::new(),
         token: CancellationToken::new(),
+        abort: CancellationToken::new(),
         config: rx,
         readiness: Readiness::default(),
         status: StatusBoard::default(),
@@ -64,9 +65,11 @@ impl Harness {
         }
     }
 
-    /// Shuts the prober down (in-flight requests are cancelled) and returns the last exposition.
+    /// Shuts the prober down with no grace (in-flight requests are cancelled at once) and returns
+    /// the last exposition.
     pub async fn shutdown(self) -> String {
         self.ctx.token.cancel();
+        self.ctx.abort.cancel();
         self.ctx.tracker.close();
         tokio::time::timeout(Duration::from_secs(10), self.ctx.tracker.wait())
             .await

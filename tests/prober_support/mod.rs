@@ -28,6 +28,8 @@ pub enum Step {
     Stall,
     /// Close the connection now (a reset mid-response when chunks are still due).
     Close,
+    /// Wait until the test adds a permit to this semaphore (the permit is consumed).
+    Gate(Arc<tokio::sync::Semaphore>),
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
@@ -180,6 +182,13 @@ async fn serve_conn(
                     }
                 }
                 Step::Close => return,
+                Step::Gate(g) => match g.acquire().await {
+                    Ok(p) => {
+                        p.forget();
+                        Ok(())
+                    }
+                    Err(_) => return,
+                },
             };
             if r.is_err() {
                 return;
