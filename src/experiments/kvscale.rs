@@ -60,6 +60,8 @@ use crate::cli::parse_duration;
 pub const MIN_HOLD_TOKENS: u32 = 64;
 /// Runs of a rung or grid cell that was not seen in a known state before it is reported so.
 pub const ATTEMPTS: u32 = 3;
+/// The gap between two reads of `/metrics` while a short window can decide a measurement.
+const BACK_TO_BACK: Duration = Duration::from_millis(1);
 /// How long the server gets to abort a closed stream and free its blocks.
 const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -83,7 +85,8 @@ pub struct KvScaleArgs {
     /// The server's context limit, when /v1/models does not publish max_model_len.
     #[arg(long, env = "VLLM_SENTINEL_MAX_MODEL_LEN")]
     pub max_model_len: Option<u32>,
-    /// Interval between samples of /metrics while a request runs.
+    /// Interval between samples of /metrics while requests run (back to back, 1 ms apart,
+    /// while a held request or a whole grid cell is in the state that decides it).
     #[arg(long, default_value = "50ms", value_parser = parse_duration, env = "VLLM_SENTINEL_KV_SAMPLE_INTERVAL")]
     pub sample_interval: Duration,
     /// Skip the bisection for the exact context boundary.
@@ -450,7 +453,11 @@ async fn observe_resident<T: Target>(
         if r.resident.len() >= 2 {
             return Some(r);
         }
-        if !pause(every, token).await {
+        // Back to back while the request decodes: the reads end after two resident bodies,
+        // and a short request leaves little time. The interval paces only a server that
+        // answers /metrics with an error.
+        let gap = if r.watch.samples == 0 { every } else { BACK_TO_BACK };
+        if !pause(gap, token).await {
             return None;
         }
     }
@@ -695,7 +702,11 @@ async fn grid_cell<T: Target>(
                 w.add(&s);
                 ev.add(c, at_send, &s);
             }
-            if !pause(args.sample_interval, token).await {
+            // Between the last prefill and the first end every body can decide the cell, and
+            // that window may be only a few engine steps: read back to back there.
+            let deciding = at_send.started == c && at_send.ended == 0 && !ev.all_resident;
+            let gap = if deciding { BACK_TO_BACK } else { args.sample_interval };
+            if !pause(gap, token).await {
                 return None;
             }
         }
