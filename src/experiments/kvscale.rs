@@ -30,8 +30,8 @@
 //!    decode sees it at its full size. The verdict comes only from samples taken in a known
 //!    state: `fits` when a body read after every sequence had its first token and before any
 //!    ended shows all of them running and none waiting, and nothing was preempted; `queues`
-//!    when something was preempted, or a body read while every running sequence was past its
-//!    prefill shows one waiting. (vLLM records its gauges before it hands a step's tokens to
+//!    when something was preempted, or two bodies read while every running sequence was past
+//!    its prefill, more than one engine step apart, both show one waiting. (vLLM records its gauges before it hands a step's tokens to
 //!    the streams, so a body read after a token arrived is of that step or a later one.) A cell
 //!    seen in neither state is run again, and is `undecided` after [`ATTEMPTS`] runs.
 
@@ -456,7 +456,11 @@ async fn observe_resident<T: Target>(
         // Back to back while the request decodes: the reads end after two resident bodies,
         // and a short request leaves little time. The interval paces only a server that
         // answers /metrics with an error.
-        let gap = if r.watch.samples == 0 { every } else { BACK_TO_BACK };
+        let gap = if r.watch.samples == 0 {
+            every
+        } else {
+            BACK_TO_BACK
+        };
         if !pause(gap, token).await {
             return None;
         }
@@ -632,13 +636,18 @@ fn rung_report(
 }
 
 /// The grid's verdict on one cell, from what was seen in known states.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct CellEvidence {
     /// A body read after every sequence started and before any ended showed all of them
     /// running and none waiting.
     all_resident: bool,
-    /// A body read while every running sequence was past its prefill showed one waiting.
+    /// Two bodies, read while every running sequence was past its prefill and none had ended,
+    /// with more than one engine step between them (the generation counter grew by more than
+    /// the running count), both showed one waiting: it was not admitted in a step where the
+    /// token budget was free, so the KV cache (or the sequence limit) kept it out.
     one_waiting: bool,
+    /// The last body that showed one waiting in that state: (started, generated, running).
+    pending: Option<(u32, f64, f64)>,
 }
 
 impl CellEvidence {
@@ -646,13 +655,30 @@ impl CellEvidence {
         let running = s.running.unwrap_or(0.0);
         let waiting = s.waiting.unwrap_or(0.0);
         if at_send.ended > 0 {
+            self.pending = None;
             return;
         }
         if at_send.started == c && running >= f64::from(c) && waiting == 0.0 {
             self.all_resident = true;
         }
-        if at_send.started >= 1 && waiting >= 1.0 && running <= f64::from(at_send.started) {
-            self.one_waiting = true;
+        let candidate =
+            at_send.started >= 1 && waiting >= 1.0 && running <= f64::from(at_send.started);
+        match (candidate, s.generation_tokens_total) {
+            (true, Some(generated)) => {
+                if let Some((started, g0, r0)) = self.pending
+                    && started == at_send.started
+                    && generated - g0 > r0
+                {
+                    self.one_waiting = true;
+                }
+                if self
+                    .pending
+                    .is_none_or(|(started, _, _)| started != at_send.started)
+                {
+                    self.pending = Some((at_send.started, generated, running));
+                }
+            }
+            _ => self.pending = None,
         }
     }
 }
@@ -705,7 +731,11 @@ async fn grid_cell<T: Target>(
             // Between the last prefill and the first end every body can decide the cell, and
             // that window may be only a few engine steps: read back to back there.
             let deciding = at_send.started == c && at_send.ended == 0 && !ev.all_resident;
-            let gap = if deciding { BACK_TO_BACK } else { args.sample_interval };
+            let gap = if deciding {
+                BACK_TO_BACK
+            } else {
+                args.sample_interval
+            };
             if !pause(gap, token).await {
                 return None;
             }
@@ -1358,26 +1388,53 @@ mod tests {
     #[test]
     fn verdicts_come_only_from_known_states() {
         let st = |started, ended| GroupState { started, ended };
-        let snap = |running: f64, waiting: f64| ServerSnapshot {
+        let snap = |running: f64, waiting: f64, generated: f64| ServerSnapshot {
             running: Some(running),
             waiting: Some(waiting),
+            generation_tokens_total: Some(generated),
             ..Default::default()
         };
         let mut e = CellEvidence::default();
         // before every sequence started, all running proves nothing
-        e.add(4, st(3, 0), &snap(4.0, 0.0));
+        e.add(4, st(3, 0), &snap(4.0, 0.0, 10.0));
         assert_eq!(e, CellEvidence::default());
         // after one ended, nothing counts
-        e.add(4, st(4, 1), &snap(4.0, 0.0));
+        e.add(4, st(4, 1), &snap(4.0, 0.0, 10.0));
         assert_eq!(e, CellEvidence::default());
         // waiting while a sequence was still being prefilled: not known to be waiting
-        e.add(4, st(2, 0), &snap(3.0, 1.0));
+        e.add(4, st(2, 0), &snap(3.0, 1.0, 10.0));
         assert_eq!(e, CellEvidence::default());
-        e.add(4, st(4, 0), &snap(4.0, 0.0));
+        e.add(4, st(4, 0), &snap(4.0, 0.0, 10.0));
         assert!(e.all_resident && !e.one_waiting);
+        // one waiting while the rest decode: known only once more than one step has passed
         let mut q = CellEvidence::default();
-        q.add(4, st(3, 0), &snap(3.0, 1.0));
+        q.add(4, st(3, 0), &snap(3.0, 1.0, 30.0));
+        assert!(!q.one_waiting, "it may have arrived during the step");
+        q.add(4, st(3, 0), &snap(3.0, 1.0, 33.0));
+        assert!(
+            !q.one_waiting,
+            "one step: it may not have had its chance yet"
+        );
+        q.add(4, st(3, 0), &snap(3.0, 1.0, 34.0));
         assert!(q.one_waiting && !q.all_resident);
+        // a new start in between, or no generation counter: nothing is known
+        let mut q = CellEvidence::default();
+        q.add(4, st(2, 0), &snap(2.0, 2.0, 30.0));
+        q.add(4, st(3, 0), &snap(3.0, 1.0, 40.0));
+        assert!(!q.one_waiting);
+        let mut q = CellEvidence::default();
+        q.add(4, st(3, 0), &snap(3.0, 1.0, 30.0));
+        q.add(
+            4,
+            st(3, 0),
+            &ServerSnapshot {
+                running: Some(3.0),
+                waiting: Some(1.0),
+                ..Default::default()
+            },
+        );
+        q.add(4, st(3, 0), &snap(3.0, 1.0, 40.0));
+        assert!(!q.one_waiting);
         assert_eq!(cell_verdict(4, 4, true, false, Some(0.0)), "fits");
         assert_eq!(cell_verdict(4, 4, true, false, Some(1.0)), "queues");
         assert_eq!(cell_verdict(4, 4, false, true, Some(0.0)), "queues");
