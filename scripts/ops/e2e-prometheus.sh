@@ -150,6 +150,9 @@ Q --prom "$prom" --wait-alerts VllmSentinelTTFTBudgetBurnFast --deadline "$deadl
 ops_step "fault 2: context limit below the probe prompts -> VllmSentinelContextLengthRejections"
 Q --post "$fault_url" --body "$reject_body" || ops_die "fault API refused $reject_body"
 Q --prom "$prom" --wait-alerts VllmSentinelContextLengthRejections --deadline "$deadline" || ops_die "context-length alert did not go pending/firing"
+# users' requests through the tap are rejected too, with a requested/limit ratio
+Q --prom "$prom" --wait-query 'sum(rate(vllm_sentinel_traffic_context_length_ratio_count[15s])) > 0' --deadline "$deadline" \
+    || ops_die "the tap saw no context-length rejection of users' requests"
 
 ops_step "phase faulted: every dashboard query, variable and rule again"
 Q --prom "$prom" --phase faulted --out "$tmp/faulted.json"
