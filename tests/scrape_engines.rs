@@ -241,4 +241,21 @@ fn docs_match_the_alias_table() {
             "{r:?}"
         );
     }
+    // The server's HTTP request counter: its family, upstream name and every label value.
+    let http = format!(
+        "`{}_total`",
+        vllm_sentinel::scrape::export::HTTP_REQUESTS_FAMILY
+    );
+    assert!(metrics_md.contains(&http), "docs/metrics.md lacks {http}");
+    assert!(scrape_md.contains(normalize::UPSTREAM_HTTP_REQUESTS));
+    let row = metrics_md
+        .lines()
+        .find(|l| l.starts_with(&format!("| {http}")))
+        .unwrap();
+    for v in normalize::HttpEndpoint::ALL.map(|e| e.as_str()) {
+        assert!(row.contains(&format!("`{v}`")), "endpoint {v}: {row}");
+    }
+    for v in normalize::StatusClass::ALL.map(|c| c.as_str()) {
+        assert!(row.contains(&format!("`{v}`")), "status_class {v}: {row}");
+    }
 }

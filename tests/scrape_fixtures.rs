@@ -357,3 +357,108 @@ fn burst_window_means_and_exported_series() {
         "{text}"
     );
 }
+
+/// The server's own `http_requests_total{handler,method,status}` (prometheus-fastapi-
+/// instrumentator) becomes `vllm_sentinel_server_http_requests_total{target,endpoint,
+/// status_class}`: every real body, summed independently from the raw lines.
+#[test]
+fn http_requests_by_endpoint_and_status_class() {
+    use normalize::{HttpEndpoint as Ep, StatusClass as Sc};
+    for (name, body) in all_bodies() {
+        let e = expfmt::parse(&body, Format::Prometheus);
+        let n = normalize::normalize(&e, "configured");
+        // Independent reading of the raw text.
+        let mut want = std::collections::BTreeMap::new();
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("http_requests_total{") else {
+                continue;
+            };
+            let (labels, value) = rest.split_once("} ").unwrap();
+            let get = |k: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                    .map(|v| v.trim_end_matches('"'))
+                    .unwrap()
+            };
+            let ep = match get("handler") {
+                "/v1/completions" => "completions",
+                "/v1/chat/completions" => "chat",
+                _ => "other",
+            };
+            let v: f64 = value.split_whitespace().next().unwrap().parse().unwrap();
+            *want.entry((ep, get("status"))).or_insert(0.0) += v;
+        }
+        assert!(
+            !want.is_empty(),
+            "{name}: the capture has http_requests_total"
+        );
+        let got: std::collections::BTreeMap<(&str, &str), f64> = n
+            .http_requests
+            .iter()
+            .map(|((ep, sc), v)| ((ep.as_str(), sc.as_str()), *v))
+            .collect();
+        assert_eq!(got, want, "{name}");
+    }
+    // The numbers of the after-tests capture, by hand: /v1/models and /tokenize are `other`.
+    let e_body = fixture("metrics_after_tests.txt");
+    let e = expfmt::parse(&e_body, Format::Prometheus);
+    let n = normalize::normalize(&e, "configured");
+    let g = |ep, sc| n.http_requests.get(&(ep, sc)).copied();
+    assert_eq!(g(Ep::Completions, Sc::C2xx), Some(59.0));
+    assert_eq!(g(Ep::Completions, Sc::C4xx), Some(17.0));
+    assert_eq!(g(Ep::Chat, Sc::C2xx), Some(21.0));
+    assert_eq!(g(Ep::Chat, Sc::C4xx), Some(2.0));
+    assert_eq!(g(Ep::Other, Sc::C2xx), Some(7.0));
+    assert_eq!(g(Ep::Chat, Sc::C5xx), None, "absent, not zero");
+    assert_eq!(n.http_requests.len(), 5);
+    // Exported through the scrape state and our /metrics (counter, `_total`).
+    let views = process_all(run("vllm", "http://127.0.0.1:1"), &[e_body.as_str()]);
+    let text = exposition(&views);
+    assert!(
+        text.contains("# TYPE vllm_sentinel_server_http_requests_total counter"),
+        "{text}"
+    );
+    for (ep, sc, v) in [
+        ("completions", "4xx", 17.0),
+        ("chat", "2xx", 21.0),
+        ("other", "2xx", 7.0),
+    ] {
+        let p = format!(
+            "vllm_sentinel_server_http_requests_total{{target=\"vllm\",endpoint=\"{ep}\",status_class=\"{sc}\"}} "
+        );
+        assert_eq!(raw_value(&text, &p), Some(v), "{p}\n{text}");
+    }
+}
+
+#[test]
+fn status_and_handler_mapping_is_bounded() {
+    use normalize::{HttpEndpoint as Ep, StatusClass as Sc};
+    for (s, want) in [
+        ("2xx", Sc::C2xx),
+        ("4XX", Sc::C4xx),
+        ("404", Sc::C4xx),
+        ("503", Sc::C5xx),
+        ("101", Sc::C1xx),
+        ("302", Sc::C3xx),
+        ("", Sc::Other),
+        ("4x", Sc::Other),
+        ("600", Sc::Other),
+        ("4040", Sc::Other),
+        ("abc", Sc::Other),
+        ("é4xx", Sc::Other),
+    ] {
+        assert_eq!(Sc::of_status(s), want, "{s:?}");
+    }
+    for (h, want) in [
+        ("/v1/completions", Ep::Completions),
+        ("/v1/completions/", Ep::Completions),
+        ("/v1/chat/completions", Ep::Chat),
+        ("/v1/models", Ep::Other),
+        ("/v1/completions/render", Ep::Other),
+        ("none", Ep::Other),
+        ("", Ep::Other),
+    ] {
+        assert_eq!(Ep::of_handler(h), want, "{h:?}");
+    }
+}

@@ -262,6 +262,12 @@ def check_compose(compose, prom_cfg, grafana_ds, dockerfile_text, dockerignore):
         listen = env.get("VLLM_SENTINEL_LISTEN", "0.0.0.0:9471") if isinstance(env, dict) else ""
         if not listen.endswith(":9471"):
             errs.append(f"docker-compose.yml: {s}: listens on {listen}, Prometheus scrapes 9471")
+        # clients go through the tap on 9472 (docs/deploy.md); the model port stays the bypass
+        tap = env.get("VLLM_SENTINEL_TAP_LISTEN", "") if isinstance(env, dict) else ""
+        if not tap.endswith(":9472"):
+            errs.append(f"docker-compose.yml: {s}: the tap must listen on :9472 (VLLM_SENTINEL_TAP_LISTEN), got {tap!r}")
+        if not any(str(p).split(":")[-1] == "9472" for p in services[s].get("ports") or []):
+            errs.append(f"docker-compose.yml: {s}: the tap's port 9472 is not published")
     # the simulator listens where the sentinel looks for it
     senv = services["sim"].get("environment") or {}
     scmd = services["sim"].get("command") or []
@@ -354,6 +360,19 @@ def check_k8s(deploy_docs, rules_docs):
     sports = {p.get("name"): p.get("containerPort") for p in cs["vllm-sentinel"].get("ports") or []}
     if sports.get("metrics") != 9471:
         errs.append("deploy/kubernetes: vllm-sentinel must expose containerPort 9471 named metrics")
+    # The tap: the sidecar listens for clients on 9472 (port `tap`), and a Service sends its client
+    # port there while keeping a bypass port to vLLM's own `http` port.
+    if "--tap-listen" not in args and not env.get("VLLM_SENTINEL_TAP_LISTEN", "") or (
+        env.get("VLLM_SENTINEL_TAP_LISTEN") and not str(env["VLLM_SENTINEL_TAP_LISTEN"]).endswith(":9472")
+    ):
+        errs.append("deploy/kubernetes: the sidecar must run the tap on :9472 (VLLM_SENTINEL_TAP_LISTEN or --tap-listen)")
+    if sports.get("tap") != 9472:
+        errs.append("deploy/kubernetes: vllm-sentinel must expose containerPort 9472 named tap")
+    client_ports = [p for sv in kinds["Service"] for p in sv["spec"].get("ports") or []]
+    if not any(p.get("targetPort") in ("tap", 9472) for p in client_ports):
+        errs.append("deploy/kubernetes: no Service port targets the tap (clients would bypass it)")
+    if not any(p.get("targetPort") in ("http", 8000) for p in client_ports):
+        errs.append("deploy/kubernetes: no Service port targets vLLM directly (the bypass)")
     svc = kinds["Service"][0]
     sel = svc["spec"].get("selector") or {}
     labels = dep["spec"]["template"]["metadata"].get("labels") or {}

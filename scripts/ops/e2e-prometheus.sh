@@ -6,8 +6,9 @@
 #   (or VLLM_SENTINEL_BIN=path scripts/ops/e2e-prometheus.sh)
 #
 # What it does, every step bounded by a deadline, every process killed on exit (trap):
-#  1. daemon mode: starts `vllm-sentinel simulate` and `vllm-sentinel serve --target <sim> --no-gpu`
-#     on free loopback ports; fake mode: starts scripts/ops/fake_exporter.py instead (every family
+#  1. daemon mode: starts `vllm-sentinel simulate` and `vllm-sentinel serve --target <sim> --no-gpu
+#     --tap-listen <port>` on free loopback ports, and users' traffic through the tap
+#     (e2e_queries.py --load: streams, abandoned streams, a passthrough route); fake mode: starts scripts/ops/fake_exporter.py instead (every family
 #     of docs/metrics.md, a fake GPU included: the GPU panels and rules are checked there);
 #  2. starts Prometheus (temp dir, free port, 1 s scrape and evaluation intervals) with the real
 #     rule files of alerts/ - in a temp copy whose `for:` durations are rewritten to 5s, because
@@ -84,8 +85,9 @@ if [ "$mode" = daemon ]; then
     Q --wait-http "http://127.0.0.1:$sim_port/v1/models" --deadline 30 || ops_die "simulator did not come up"
     fault_url="http://127.0.0.1:$sim_port/sim/faults"
     ops_step "starting the daemon on 127.0.0.1:$sentinel_port"
+    tap_port=$(free_port)
     "$bin" serve --target "http://127.0.0.1:$sim_port" --listen "127.0.0.1:$sentinel_port" \
-        --no-gpu --rate 4 --scrape-interval 1s >"$tmp/sentinel.log" 2>&1 &
+        --no-gpu --rate 4 --scrape-interval 1s --tap-listen "127.0.0.1:$tap_port" >"$tmp/sentinel.log" 2>&1 &
     pids+=($!)
 else
     ops_step "starting the fake exporter on 127.0.0.1:$sentinel_port"
@@ -94,6 +96,13 @@ else
     fault_url="http://127.0.0.1:$sentinel_port/sim/faults"
 fi
 Q --wait-http "http://127.0.0.1:$sentinel_port/metrics" --deadline 30 || ops_die "/metrics did not come up"
+
+if [ "$mode" = daemon ]; then
+    ops_step "users' traffic through the tap on 127.0.0.1:$tap_port (background, until the end)"
+    Q --wait-http "http://127.0.0.1:$tap_port/v1/models" --deadline 30 || ops_die "the tap did not come up"
+    Q --load "http://127.0.0.1:$tap_port" --deadline 1800 >"$tmp/load.log" 2>&1 &
+    pids+=($!)
+fi
 
 ops_step "rule files: alerts/*.yml with for: rewritten to 5s (temp copy)"
 mkdir -p "$tmp/rules"
@@ -141,6 +150,9 @@ Q --prom "$prom" --wait-alerts VllmSentinelTTFTBudgetBurnFast --deadline "$deadl
 ops_step "fault 2: context limit below the probe prompts -> VllmSentinelContextLengthRejections"
 Q --post "$fault_url" --body "$reject_body" || ops_die "fault API refused $reject_body"
 Q --prom "$prom" --wait-alerts VllmSentinelContextLengthRejections --deadline "$deadline" || ops_die "context-length alert did not go pending/firing"
+# users' requests through the tap are rejected too, with a requested/limit ratio
+Q --prom "$prom" --wait-query 'sum(rate(vllm_sentinel_traffic_context_length_ratio_count[15s])) > 0' --deadline "$deadline" \
+    || ops_die "the tap saw no context-length rejection of users' requests"
 
 ops_step "phase faulted: every dashboard query, variable and rule again"
 Q --prom "$prom" --phase faulted --out "$tmp/faulted.json"

@@ -13,6 +13,8 @@
         allowlist entry for the mode (each entry carries its reason); prints failures, exit 1
     e2e_queries.py --prom URL --wait-alerts A,B --deadline SECONDS
         wait until each named alert is pending or firing (/api/v1/alerts)
+    e2e_queries.py --load URL --deadline SECONDS
+        users' traffic through the tap at URL (streams, abandoned streams, a passthrough route)
     e2e_queries.py --prom URL --rules-healthy
         every loaded rule evaluates without error (/api/v1/rules)
 
@@ -257,6 +259,48 @@ def wait_query(prom, q, deadline_s):
     return False
 
 
+def load(base, deadline_s):
+    """Users' traffic through the tap until the deadline (or until killed): streamed chat and
+    completions requests, every fourth one abandoned after its first bytes (client_disconnected),
+    and a GET /v1/models now and then (a passthrough route). The prompt (~70 tokens) is over the
+    context limit the e2e fault sets (16 tokens), so the tap sees real context-length rejections
+    and their ratios then. Errors are expected (faults) and only counted."""
+    import http.client
+
+    host, _, port = base.split("//", 1)[-1].rstrip("/").rpartition(":")
+    prompt = " ".join(["the quick brown fox jumps over the lazy dog"] * 8)
+    bodies = [
+        ("/v1/chat/completions", {"model": "", "stream": True, "max_tokens": 8, "messages": [{"role": "user", "content": prompt}]}),
+        ("/v1/completions", {"model": "", "stream": True, "max_tokens": 8, "prompt": prompt}),
+    ]
+    models = api(base, "/v1/models")
+    model = ((models.get("data") or [{}])[0] or {}).get("id", "") if isinstance(models, dict) else ""
+    end = time.monotonic() + deadline_s
+    n = errors = 0
+    while time.monotonic() < end:
+        path, body = bodies[n % 2]
+        body = dict(body, model=model)
+        try:
+            c = http.client.HTTPConnection(host, int(port), timeout=30)
+            if n % 7 == 6:
+                c.request("GET", "/v1/models")
+                c.getresponse().read()
+            else:
+                c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+                r = c.getresponse()
+                if n % 4 == 3 and r.status == 200:
+                    r.read(1)  # then hang up mid-stream: the tap counts client_disconnected
+                else:
+                    r.read()
+            c.close()
+        except (OSError, http.client.HTTPException):
+            errors += 1
+        n += 1
+        time.sleep(0.1)  # pacing of the load, not synchronisation
+    print(f"load: {n} requests, {errors} transport errors")
+    return True
+
+
 def post(url, body):
     req = urllib.request.Request(url, data=body.encode(), method="POST", headers={"Content-Type": "application/json"})
     try:
@@ -275,6 +319,7 @@ def main():
     ap.add_argument("--wait-http")
     ap.add_argument("--wait-query")
     ap.add_argument("--post")
+    ap.add_argument("--load", help="send users' traffic to this base URL (the tap) until --deadline")
     ap.add_argument("--body", default="{}")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--selftest", action="store_true")
@@ -300,6 +345,8 @@ def main():
         return 0 if wait_http(a.wait_http, a.deadline) else 1
     if a.post:
         return 0 if post(a.post, a.body) else 1
+    if a.load:
+        return 0 if load(a.load, a.deadline) else 1
     if a.verdict:
         return 0 if verdict(a.verdict, load_allow(a.allow, a.mode)) else 1
     if not a.prom:

@@ -76,6 +76,8 @@ def parse_families():
                 continue
             if line.startswith("Normalised server series"):
                 server_series = True
+            if line.startswith("The server's HTTP request counter"):
+                server_series = False  # its own labels (target, endpoint, status_class), listed in full
             if not line.startswith("|") or line.startswith("|---"):
                 continue
             cells = [c.strip() for c in line.strip().strip("|").split("|")]

@@ -286,6 +286,91 @@ def latency_pair(b, title, what, client, server, note=""):
     b.timeseries(title, desc, "s", targets)
 
 
+def real_traffic(b):
+    """The "Real traffic" row: the tap's vllm_sentinel_traffic_* families (users' requests through
+    `serve --tap-listen`) beside the probes, and the server's own HTTP counter as the fallback."""
+    tr = "vllm_sentinel_traffic_requests_total"
+    http = "vllm_sentinel_server_http_requests_total"
+    gen = 'endpoint=~"completions|chat"'
+    b.row("Real traffic")
+    b.timeseries(
+        "Probe against real TTFT p95",
+        "95th percentile time to first token of the synthetic probes (`vllm_sentinel_probe_ttft_seconds`) and of users' streamed "
+        "requests through the tap (`vllm_sentinel_traffic_ttft_seconds`) on one axis. Real above probe: users' requests differ "
+        f"from the probe workloads (longer prompts, bursts). The TTFT SLO threshold of both is {SLO_TTFT_S:g} s.",
+        "s",
+        [
+            tgt(q(0.95, "vllm_sentinel_probe_ttft_seconds", P), "probe p95 {{target}}"),
+            tgt(q(0.95, "vllm_sentinel_traffic_ttft_seconds", P), "real p95 {{target}}"),
+        ],
+    )
+    b.timeseries(
+        "Real requests by outcome",
+        "Users' POST /v1/completions and /v1/chat/completions through the tap per second, by outcome (the prober's classes plus "
+        "client_disconnected, upstream_unreachable, upstream_timeout). Without the tap, the server's own count by endpoint and status "
+        "class (`vllm_sentinel_server_http_requests_total`, every client of the server, probes included) is the fallback.",
+        "reqps",
+        [
+            tgt(f"sum by (target, outcome) (rate({tr}{{{P}}}[{RI}]))", "tap {{outcome}} {{target}}"),
+            tgt(f"sum by (target, endpoint, status_class) (rate({http}{{{U}}}[{RI}]))", "server {{endpoint}} {{status_class}} {{target}}"),
+        ],
+        stack=False,
+    )
+    for name, hist, what in (
+        ("Real time to first token", "vllm_sentinel_traffic_ttft_seconds", "Arrival at the tap to the first content-bearing event of users' streamed requests."),
+        ("Real inter-token latency", "vllm_sentinel_traffic_itl_seconds", "Every gap between consecutive content-bearing events of users' streams."),
+    ):
+        b.timeseries(
+            name,
+            f"{what} p50, p95, p99 per target, from the tap's histogram (`{hist}`).",
+            "s",
+            [tgt(q(qv, hist, P), f"{n} {{{{target}}}}") for qv, n in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))],
+            w=8,
+        )
+    b.timeseries(
+        "Context-length rejection ratio",
+        "Share of users' generation requests rejected as longer than the model's context. `tap`: the tap's exact count "
+        "(outcome context_length). `server 4xx`: the share of 4xx among the server's /v1/completions and /v1/chat/completions "
+        "answers, the fallback without the tap - an UPPER BOUND (every other 4xx counts too, and the prober's requests, the "
+        "canary's deliberate over-limit probe included). Alert VllmSentinelRealContextLengthRejections above 5 %.",
+        "percentunit",
+        [
+            tgt(
+                f'sum by (target) (rate({tr}{{{P}, outcome="context_length"}}[{RI}])) / sum by (target) (rate({tr}{{{P}}}[{RI}]))',
+                "tap (exact) {{target}}",
+            ),
+            tgt(
+                f'sum by (target) (rate({http}{{{U}, {gen}, status_class="4xx"}}[{RI}])) / sum by (target) (rate({http}{{{U}, {gen}}}[{RI}]))',
+                "server 4xx, upper bound {{target}}",
+            ),
+        ],
+        w=8,
+    )
+    b.timeseries(
+        "Rejected requests' length over the limit",
+        "For each context-length rejection the tap saw, requested tokens / the model's limit (`vllm_sentinel_traffic_context_length_ratio`, "
+        "buckets 1 to 10): p50, p90, p99. Just above 1: prompts that used to fit (the limit fell); far above 1: clients sending what never fitted.",
+        "suffix:×",
+        [tgt(q(qv, "vllm_sentinel_traffic_context_length_ratio", P), f"{n} {{{{target}}}}") for qv, n in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"))],
+        w=8,
+        min0=False,
+    )
+    b.timeseries(
+        "Client disconnects",
+        "Share of users' generation requests abandoned by the client before the end of the response (the tap drops the upstream "
+        "connection at once, so vLLM aborts them). The rate is under *Real requests by outcome* (client_disconnected). A rising "
+        "share: clients give up (time out) before the answer.",
+        "percentunit",
+        [
+            tgt(
+                f'sum by (target) (rate({tr}{{{P}, outcome="client_disconnected"}}[{RI}])) / sum by (target) (rate({tr}{{{P}}}[{RI}]))',
+                "disconnected share {{target}}",
+            ),
+        ],
+        w=8,
+    )
+
+
 def overview():
     b = Board(
         "vllm-sentinel-overview",
@@ -344,6 +429,8 @@ def overview():
     latency_pair(b, "Time per output token", "Per-request mean time per output token after the first.", "vllm_sentinel_probe_tpot_seconds", "vllm_sentinel_server_tpot_seconds")
     latency_pair(b, "Inter-token latency", "Gap between consecutive streamed events.", "vllm_sentinel_probe_itl_seconds", "vllm_sentinel_server_itl_seconds")
     latency_pair(b, "End-to-end latency", "Request sent to the end of the stream.", "vllm_sentinel_probe_e2e_seconds", "vllm_sentinel_server_e2e_seconds")
+
+    real_traffic(b)
 
     client_mean = (
         f"sum by (target) (rate(vllm_sentinel_probe_ttft_seconds_sum{{{P}}}[{RI}]))"

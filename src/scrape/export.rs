@@ -17,6 +17,9 @@ use super::expfmt::ErrorKind;
 use super::normalize::{Concept, Hist, Key, Kind, ServerSeries};
 use super::passthrough::{PassThrough, PassType, PassValue};
 
+/// `vllm_sentinel_server_http_requests_total` (without `_total`: the encoder appends it).
+pub const HTTP_REQUESTS_FAMILY: &str = "vllm_sentinel_server_http_requests";
+
 /// Why a scrape failed (the `reason` label of `vllm_sentinel_upstream_scrape_failures_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FailReason {
@@ -409,6 +412,25 @@ impl Collector for ScrapeCollector {
                 }
             }
         }
+        counter_family(
+            &mut encoder,
+            HTTP_REQUESTS_FAMILY,
+            "HTTP requests the server answered, by endpoint and status class (the server's own http_requests_total: every client, the tap's and the prober's requests included)",
+            views.iter().flat_map(|v| {
+                v.server.iter().flat_map(move |s| {
+                    s.http_requests.iter().map(move |((e, c), n)| {
+                        (
+                            vec![
+                                ("target", v.target.clone()),
+                                ("endpoint", e.as_str().to_string()),
+                                ("status_class", c.as_str().to_string()),
+                            ],
+                            *n,
+                        )
+                    })
+                })
+            }),
+        )?;
         for w in WindowConcept::ALL {
             gauge_family(
                 &mut encoder,

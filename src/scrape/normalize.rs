@@ -503,6 +503,10 @@ pub struct ServerSeries {
     pub histograms: BTreeMap<(Concept, Key), Hist>,
     /// The upstream family each present concept was read from.
     pub sources: BTreeMap<Concept, &'static str>,
+    /// The server's HTTP request counter (`http_requests_total` of
+    /// prometheus-fastapi-instrumentator, vLLM's API server) by `(endpoint, status_class)`;
+    /// empty when the body has no such family.
+    pub http_requests: BTreeMap<(HttpEndpoint, StatusClass), f64>,
 }
 
 impl ServerSeries {
@@ -580,7 +584,9 @@ pub fn normalize(exp: &Exposition<'_>, fallback_model: &str) -> ServerSeries {
         values: BTreeMap::new(),
         histograms: BTreeMap::new(),
         sources: BTreeMap::new(),
+        http_requests: BTreeMap::new(),
     };
+    add_http_requests(&lk, &mut out);
     for concept in Concept::ALL {
         // The first alias (newest name) present wins; several rows of one engine with a fixed
         // reason (TGI success/failure) all apply.
@@ -724,6 +730,118 @@ fn add_histograms(
         } else {
             out.histograms.insert((concept, key), h);
         }
+    }
+}
+
+/// The upstream HTTP request counter read for `vllm_sentinel_server_http_requests_total`.
+pub const UPSTREAM_HTTP_REQUESTS: &str = "http_requests_total";
+
+/// The `endpoint` label of `vllm_sentinel_server_http_requests_total`: the two generation
+/// routes the tap and the prober measure, everything else folded into `other` (bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HttpEndpoint {
+    Completions,
+    Chat,
+    Other,
+}
+
+impl HttpEndpoint {
+    pub const ALL: [HttpEndpoint; 3] = [
+        HttpEndpoint::Completions,
+        HttpEndpoint::Chat,
+        HttpEndpoint::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpEndpoint::Completions => "completions",
+            HttpEndpoint::Chat => "chat",
+            HttpEndpoint::Other => "other",
+        }
+    }
+
+    /// From the instrumentator's `handler` label (the route template, e.g. `/v1/completions`).
+    pub fn of_handler(handler: &str) -> HttpEndpoint {
+        match handler.trim_end_matches('/') {
+            "/v1/completions" => HttpEndpoint::Completions,
+            "/v1/chat/completions" => HttpEndpoint::Chat,
+            _ => HttpEndpoint::Other,
+        }
+    }
+}
+
+/// The `status_class` label: `1xx` … `5xx`, or `other` for anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StatusClass {
+    C1xx,
+    C2xx,
+    C3xx,
+    C4xx,
+    C5xx,
+    Other,
+}
+
+impl StatusClass {
+    pub const ALL: [StatusClass; 6] = [
+        StatusClass::C1xx,
+        StatusClass::C2xx,
+        StatusClass::C3xx,
+        StatusClass::C4xx,
+        StatusClass::C5xx,
+        StatusClass::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::C1xx => "1xx",
+            StatusClass::C2xx => "2xx",
+            StatusClass::C3xx => "3xx",
+            StatusClass::C4xx => "4xx",
+            StatusClass::C5xx => "5xx",
+            StatusClass::Other => "other",
+        }
+    }
+
+    /// From the instrumentator's `status` label: grouped (`4xx`, its default) or a code (`404`).
+    pub fn of_status(status: &str) -> StatusClass {
+        let b = status.trim().as_bytes();
+        let grouped = b.len() == 3 && b[1..].eq_ignore_ascii_case(b"xx");
+        let code = b.len() == 3 && b.iter().all(u8::is_ascii_digit);
+        if !(grouped || code) {
+            return StatusClass::Other;
+        }
+        match b[0] {
+            b'1' => StatusClass::C1xx,
+            b'2' => StatusClass::C2xx,
+            b'3' => StatusClass::C3xx,
+            b'4' => StatusClass::C4xx,
+            b'5' => StatusClass::C5xx,
+            _ => StatusClass::Other,
+        }
+    }
+}
+
+/// Sums `http_requests_total{handler,method,status}` by endpoint and status class (methods,
+/// `pid` and every other label aggregated away). Samples without a `status` label are skipped.
+fn add_http_requests(lk: &Lookup<'_, '_>, out: &mut ServerSeries) {
+    let exp = lk.exp;
+    let Some(fam) = lk.family(UPSTREAM_HTTP_REQUESTS) else {
+        return;
+    };
+    if !matches!(fam.typ, MetricType::Counter | MetricType::Unknown) {
+        return;
+    }
+    for s in exp.family_samples(fam) {
+        if !matches!(s.suffix, Suffix::None | Suffix::Total) || !s.value.is_finite() {
+            continue;
+        }
+        let Some(status) = exp.label(s, "status") else {
+            continue;
+        };
+        let endpoint = HttpEndpoint::of_handler(exp.label(s, "handler").unwrap_or(""));
+        *out.http_requests
+            .entry((endpoint, StatusClass::of_status(status)))
+            .or_insert(0.0) += s.value;
     }
 }
 
