@@ -30,6 +30,7 @@ pub mod prober;
 pub mod scrape;
 pub mod shutdown;
 pub mod sim;
+pub mod status;
 pub mod tap;
 pub mod telemetry;
 

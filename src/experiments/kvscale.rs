@@ -456,7 +456,11 @@ async fn observe_resident<T: Target>(
         // Back to back while the request decodes: the reads end after two resident bodies,
         // and a short request leaves little time. The interval paces only a server that
         // answers /metrics with an error.
-        let gap = if r.watch.samples == 0 { every } else { BACK_TO_BACK };
+        let gap = if r.watch.samples == 0 {
+            every
+        } else {
+            BACK_TO_BACK
+        };
         if !pause(gap, token).await {
             return None;
         }
@@ -705,7 +709,11 @@ async fn grid_cell<T: Target>(
             // Between the last prefill and the first end every body can decide the cell, and
             // that window may be only a few engine steps: read back to back there.
             let deciding = at_send.started == c && at_send.ended == 0 && !ev.all_resident;
-            let gap = if deciding { BACK_TO_BACK } else { args.sample_interval };
+            let gap = if deciding {
+                BACK_TO_BACK
+            } else {
+                args.sample_interval
+            };
             if !pause(gap, token).await {
                 return None;
             }
