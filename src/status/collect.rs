@@ -250,7 +250,8 @@ impl Collector {
             for ((tt, outcome), v) in requests.iter().filter(|((tt, _), _)| tt == t) {
                 let _ = tt;
                 out.put(&g, &format!("requests_total.{outcome}"), *v, false);
-                if *v > 0.0 {
+                // `ok` and `context_length` are always charted; other outcomes once they happen.
+                if *v > 0.0 || outcome == "ok" || outcome == "context_length" {
                     let r = self.rate(&g, &format!("requests.{outcome}"), ts, *v, &mut seen_c);
                     out.put(&g, &format!("requests_per_second.{outcome}"), r, true);
                 }
@@ -589,8 +590,8 @@ vllm_sentinel_upstream_up{{target=\"a\"}} 1\n"
         assert_eq!(s1.latest[&g]["requests_per_second.ok"], 2.0);
         let p50 = s1.latest[&g]["ttft_seconds.p50"];
         assert!((p50 - 0.55).abs() < 1e-9, "{p50}");
-        // No rate series for an outcome that never happened.
-        assert!(!s1.latest[&g].contains_key("requests_per_second.context_length"));
+        // context_length is charted (at 0) before it ever happens.
+        assert_eq!(s1.latest[&g]["requests_per_second.context_length"], 0.0);
         assert_eq!(s1.latest[&g]["requests_total.context_length"], 0.0);
         // 70 s later the slow ones have left the window: only fast ones since 1010.
         let s2 = c.sample(&body(220, 200, 20), 1080.0);

@@ -73,12 +73,13 @@ mod tests {
         );
         assert!(!html.contains("<x>"));
         for asset in [html.as_str(), JS, CSS] {
+            // The SVG namespace is a name, not a URL that is fetched.
+            let asset = asset
+                .replace("http://www.w3.org/2000/svg", "")
+                .replace("http://h/", "");
             for bad in [
-                "src=\"/", "href=\"/", "http://", "https://", "fetch('/", "//cdn",
+                "src=\"/", "href=\"/", "http:", "https:", "fetch('/", "//cdn", "@import",
             ] {
-                if bad == "http://" && asset.contains("http://h/") {
-                    continue;
-                }
                 assert!(!asset.contains(bad), "absolute URL {bad:?} in an asset");
             }
         }

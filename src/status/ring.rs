@@ -66,10 +66,13 @@ impl Ring {
     pub fn push(&mut self, ts: f64, values: impl IntoIterator<Item = (SeriesKey, f64)>) {
         self.seq += 1;
         self.timestamps.push_back(ts);
-        let full = self.timestamps.len() > self.cap;
-        if full {
+        if self.timestamps.len() > self.cap {
             self.timestamps.pop_front();
+            for s in self.series.values_mut() {
+                s.pop_front();
+            }
         }
+        // Every series now holds `len − 1` values; this sample adds one to each.
         let len = self.timestamps.len();
         for (key, v) in values {
             if let Some(s) = self.series.get_mut(&key) {
@@ -96,9 +99,6 @@ impl Ring {
         self.series.retain(|_, s| {
             if s.len() < len {
                 s.push_back(f64::NAN);
-            }
-            while s.len() > len {
-                s.pop_front();
             }
             s.iter().any(|v| !v.is_nan())
         });

@@ -28,7 +28,7 @@
     return Number(x.toFixed(digits)).toString();
   }
   const UNITS = {
-    seconds: { axis: 'time', fmt: (v) => (Math.abs(v) < 1 ? trim(v * 1000, v * 1000 < 10 ? 2 : 1) + ' ms' : trim(v, 2) + ' s') },
+    seconds: { axis: 'latency', fmt: (v) => (Math.abs(v) < 1 ? trim(v * 1000, v * 1000 < 10 ? 2 : 1) + ' ms' : trim(v, 2) + ' s') },
     ratio: { axis: 'percent', fmt: (v) => trim(v * 100, 1) + ' %' },
     rps: { axis: 'requests per second', fmt: (v) => trim(v, v < 10 ? 2 : 1) + ' req/s' },
     requests: { axis: 'requests', fmt: (v) => trim(v, 1) },
@@ -48,7 +48,7 @@
   function h(tag, attrs, ...kids) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-    for (const k of kids) if (k !== null && k !== undefined) e.append(k);
+    for (const k of kids) if (k !== null && k !== undefined && k !== false) e.append(k);
     return e;
   }
   function s(tag, attrs) {
@@ -230,7 +230,9 @@
       state.append(h('p', { class: 'alert' }, 'Target not reachable since ' + clock(t.unreachable_since) + (t.last_error ? ': ' + t.last_error : '') + (lt.discovered === 0 ? ' (model discovery has not succeeded: no probe runs)' : '')));
     }
     const canary = lt.limit_honoured === undefined ? 'unknown (no canary result yet)' : lt.limit_honoured === 1 ? 'honoured' : 'NOT honoured';
-    const outcomes = Object.keys(lt).filter((k) => k.startsWith('requests_total.')).map((k) => k.slice(15));
+    // ok and context_length always; other outcomes once they have happened.
+    const outcomes = Object.keys(lt).filter((k) => k.startsWith('requests_total.') && lt[k] > 0).map((k) => k.slice(15));
+    if (!outcomes.includes('ok')) outcomes.push('ok');
     if (!outcomes.includes('context_length')) outcomes.push('context_length');
     outcomes.sort((a, b) => (OUTCOME_ORDER.indexOf(b) >= 0) - (OUTCOME_ORDER.indexOf(a) >= 0) || a.localeCompare(b));
     const stats = h('dl', { class: 'stats' },
@@ -302,8 +304,9 @@
     const sec = slot(live, 'prober', 'section', { tabindex: '0', 'aria-labelledby': 'prober-h' });
     const lt = p.latest, sr = p.series, key = (k) => 'prober:' + k;
     const top = slot(sec, 'prober-top', 'div');
-    top.replaceChildren(h('h2', { id: 'prober-h' }, 'Prober self-health'),
-      lt.saturated === 1 ? h('p', { class: 'alert' }, 'The prober is saturated: its latency numbers are not trustworthy.') : null,
+    top.replaceChildren(h('h2', { id: 'prober-h' }, 'Prober self-health'));
+    if (lt.saturated === 1) top.append(h('p', { class: 'alert' }, 'The prober is saturated: its latency numbers are not trustworthy.'));
+    top.append(
       h('dl', { class: 'stats' },
         stat('saturated (1 = yes)', key('saturated'), 'count', lt.saturated),
         stat('runtime lag p99', key('runtime_lag_seconds.p99'), 'seconds', lt['runtime_lag_seconds.p99']),
