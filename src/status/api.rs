@@ -13,6 +13,8 @@ use super::{CAPACITY, MAX_SERIES, StatusHistory};
 /// Version of the JSON document; bumped on any incompatible change.
 pub const VERSION: u32 = 1;
 
+type Obj = Map<String, Value>;
+
 fn num(v: f64) -> Value {
     serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }
@@ -26,7 +28,7 @@ impl StatusHistory {
         let ring = &shared.ring;
         let latest = shared.latest.as_ref();
         // Per group: {"series": {name: [..]}, "latest": {name: v}}.
-        let mut groups: BTreeMap<Group, (Map<String, Value>, Map<String, Value>)> = BTreeMap::new();
+        let mut groups: BTreeMap<Group, (Obj, Obj)> = BTreeMap::new();
         for ((g, name), values) in ring.series() {
             let arr: Vec<Value> = values.iter().map(|v| num(*v)).collect();
             groups
