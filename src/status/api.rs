@@ -189,4 +189,18 @@ mod tests {
         assert_eq!(v["tap"]["enabled"], false);
         assert_eq!(v["memory"]["series"], 1);
     }
+
+    #[test]
+    fn gpu_sampling_on_without_a_device_reads_unavailable() {
+        let h = StatusHistory::new(StatusBoard::default(), Duration::from_secs(5), true, true);
+        let mut reg = prometheus_client::registry::Registry::default();
+        let up = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        reg.register("vllm_sentinel_gpu_up", "up", up.clone());
+        h.sample_now(&reg, &mut super::super::collect::Collector::default());
+        let v = h.to_json();
+        assert_eq!(v["gpu"]["state"], "unavailable");
+        assert_eq!(v["gpu"]["up"], 0.0);
+        assert_eq!(v["gpu"]["devices"], json!([]));
+        assert_eq!(v["tap"], json!({"enabled": true, "targets": []}));
+    }
 }

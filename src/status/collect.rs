@@ -601,6 +601,33 @@ vllm_sentinel_upstream_up{{target=\"a\"}} 1\n"
     }
 
     #[test]
+    fn tap_traffic_is_grouped_per_target_with_rates_and_quantiles() {
+        let text = |n: u64| {
+            format!(
+                "# TYPE vllm_sentinel_traffic_requests_total counter\n\
+vllm_sentinel_traffic_requests_total{{target=\"a\",model=\"m\",endpoint=\"chat\",stream=\"true\",outcome=\"ok\"}} {n}\n\
+vllm_sentinel_traffic_requests_total{{target=\"a\",model=\"other\",endpoint=\"chat\",stream=\"false\",outcome=\"ok\"}} {n}\n\
+vllm_sentinel_traffic_requests_total{{target=\"a\",model=\"m\",endpoint=\"chat\",stream=\"true\",outcome=\"overloaded\"}} 0\n\
+# TYPE vllm_sentinel_traffic_e2e_seconds histogram\n\
+vllm_sentinel_traffic_e2e_seconds_bucket{{target=\"a\",model=\"m\",endpoint=\"chat\",stream=\"true\",le=\"1\"}} {n}\n\
+vllm_sentinel_traffic_e2e_seconds_bucket{{target=\"a\",model=\"m\",endpoint=\"chat\",stream=\"true\",le=\"+Inf\"}} {n}\n\
+vllm_sentinel_traffic_e2e_seconds_sum{{target=\"a\",model=\"m\",endpoint=\"chat\",stream=\"true\"}} 0\n\
+vllm_sentinel_traffic_e2e_seconds_count{{target=\"a\",model=\"m\",endpoint=\"chat\",stream=\"true\"}} {n}\n"
+            )
+        };
+        let mut c = Collector::default();
+        c.sample(&text(10), 0.0);
+        let s = c.sample(&text(30), 10.0);
+        let g = &s.latest[&Group::Traffic("a".into())];
+        assert_eq!(g["requests_total.ok"], 60.0);
+        assert_eq!(g["requests_per_second.ok"], 4.0);
+        assert!(!g.contains_key("requests_per_second.overloaded"));
+        assert_eq!(g["e2e_seconds.p50"], 0.5);
+        // Traffic does not create a probe target.
+        assert!(!s.latest.contains_key(&Group::Target("a".into())));
+    }
+
+    #[test]
     fn an_unreachable_target_keeps_the_time_it_went_away() {
         let mut c = Collector::default();
         let down =
