@@ -12,6 +12,9 @@ DevTools protocol, and asserts:
 * `/api/v1/status` agrees with `/metrics` at the same moment: counters of a sample taken between
   two reads of `/metrics` lie between them, constant gauges are equal;
 * keyboard: Tab reaches a chart, ← moves its cursor to an older sample;
+* empty states, against `serve` with an unreachable target and no NVML: the page says the
+  target is not reachable since when, "no GPU: NVML not found", "tap off", and draws no chart
+  for the missing data;
 * no JavaScript exception, no console error (CSP violations included), no request off-host.
 
 Usage: status_page.py BINARY [--screenshot PATH [--min-samples N]]: with --min-samples the
@@ -369,7 +372,32 @@ def main():
                 f.write(png)
             print(f"ok: screenshot {shot} ({len(png)} bytes, 1280x{min(h, 4000)})")
 
-        # 5. No JavaScript error, no console error, no request off-host.
+        # 5. Empty states: `serve` with a target nobody listens on and no NVML library.
+        port2, dead = free_port(), free_port()
+        base2 = f"http://127.0.0.1:{port2}"
+        cfg = os.path.join(profile, "empty.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[server]\nlisten = "127.0.0.1:{port2}"\nstatus_interval = "500ms"\nshutdown_linger = "0s"\n'
+                    f'[gpu]\nnvml_library = "{profile}/no-such-libnvidia-ml.so.1"\n'
+                    f'[[targets]]\nurl = "http://127.0.0.1:{dead}"\nname = "nobody"\n')
+        serve = subprocess.Popen([binary, "serve", "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(serve)
+        wait_for("the second daemon's /healthz", lambda: get(base2 + "/healthz") == "ok\n")
+        allowed = allowed + (base2 + "/",)
+        cdp.call("Page.navigate", url=base2 + "/")
+
+        def empty_states():
+            t = cdp.eval("document.getElementById('updated').dataset.sampleTs && document.body.innerText")
+            want = ("Target not reachable since", "no GPU: NVML not found", "tap off", "no probe has finished")
+            return t if t and all(w in t for w in want) else None
+        text = wait_for("the empty states", empty_states)
+        drawn = cdp.eval("[...document.querySelectorAll('figure[data-chart^=\"nobody/\"]')].map(f => +f.dataset.points)")
+        if not drawn or any(drawn):
+            fail(f"charts of an unreachable target drew points: {drawn}")
+        line = next(x for x in text.splitlines() if "not reachable since" in x)
+        print(f"ok: empty states: {line[:100]!r}, 'no GPU: NVML not found', 'tap off'; {len(drawn)} charts empty")
+
+        # 6. No JavaScript error, no console error, no request off-host.
         cdp.eval("1")  # flush pending events
         errors, offhost = [], []
         for e in cdp.events:
@@ -388,10 +416,10 @@ def main():
         if errors:
             fail("errors in the page: " + "; ".join(map(str, errors)))
         if offhost:
-            fail("requests outside the page's prefix: " + ", ".join(offhost))
+            fail("requests outside the pages' prefixes: " + ", ".join(offhost))
         if requests < 4:
             fail(f"only {requests} requests seen: the network log is not working")
-        print(f"ok: no JavaScript or console error; all {requests} requests went to {allowed[0]}")
+        print(f"ok: no JavaScript or console error; all {requests} requests went to {' or '.join(allowed)}")
         proxy.shutdown()
     finally:
         for p in reversed(procs):
