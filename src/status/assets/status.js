@@ -133,7 +133,7 @@
     fig.replaceChildren();
     fig.append(h('figcaption', {}, spec.title));
     if (points === 0) {
-      fig.append(empty(spec.empty || 'no data in the last ' + Math.round((n * last.interval_seconds) / 60) + ' min'));
+      fig.append(empty(n === 0 ? 'no sample yet' : spec.empty || 'no data in the last ' + Math.max(1, Math.round((n * last.interval_seconds) / 60)) + ' min'));
       fig.setAttribute('aria-label', spec.title + ': no data');
       return;
     }
