@@ -4,7 +4,9 @@
 #   2. the unit and integration tests (cargo test);
 #   3. the dashboards/alerts checks: promtool unit tests, static checks, and an end-to-end run
 #      of a real Prometheus scraping the daemon against the simulator;
-#   4. the real-vLLM tier: vLLM 0.32 on this machine's CPU (installed once into a cache outside
+#   4. the status page in a real browser: Debian's Chromium (installed with apt-get when missing)
+#      drives `/` against `vllm-sentinel demo` (tests/browser/status_page.py, < 60 s);
+#   5. the real-vLLM tier: vLLM 0.32 on this machine's CPU (installed once into a cache outside
 #      the clone), the daemon and the one-shot experiments against it.
 # VLLM_SENTINEL_SKIP_REAL_VLLM=1 skips tier 4 explicitly (CI never sets it).
 set -euo pipefail
@@ -35,6 +37,17 @@ cargo build --release --locked --bin vllm-sentinel
 
 step "cargo test"
 cargo test --locked --no-fail-fast 2>&1 | tee target/cargo-test.log
+
+# ---- Status page in a real browser -------------------------------------------------------
+# Separate from cargo test: it needs Chromium, which is installed here when missing.
+if ! command -v chromium >/dev/null 2>&1; then
+    step "installing chromium (status page browser test)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+step "status page in Chromium (tests/browser/status_page.py)"
+timeout 120 python3 tests/browser/status_page.py target/release/vllm-sentinel
 
 if [ "${VLLM_SENTINEL_SKIP_REAL_VLLM:-0}" = 1 ]; then
     step "real-vLLM tier SKIPPED: VLLM_SENTINEL_SKIP_REAL_VLLM=1 was set explicitly"

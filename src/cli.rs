@@ -138,6 +138,13 @@ pub struct DemoArgs {
     /// Disable NVML GPU sampling.
     #[arg(long, action = clap::ArgAction::SetTrue, value_parser = BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_GPU")]
     pub no_gpu: bool,
+    /// Show this many simulated GPUs (constant H200 values) instead of sampling NVML; for
+    /// trying the status page on a machine without a GPU.
+    #[arg(long, default_value_t = 0, env = "VLLM_SENTINEL_FAKE_GPUS", value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub fake_gpus: u32,
+    /// Resolution of the status page's history (`server.status_interval`).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "VLLM_SENTINEL_STATUS_INTERVAL")]
+    pub status_interval: std::time::Duration,
 }
 
 /// Parses a human duration such as `500ms`, `5s` or `2m`.

@@ -66,6 +66,10 @@ pub struct ServerConfig {
     /// Open connections at most. A connection over the cap makes room by closing the
     /// longest-idle one; with every connection busy, new ones wait in the listen backlog.
     pub max_connections: u32,
+    /// Resolution of the live status page's in-memory history (`/` and `/api/v1/status`): one
+    /// sample of the daemon's own metrics this often, [`crate::status::CAPACITY`] samples kept.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +84,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 512,
+            status_interval: Duration::from_secs(5),
         }
     }
 }
@@ -468,6 +473,11 @@ pub fn validate(cfg: &Config) -> anyhow::Result<()> {
         if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
             errors.push(format!("server.{key}: between 10ms and 1h"));
         }
+    }
+    if cfg.server.status_interval < Duration::from_millis(100)
+        || cfg.server.status_interval > Duration::from_secs(60)
+    {
+        errors.push("server.status_interval: between 100ms and 60s".to_string());
     }
     if !(1..=1_000_000).contains(&cfg.server.max_connections) {
         errors.push("server.max_connections: between 1 and 1000000".to_string());

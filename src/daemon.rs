@@ -67,6 +67,18 @@ pub async fn serve_on(
     token: CancellationToken,
     reloader: Option<Reloader>,
 ) -> anyhow::Result<()> {
+    serve_with_gpu(listener, cfg, token, reloader, None).await
+}
+
+/// [`serve_on`] with the GPU source given (`None`: NVML); `demo --fake-gpus` passes a
+/// [`crate::gpu::FakeSource`].
+pub async fn serve_with_gpu(
+    listener: tokio::net::TcpListener,
+    cfg: Config,
+    token: CancellationToken,
+    reloader: Option<Reloader>,
+    gpu_source: Option<Box<dyn crate::gpu::GpuSource>>,
+) -> anyhow::Result<()> {
     let grace = cfg.server.shutdown_grace;
     let tap_listener = crate::tap::bind(&cfg).await?;
     let linger = cfg.server.shutdown_linger;
@@ -87,10 +99,20 @@ pub async fn serve_on(
         crate::prober::Prober::new(&cfg, &mut registry).context("setting up the prober")?;
     let scraper =
         crate::scrape::Scraper::new(&cfg, &mut registry).context("setting up the scraper")?;
-    let gpu =
-        crate::gpu::GpuSampler::new(&cfg.gpu, &mut registry).context("setting up GPU sampling")?;
+    let gpu = match gpu_source {
+        Some(src) => crate::gpu::GpuSampler::with_source(&cfg.gpu, src, &mut registry),
+        None => crate::gpu::GpuSampler::new(&cfg.gpu, &mut registry)
+            .context("setting up GPU sampling")?,
+    };
     let tap = crate::tap::Tap::new(&cfg, &mut registry);
     let registry = Arc::new(registry);
+    let history = crate::status::StatusHistory::new(
+        ctx.status.clone(),
+        cfg.server.status_interval,
+        cfg.gpu.enabled,
+        cfg.tap.enabled,
+    );
+    history.spawn(registry.clone(), &ctx);
 
     prober.spawn(&ctx);
     scraper.spawn(&ctx);
@@ -132,6 +154,7 @@ pub async fn serve_on(
         status: ctx.status.clone(),
         reload,
         lifecycle,
+        history,
     };
     // The exporter outlives the rest: it stops only after in-flight work has been recorded and
     // the final scrape window has passed.
@@ -229,13 +252,24 @@ pub async fn demo(
     crate::prober::apply_load_args(&mut target, Some(args.concurrency), None);
     cfg.targets.push(target);
     cfg.gpu.enabled = !args.no_gpu;
+    cfg.server.status_interval = args.status_interval;
     crate::config::validate(&cfg)?;
+    let gpu_source: Option<Box<dyn crate::gpu::GpuSource>> = match args.fake_gpus {
+        0 => None,
+        n => Some(Box::new(crate::gpu::FakeSource::with_gpus(n).0)),
+    };
 
     println!("vllm-sentinel demo");
     println!(
         "  simulator (OpenAI-compatible, vLLM metrics): http://{sim_addr}/v1/models  http://{sim_addr}/metrics"
     );
-    println!("  vllm-sentinel landing page:                  http://{addr}/");
+    println!("  vllm-sentinel live status page:              http://{addr}/");
+    if args.fake_gpus > 0 {
+        println!(
+            "  GPUs: {} simulated H200s (--fake-gpus), constant values",
+            args.fake_gpus
+        );
+    }
     println!("  vllm-sentinel metrics:                       http://{addr}/metrics");
     println!("Press Ctrl-C to stop.");
 
@@ -246,7 +280,7 @@ pub async fn demo(
             t.cancel();
         });
     }
-    let result = serve_on(listener, cfg, token.clone(), None).await;
+    let result = serve_with_gpu(listener, cfg, token.clone(), None, gpu_source).await;
     sim_token.cancel();
     match sim.await {
         Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "simulator stopped with an error"),

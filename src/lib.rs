@@ -6,7 +6,8 @@
 //! |---|---|
 //! | [`cli`] | command line (clap), every flag also an environment variable |
 //! | [`config`] | the TOML config tree, layering (defaults < file < env < flags) and validation |
-//! | [`exporter`] | the HTTP server: `/metrics`, `/healthz`, `/readyz`, landing page |
+//! | [`exporter`] | the HTTP server: `/metrics`, `/healthz`, `/readyz`, the status page |
+//! | [`status`] | the live status page: 30-minute in-memory history, `/api/v1/status`, embedded assets |
 //! | [`prober`] | continuous synthetic streaming traffic and its measurement |
 //! | [`scrape`] | scraping the server's own `/metrics`, our exposition parser, normalisation |
 //! | [`gpu`] | NVML sampling on its own thread, behind a trait with a fake source |
@@ -30,6 +31,7 @@ pub mod prober;
 pub mod scrape;
 pub mod shutdown;
 pub mod sim;
+pub mod status;
 pub mod tap;
 pub mod telemetry;
 

@@ -273,3 +273,87 @@ async fn a_scrape_is_served_with_every_slot_held_by_idle_connections() {
     }
     d.stop().await;
 }
+
+/// `/api/v1/status` (docs/status-api.md) from a running daemon, and the page and assets it is
+/// drawn with.
+#[tokio::test]
+async fn status_api_and_page() {
+    let d = start(
+        "[server]\nstatus_interval = \"100ms\"\n[[targets]]\nurl = \"http://127.0.0.1:9\"\nname = \"gone\"\n",
+        None,
+    )
+    .await;
+    // Poll until the history holds a few samples (one each 100 ms).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let doc = loop {
+        let resp = reqwest::get(d.url("/api/v1/status")).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        let v: serde_json::Value = resp.json().await.unwrap();
+        if v["seq"].as_u64().unwrap_or(0) >= 3 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no samples: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["capacity"], 360);
+    assert_eq!(doc["interval_seconds"], 0.1);
+    let n = doc["timestamps"].as_array().unwrap().len();
+    assert!(n >= 3, "{doc}");
+    assert_eq!(doc["sample_timestamp"], doc["timestamps"][n - 1]);
+    // Every series is aligned with the timestamps.
+    let rss = doc["prober"]["series"]["resident_memory_bytes"]
+        .as_array()
+        .unwrap();
+    assert_eq!(rss.len(), n);
+    assert!(
+        doc["prober"]["latest"]["resident_memory_bytes"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(doc["gpu"]["state"], "disabled");
+    assert_eq!(doc["tap"]["enabled"], false);
+    // The unreachable target (nothing listens on port 9) is listed with the time it went away.
+    let t = &doc["targets"][0];
+    assert_eq!(t["name"], "gone");
+    assert_eq!(t["latest"]["discovered"], 0.0);
+    assert!(t["unreachable_since"].as_f64().unwrap() > 1.0e9, "{t}");
+
+    let page = reqwest::get(d.url("/")).await.unwrap();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
+    let html = page.text().await.unwrap();
+    for link in [
+        "href=\"metrics\"",
+        "href=\"healthz\"",
+        "href=\"readyz\"",
+        "src=\"status.js\"",
+    ] {
+        assert!(html.contains(link), "{link} missing: {html}");
+    }
+    assert!(html.contains("gone"));
+    for (path, ct) in [
+        ("/status.js", "text/javascript"),
+        ("/status.css", "text/css"),
+    ] {
+        let r = reqwest::get(d.url(path)).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(ct)
+        );
+    }
+    d.stop().await;
+}

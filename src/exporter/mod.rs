@@ -1,5 +1,5 @@
-//! The exporter's HTTP server (axum): `/metrics`, `/healthz`, `/readyz`, `/-/reload` and a
-//! landing page at `/`.
+//! The exporter's HTTP server (axum): `/metrics`, `/healthz`, `/readyz`, `/-/reload`, and the
+//! live status page at `/` with its JSON at `/api/v1/status` (both from [`crate::status`]).
 //!
 //! `/metrics` answers in the Prometheus text format 0.0.4, or in OpenMetrics 1.0 when the
 //! `Accept` header asks for `application/openmetrics-text`, always with the exact
@@ -17,7 +17,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -44,6 +44,8 @@ pub struct ExporterState {
     pub reload: Option<ReloadFn>,
     /// Whether `POST /-/reload` is allowed (`server.enable_lifecycle`); followed on reload.
     pub lifecycle: Arc<std::sync::atomic::AtomicBool>,
+    /// The status page's history (`/`, `/api/v1/status`).
+    pub history: crate::status::StatusHistory,
 }
 
 /// Binds the listen address, with a one-line error naming it when that fails.
@@ -79,6 +81,9 @@ pub fn register_common(registry: &mut Registry) {
 pub fn router(state: ExporterState) -> Router {
     Router::new()
         .route("/", get(landing))
+        .route("/status.js", get(status_js))
+        .route("/status.css", get(status_css))
+        .route("/api/v1/status", get(status_api))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -178,45 +183,54 @@ async fn reload(State(state): State<ExporterState>) -> Response {
     }
 }
 
-async fn landing(State(state): State<ExporterState>) -> Html<String> {
-    let mut rows = String::new();
-    for (name, t) in state.status.snapshot() {
-        let up = match t.up {
-            Some(true) => "<span class=up>up</span>",
-            Some(false) => "<span class=down>down</span>",
-            None => "pending",
-        };
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td><a href=\"{}\">{}</a></td><td>{}</td><td>{up}</td><td>{}</td></tr>\n",
-            esc(&name),
-            esc(&t.url),
-            esc(&t.url),
-            esc(t.model.as_deref().unwrap_or("(discovering)")),
-            esc(t.last_error.as_deref().unwrap_or("")),
-        ));
-    }
-    if rows.is_empty() {
-        rows.push_str("<tr><td colspan=5>no targets configured</td></tr>\n");
-    }
-    let ready = if state.readiness.is_ready() {
-        "ready"
-    } else {
-        "starting"
-    };
-    Html(format!(
-        "<!doctype html><html><head><meta charset=utf-8><title>vllm-sentinel</title>\
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}.up{{color:green}}.down{{color:#b00}}</style></head>\
-<body><h1>vllm-sentinel {}</h1><p>State: {ready}. <a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a></p>\
-<h2>Targets</h2><table><tr><th>target</th><th>url</th><th>model</th><th>server /metrics</th><th>last error</th></tr>\n{rows}</table></body></html>\n",
-        env!("CARGO_PKG_VERSION")
-    ))
+async fn landing(State(state): State<ExporterState>) -> Response {
+    let poll_ms = crate::status::page::poll_ms(state.history.interval());
+    let html = crate::status::page::render(&state.status, &state.readiness, poll_ms);
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(crate::status::page::CSP),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        html,
+    )
+        .into_response()
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+async fn status_js() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        )],
+        crate::status::page::JS,
+    )
+        .into_response()
+}
+
+async fn status_css() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/css; charset=utf-8"),
+        )],
+        crate::status::page::CSS,
+    )
+        .into_response()
+}
+
+async fn status_api(State(state): State<ExporterState>) -> Response {
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        axum::Json(state.history.to_json()),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
