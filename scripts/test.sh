@@ -8,7 +8,7 @@
 #      drives `/` against `vllm-sentinel demo` (tests/browser/status_page.py, < 60 s);
 #   5. the real-vLLM tier: vLLM 0.32 on this machine's CPU (installed once into a cache outside
 #      the clone), the daemon and the one-shot experiments against it.
-# VLLM_SENTINEL_SKIP_REAL_VLLM=1 skips tier 4 explicitly (CI never sets it).
+# VLLM_SENTINEL_SKIP_REAL_VLLM=1 skips tier 5 explicitly (CI never sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
