@@ -15,6 +15,7 @@
 //! | [`sim`] | the built-in vLLM simulator |
 //! | [`daemon`] | wires the subsystems together for `serve` and `demo` |
 //! | [`httpcap`] | reading a response body with a size cap |
+//! | [`units`] | value parsers (durations, positive numbers) shared by every command line |
 //!
 //! Measuring tasks produce plain-data records that flow to one aggregator per subsystem,
 //! which owns the Prometheus series.
@@ -34,6 +35,7 @@ pub mod sim;
 pub mod status;
 pub mod tap;
 pub mod telemetry;
+pub mod units;
 
 use std::process::ExitCode;
 

@@ -28,7 +28,7 @@ pub struct CommonArgs {
     #[arg(long, env = "VLLM_SENTINEL_API_KEY_ENV")]
     pub api_key_env: Option<String>,
     /// Give up on one request after this long (e.g. 60s).
-    #[arg(long, default_value = "120s", value_parser = crate::cli::parse_duration, env = "VLLM_SENTINEL_REQUEST_TIMEOUT")]
+    #[arg(long, default_value = "120s", value_parser = crate::units::parse_duration, env = "VLLM_SENTINEL_REQUEST_TIMEOUT")]
     pub request_timeout: Duration,
     /// Write the JSON report here (default with --out-dir: DIR/<experiment>.json).
     #[arg(long, env = "VLLM_SENTINEL_JSON")]

@@ -53,7 +53,7 @@ use super::progress::Progress;
 use super::report::{
     Boundary, CacheInfo, GridCell, GridRow, KvScaleSection, LadderRung, Report, TargetInfo,
 };
-use crate::cli::parse_duration;
+use crate::units::parse_duration;
 
 /// A ladder rung with less context left than this (`max_model_len − prompt`) cannot be held
 /// resident long enough to be read twice; its KV usage is not measured.

@@ -36,7 +36,7 @@ use super::report::{
     Window,
 };
 use super::stats::GaugeStats;
-use crate::cli::parse_duration;
+use crate::units::parse_duration;
 
 /// Flags of `sweep`.
 #[derive(Debug, Clone, clap::Args)]

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub use faults::{Faults, MetricsFault};
 pub use server::MAX_REQUEST_BODY_BYTES;
 
-use crate::cli::parse_duration;
+use crate::units::parse_duration;
 
 /// Fixed-timing mode: first token after `first`, then one every `every` (absolute deadlines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
