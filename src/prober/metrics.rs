@@ -20,8 +20,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use super::labels::FinishReason;
 use super::request::{Outcome, RequestRecord};
 use super::settings::Buckets;
+use crate::config::Endpoint;
 
 /// `target, model, workload, endpoint`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,7 +31,7 @@ pub struct ProbeLabels {
     pub target: String,
     pub model: String,
     pub workload: String,
-    pub endpoint: String,
+    pub endpoint: Endpoint,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,8 +39,8 @@ pub struct OutcomeLabels {
     pub target: String,
     pub model: String,
     pub workload: String,
-    pub endpoint: String,
-    pub outcome: String,
+    pub endpoint: Endpoint,
+    pub outcome: Outcome,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,8 +48,8 @@ pub struct ReasonLabels {
     pub target: String,
     pub model: String,
     pub workload: String,
-    pub endpoint: String,
-    pub reason: String,
+    pub endpoint: Endpoint,
+    pub reason: FinishReason,
 }
 
 /// `target, workload` (schedule lag, dropped arrivals).
@@ -327,15 +329,15 @@ impl ProberMetrics {
             target: l.target.clone(),
             model: l.model.clone(),
             workload: l.workload.clone(),
-            endpoint: l.endpoint.clone(),
-            outcome: o.as_str().to_string(),
+            endpoint: l.endpoint,
+            outcome: o,
         };
-        let reason = |r: &str| ReasonLabels {
+        let reason = |r: FinishReason| ReasonLabels {
             target: l.target.clone(),
             model: l.model.clone(),
             workload: l.workload.clone(),
-            endpoint: l.endpoint.clone(),
-            reason: r.to_string(),
+            endpoint: l.endpoint,
+            reason: r,
         };
         let wl = WorkloadLabels {
             target: l.target.clone(),
@@ -352,7 +354,7 @@ impl ProberMetrics {
             e2e: self.e2e.get_or_create_owned(l),
             prompt_tokens: self.prompt_tokens.get_or_create_owned(l),
             output_tokens: self.output_tokens.get_or_create_owned(l),
-            finish: FINISH_REASONS.map(|r| self.finish_reasons.get_or_create_owned(&reason(r))),
+            finish: FinishReason::ALL.map(|r| self.finish_reasons.get_or_create_owned(&reason(r))),
             in_flight: self.in_flight.get_or_create_owned(l),
             target_concurrency: self.target_concurrency.get_or_create_owned(l),
             target_rate: self.target_rate.get_or_create_owned(l),
@@ -361,8 +363,6 @@ impl ProberMetrics {
         }
     }
 }
-
-const FINISH_REASONS: [&str; 4] = ["stop", "length", "abort", "other"];
 
 /// The handles one workload writes to.
 #[derive(Debug, Clone)]
@@ -377,7 +377,7 @@ pub struct WorkloadMetrics {
     e2e: Histogram,
     prompt_tokens: Counter,
     output_tokens: Counter,
-    finish: [Counter; 4],
+    finish: [Counter; FinishReason::ALL.len()],
     pub in_flight: Gauge,
     pub target_concurrency: Gauge,
     pub target_rate: FGauge,
@@ -420,13 +420,11 @@ impl WorkloadMetrics {
             self.output_tokens.inc_by(u64::from(n));
         }
         if let Some(reason) = &r.finish_reason {
-            let k = match reason.as_str() {
-                "stop" => 0,
-                "length" => 1,
-                "abort" => 2,
-                _ => 3,
-            };
-            self.finish[k].inc();
+            let f = FinishReason::from_wire(reason);
+            // ALL lists every variant, so the position always exists.
+            if let Some(k) = FinishReason::ALL.iter().position(|x| *x == f) {
+                self.finish[k].inc();
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod event;
 pub mod health;
 pub mod http1;
+pub mod labels;
 pub mod load;
 pub mod metrics;
 pub mod prompt;

@@ -350,7 +350,7 @@ fn reconcile(
             target: shared.label.clone(),
             model: shared.model.clone(),
             workload: label.clone(),
-            endpoint: endpoint.as_str().to_string(),
+            endpoint,
         });
         let (tx, rx) = watch::channel(spec);
         let wstop = stop.child_token();

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use super::metrics::{TrafficOutcome, TrafficRecord, tpot};
+use crate::config::Endpoint;
 use crate::prober::event;
 use crate::prober::request::{Outcome, RequestRecord, StreamState};
 use crate::prober::sse::{SseError, SseParser};
@@ -33,13 +34,13 @@ const MAX_EVENT_BYTES: usize = 256 * 1024;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// The measured endpoints.
-pub fn endpoint_of(method: &http::Method, path: &str) -> Option<&'static str> {
+pub fn endpoint_of(method: &http::Method, path: &str) -> Option<Endpoint> {
     if method != http::Method::POST {
         return None;
     }
     match path {
-        "/v1/completions" => Some("completions"),
-        "/v1/chat/completions" => Some("chat"),
+        "/v1/completions" => Some(Endpoint::Completions),
+        "/v1/chat/completions" => Some(Endpoint::Chat),
         _ => None,
     }
 }
@@ -158,7 +159,7 @@ pub enum End {
 /// The measurement of one response, fed frame by frame.
 pub struct Measure {
     start_ns: u64,
-    endpoint: &'static str,
+    endpoint: Endpoint,
     status: u16,
     mode: Mode,
     rec: RequestRecord,
@@ -170,7 +171,7 @@ impl Measure {
     pub fn new(
         start_ns: u64,
         headers_ns: u64,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         status: u16,
         event_stream: bool,
         max_hold: usize,
@@ -348,7 +349,7 @@ fn context_ratio_of(message: &str, max_model_len: impl FnOnce() -> Option<u32>) 
 pub fn without_response(
     start_ns: u64,
     end_ns: u64,
-    endpoint: &'static str,
+    endpoint: Endpoint,
     info: RequestInfo,
     model: String,
     outcome: TrafficOutcome,

@@ -9,13 +9,16 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::config::Endpoint;
 use crate::prober::metrics::Hist;
 use crate::prober::request::{Outcome, RequestRecord};
 use crate::prober::settings::Buckets;
@@ -71,12 +74,18 @@ impl TrafficOutcome {
     }
 }
 
+impl EncodeLabelValue for TrafficOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
 /// `target, model, endpoint, stream`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrafficLabels {
     pub target: String,
     pub model: String,
-    pub endpoint: String,
+    pub endpoint: Endpoint,
     pub stream: String,
 }
 
@@ -84,9 +93,9 @@ pub struct TrafficLabels {
 pub struct TrafficOutcomeLabels {
     pub target: String,
     pub model: String,
-    pub endpoint: String,
+    pub endpoint: Endpoint,
     pub stream: String,
-    pub outcome: String,
+    pub outcome: TrafficOutcome,
 }
 
 /// Output tokens by where the count comes from: `usage` (the server's) or `events`
@@ -95,7 +104,7 @@ pub struct TrafficOutcomeLabels {
 pub struct TokenLabels {
     pub target: String,
     pub model: String,
-    pub endpoint: String,
+    pub endpoint: Endpoint,
     pub stream: String,
     pub source: String,
 }
@@ -105,7 +114,7 @@ pub struct TokenLabels {
 pub struct RatioLabels {
     pub target: String,
     pub model: String,
-    pub endpoint: String,
+    pub endpoint: Endpoint,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,7 +163,7 @@ pub struct TrafficMetrics {
 #[derive(Debug, Clone)]
 pub struct TrafficRecord {
     pub model: String,
-    pub endpoint: &'static str,
+    pub endpoint: Endpoint,
     pub stream: bool,
     pub outcome: TrafficOutcome,
     /// Latencies and tokens, in the prober's record (latencies count from the request's
@@ -259,15 +268,15 @@ impl TrafficMetrics {
         let l = TrafficLabels {
             target: target.to_string(),
             model: t.model.clone(),
-            endpoint: t.endpoint.to_string(),
+            endpoint: t.endpoint,
             stream: stream.to_string(),
         };
         let ol = TrafficOutcomeLabels {
             target: target.to_string(),
             model: t.model.clone(),
-            endpoint: t.endpoint.to_string(),
+            endpoint: t.endpoint,
             stream: stream.to_string(),
-            outcome: t.outcome.as_str().to_string(),
+            outcome: t.outcome,
         };
         self.requests.get_or_create(&ol).inc();
         if let Some(r) = t.context_ratio {
@@ -275,7 +284,7 @@ impl TrafficMetrics {
                 .get_or_create(&RatioLabels {
                     target: target.to_string(),
                     model: t.model.clone(),
-                    endpoint: t.endpoint.to_string(),
+                    endpoint: t.endpoint,
                 })
                 .observe(r);
         }
@@ -312,7 +321,7 @@ impl TrafficMetrics {
                 .get_or_create(&TokenLabels {
                     target: target.to_string(),
                     model: t.model.clone(),
-                    endpoint: t.endpoint.to_string(),
+                    endpoint: t.endpoint,
                     stream: stream.to_string(),
                     source: source.to_string(),
                 })

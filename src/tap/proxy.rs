@@ -28,6 +28,7 @@ use super::measure::{End, Measure, RequestInfo, endpoint_of, scan_request, witho
 use super::metrics::{TargetLabels, TrafficMetrics, TrafficOutcome};
 use super::models::ModelSet;
 use crate::clock::monotonic_ns;
+use crate::config::Endpoint;
 
 /// The body of a request sent upstream: a user's body (held in part), or empty (the tap's own
 /// `/v1/models` reads).
@@ -376,7 +377,7 @@ impl Body for HoldBody {
 pub struct Tracker {
     shared: Arc<Shared>,
     start_ns: u64,
-    endpoint: Option<&'static str>,
+    endpoint: Option<Endpoint>,
     /// `model` and `stream` of a measured request.
     info: RequestInfo,
     measure: Option<Measure>,
@@ -385,7 +386,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    fn new(shared: Arc<Shared>, start_ns: u64, endpoint: Option<&'static str>) -> Self {
+    fn new(shared: Arc<Shared>, start_ns: u64, endpoint: Option<Endpoint>) -> Self {
         shared
             .metrics
             .in_flight
