@@ -36,7 +36,9 @@ if [[ -n $PRIO && -w /proc/self/autogroup ]]; then echo -20 >/proc/self/autogrou
 concs=("$@")
 [[ ${#concs[@]} -gt 0 ]] || concs=(1 100 1000)
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# utime + stime of a live process, in ticks; nothing when it has gone (an exited process must
+# never read as 0, which made a phase's CPU negative).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || true; }
 
 SIM_PID=
 start_sim() {
@@ -75,18 +77,20 @@ run_phased() {
     local log="$OUT/$name-c$c.log"
     $PRIO taskset -c 0 "$@" >"$log" 2>&1 &
     local bpid=$! # the wrappers (a script, taskset, nice) all exec: this is the client process
-    local p0='' pt0='' ps0='' p1 pt1 ps1 hwm last='' lastt='' lasthwm=''
+    local p0='' pt0='' ps0='' p1 pt1 ps1 hwm ticks last='' lastt='' lasthwm=''
     # Sampled every 10 ms while the client lives: a client that exits right after printing its
     # result (vllm-bench) is then read from its last sample.
     while kill -0 "$bpid" 2>/dev/null; do
         # An exited client not yet reaped (a zombie) has no memory map and reads 0 CPU: skip it.
         hwm=$(awk '/VmHWM/ {print $2/1024 " MiB"}' "/proc/$bpid/status" 2>/dev/null || true)
-        if [[ -n $hwm ]]; then
-            last=$(cpu_ticks "$bpid"); lastt=$(date +%s.%N); lasthwm=$hwm
+        ticks=$(cpu_ticks "$bpid")
+        # Both reads must come from the live process, and CPU time never goes back.
+        if [[ -n $hwm && -n $ticks ]] && { [[ -z $last ]] || (( ticks >= last )); }; then
+            last=$ticks; lastt=$(date +%s.%N); lasthwm=$hwm
         fi
         if [[ -z $p0 ]] && grep -q "Starting main benchmark run" "$log" 2>/dev/null; then
             p0=$last; pt0=$lastt
-            ps0=$(cpu_ticks "$SIM_PID")
+            ps0=$(cpu_ticks "$SIM_PID"); ps0=${ps0:-0}
         fi
         if [[ -n $p0 ]] && grep -q "Serving Benchmark Result" "$log" 2>/dev/null; then
             break
@@ -95,7 +99,7 @@ run_phased() {
     done
     if [[ -n $p0 && -n $last ]]; then
         p1=$last; pt1=$lastt; hwm=$lasthwm
-        ps1=$(cpu_ticks "$SIM_PID")
+        ps1=$(cpu_ticks "$SIM_PID"); ps1=${ps1:-$ps0}
         echo "$name c=$c phase cpu_s=$(echo "($p1 - $p0)/100" | bc -l | cut -c1-6) wall_s=$(echo "$pt1 - $pt0" | bc -l | cut -c1-6) sim cores: $(echo "($ps1 - $ps0) / 100 / ($pt1 - $pt0)" | bc -l | cut -c1-5) peak RSS: $hwm" | tee -a "$OUT/headroom.txt"
     fi
     wait "$bpid" || echo "$name c=$c failed (see $log)"
@@ -115,13 +119,13 @@ for c in "${concs[@]}"; do
         *) echo "unknown client $client" >&2; exit 2 ;;
     esac
     start_sim
-    s0=$(cpu_ticks "$SIM_PID")
+    s0=$(cpu_ticks "$SIM_PID"); s0=${s0:-0}
     t0=$(date +%s.%N)
     $PRIO taskset -c 0 "$CLIENT_BIN" --target "$URL" --concurrency "$c" \
         --requests-per-stream "$REQS" --max-tokens "$TOKENS" --label "$client-c$c" "${flags[@]}" \
         | tee -a "$OUT/rust.jsonl"
     t1=$(date +%s.%N)
-    s1=$(cpu_ticks "$SIM_PID")
+    s1=$(cpu_ticks "$SIM_PID"); s1=${s1:-$s0}
     echo "$client c=$c sim cores: $(echo "($s1 - $s0) / 100 / ($t1 - $t0)" | bc -l | cut -c1-5)" | tee -a "$OUT/headroom.txt"
     stop_sim
   done

@@ -313,6 +313,13 @@ async fn run(a: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Bytes of one read kept for the next, so a marker split between reads is still found (longer
+/// than the longest marker, `data: [DONE]`, and the chunked terminator).
+const CARRY: usize = 16;
+/// A null-client read that waits longer than this ends the request as `timeout_request` (an
+/// earlier version had no timeout and hung the benchmark when a marker was split).
+const NULL_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The floor client: one kept-alive socket per stream, the request written by hand, and every
 /// read scanned for events (`data: ` lines) and their `sim_sent_ns`, stamped once per read. No
 /// HTTP parsing beyond finding `[DONE]`, no JSON. What is left is the kernel and the runtime.
@@ -348,22 +355,56 @@ async fn null_request(
     let mut buf = vec![0u8; 4096];
     let mut events = 0u32;
     let data = memchr::memmem::Finder::new(b"data: {");
-    let done = memchr::memmem::Finder::new(b"[DONE]");
+    let done = memchr::memmem::Finder::new(b"data: [DONE]");
+    let terminator = memchr::memmem::Finder::new(b"\r\n0\r\n\r\n");
+    // What is scanned: what the previous reads left (an event whose line has not ended yet, and
+    // the last bytes, so a marker split between two reads is still found) followed by this read.
+    // An event is taken when its line is complete, stamped with the read that completed it.
+    let mut scan: Vec<u8> = Vec::with_capacity(buf.len() + CARRY);
+    // Events starting before this offset of `scan` were taken already.
+    let mut taken_upto = 0usize;
+    let mut seen_done = false;
     loop {
-        let n = match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return rec,
-            Ok(n) => n,
+        let n = match tokio::time::timeout(NULL_READ_TIMEOUT, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            Ok(Ok(_) | Err(_)) => {
+                *sock = None;
+                return rec;
+            }
+            Err(_) => {
+                // A stalled stream: count it as such and never reuse the socket.
+                *sock = None;
+                rec.outcome = Outcome::TimeoutRequest;
+                return rec;
+            }
         };
         let now = vllm_sentinel::clock::monotonic_ns();
-        let chunk = &buf[..n];
-        for p in data.find_iter(chunk) {
-            obs.on_event(now, &chunk[p..]);
+        scan.extend_from_slice(&buf[..n]);
+        let mut incomplete = None;
+        for p in data.find_iter(&scan) {
+            if p < taken_upto {
+                continue;
+            }
+            if memchr::memchr(b'\n', &scan[p..]).is_none() {
+                incomplete = Some(p);
+                break;
+            }
+            obs.on_event(now, &scan[p..]);
             events += 1;
+            taken_upto = p + 1;
         }
-        if done.find(chunk).is_some() {
-            // The chunked terminator follows [DONE] in the same write.
+        if !seen_done && done.find(&scan).is_some() {
+            seen_done = true;
+        }
+        // The response ends with the chunked terminator after `[DONE]`: read up to it, so the
+        // next request on this kept-alive socket starts on a clean response.
+        if seen_done && terminator.find(&scan).is_some() {
             break;
         }
+        let tail = scan.len().saturating_sub(CARRY);
+        let keep = incomplete.map_or(tail, |p| p.min(tail));
+        scan.drain(..keep);
+        taken_upto = taken_upto.saturating_sub(keep);
     }
     rec.outcome = Outcome::Ok;
     // All events but the usage trailer carry a token.
