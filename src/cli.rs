@@ -147,6 +147,10 @@ pub struct DemoArgs {
     /// Resolution of the status page's history (`server.status_interval`).
     #[arg(long, default_value = "5s", value_parser = parse_duration, env = "VLLM_SENTINEL_STATUS_INTERVAL")]
     pub status_interval: std::time::Duration,
+    /// Also run the tap on this address (e.g. 127.0.0.1:9472): a measuring reverse proxy to the
+    /// simulator, so that the `vllm_sentinel_traffic_*` series have data (as `serve --tap-listen`).
+    #[arg(long, env = "VLLM_SENTINEL_TAP_LISTEN")]
+    pub tap_listen: Option<SocketAddr>,
 }
 
 #[cfg(test)]

@@ -94,17 +94,12 @@ pub async fn serve_with_gpu(
     ctx.status.sync_targets(&status_entries(&cfg));
 
     let mut registry = Registry::default();
-    exporter::register_common(&mut registry);
-    let prober =
-        crate::prober::Prober::new(&cfg, &mut registry).context("setting up the prober")?;
-    let scraper =
-        crate::scrape::Scraper::new(&cfg, &mut registry).context("setting up the scraper")?;
-    let gpu = match gpu_source {
-        Some(src) => crate::gpu::GpuSampler::with_source(&cfg.gpu, src, &mut registry),
-        None => crate::gpu::GpuSampler::new(&cfg.gpu, &mut registry)
-            .context("setting up GPU sampling")?,
-    };
-    let tap = crate::tap::Tap::new(&cfg, &mut registry);
+    let Subsystems {
+        prober,
+        scraper,
+        gpu,
+        tap,
+    } = register_subsystems(&cfg, &mut registry, gpu_source)?;
     let registry = Arc::new(registry);
     let history = crate::status::StatusHistory::new(
         ctx.status.clone(),
@@ -201,6 +196,39 @@ pub async fn serve_with_gpu(
     }
 }
 
+/// The subsystems, their families registered and nothing started.
+pub(crate) struct Subsystems {
+    pub prober: crate::prober::Prober,
+    pub scraper: crate::scrape::Scraper,
+    pub gpu: crate::gpu::GpuSampler,
+    pub tap: crate::tap::Tap,
+}
+
+/// Registers every family `/metrics` exports (the metrics contract test, src/contract.rs,
+/// builds its registry with this too). `gpu_source` `None`: NVML.
+pub(crate) fn register_subsystems(
+    cfg: &Config,
+    registry: &mut Registry,
+    gpu_source: Option<Box<dyn crate::gpu::GpuSource>>,
+) -> anyhow::Result<Subsystems> {
+    exporter::register_common(registry);
+    let prober = crate::prober::Prober::new(cfg, registry).context("setting up the prober")?;
+    let scraper = crate::scrape::Scraper::new(cfg, registry).context("setting up the scraper")?;
+    let gpu = match gpu_source {
+        Some(src) => crate::gpu::GpuSampler::with_source(&cfg.gpu, src, registry),
+        None => {
+            crate::gpu::GpuSampler::new(&cfg.gpu, registry).context("setting up GPU sampling")?
+        }
+    };
+    let tap = crate::tap::Tap::new(cfg, registry);
+    Ok(Subsystems {
+        prober,
+        scraper,
+        gpu,
+        tap,
+    })
+}
+
 /// (label, url, configured model) of every target, for the landing page.
 fn status_entries(cfg: &Config) -> Vec<(String, String, Option<String>)> {
     cfg.targets
@@ -253,6 +281,10 @@ pub async fn demo(
     cfg.targets.push(target);
     cfg.gpu.enabled = !args.no_gpu;
     cfg.server.status_interval = args.status_interval;
+    if let Some(a) = args.tap_listen {
+        cfg.tap.listen = a;
+        cfg.tap.enabled = true;
+    }
     crate::config::validate(&cfg)?;
     let gpu_source: Option<Box<dyn crate::gpu::GpuSource>> = match args.fake_gpus {
         0 => None,
@@ -271,6 +303,9 @@ pub async fn demo(
         );
     }
     println!("  vllm-sentinel metrics:                       http://{addr}/metrics");
+    if let Some(a) = args.tap_listen {
+        println!("  tap (send traffic here, it is measured):     http://{a}/v1/models");
+    }
     println!("Press Ctrl-C to stop.");
 
     if let Some(d) = args.duration {

@@ -23,6 +23,8 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(test)]
+mod contract;
 pub mod daemon;
 pub mod experiments;
 pub mod exporter;

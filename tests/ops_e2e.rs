@@ -1,9 +1,10 @@
 //! End-to-end test of the dashboards and alert rules in a real Prometheus:
-//! `scripts/ops/e2e-prometheus.sh` (see its header). Two forms:
-//! - against the contract-synthesised fake exporter (every family, a fake GPU): always runs;
-//! - against this crate's binary (`vllm-sentinel simulate` + `serve --no-gpu`), with faults
-//!   injected through the simulator's `POST /sim/faults` until the TTFT and context-length
-//!   alerts fire.
+//! `scripts/ops/e2e-prometheus.sh` (see its header), always against this crate's binary, with
+//! faults injected through the simulator's `POST /sim/faults` until the TTFT and context-length
+//! alerts fire. Two forms:
+//! - `vllm-sentinel simulate` + `serve --no-gpu --tap-listen`;
+//! - `vllm-sentinel demo --fake-gpus 2 --tap-listen` (the GPU families from the exporter itself,
+//!   two simulated H200s).
 //!
 //! Both install Prometheus when missing (Debian's `prometheus` package) and bound every wait.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -35,8 +36,11 @@ fn run_e2e(args: &[&str], envs: &[(&str, &str)]) {
 }
 
 #[test]
-fn dashboards_and_rules_work_in_prometheus_against_the_fake_exporter() {
-    run_e2e(&["--fake-exporter"], &[]);
+fn dashboards_and_rules_work_in_prometheus_against_the_demo_with_fake_gpus() {
+    run_e2e(
+        &["--binary", env!("CARGO_BIN_EXE_vllm-sentinel"), "--demo"],
+        &[],
+    );
 }
 
 #[test]

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# End-to-end test of dashboards and rules against a real Prometheus.
+# End-to-end test of dashboards and rules against a real Prometheus scraping the real binary.
 #
-#   scripts/ops/e2e-prometheus.sh --binary target/release/vllm-sentinel   # real daemon + simulator
-#   scripts/ops/e2e-prometheus.sh --fake-exporter                         # contract-synthesised /metrics, fake GPU
-#   (or VLLM_SENTINEL_BIN=path scripts/ops/e2e-prometheus.sh)
+#   scripts/ops/e2e-prometheus.sh --binary target/release/vllm-sentinel          # serve + simulate, --no-gpu
+#   scripts/ops/e2e-prometheus.sh --binary target/release/vllm-sentinel --demo   # demo --fake-gpus 2
+#   (or VLLM_SENTINEL_BIN=path scripts/ops/e2e-prometheus.sh [--demo])
 #
 # What it does, every step bounded by a deadline, every process killed on exit (trap):
 #  1. daemon mode: starts `vllm-sentinel simulate` and `vllm-sentinel serve --target <sim> --no-gpu
-#     --tap-listen <port>` on free loopback ports, and users' traffic through the tap
-#     (e2e_queries.py --load: streams, abandoned streams, a passthrough route); fake mode: starts scripts/ops/fake_exporter.py instead (every family
-#     of docs/metrics.md, a fake GPU included: the GPU panels and rules are checked there);
+#     --tap-listen <port>` on free loopback ports; demo mode: starts `vllm-sentinel demo
+#     --fake-gpus 2 --tap-listen <port>` instead (its built-in simulator, two simulated H200s from
+#     crate::gpu::FakeSource: the GPU panels and rules are checked there, against the exporter
+#     itself). Both: users' traffic through the tap (e2e_queries.py --load: streams, abandoned
+#     streams, a passthrough route);
 #  2. starts Prometheus (temp dir, free port, 1 s scrape and evaluation intervals) with the real
 #     rule files of alerts/ - in a temp copy whose `for:` durations are rewritten to 5s, because
 #     the production ones (2m-30m) would make the test take half an hour. Nothing else is changed;
@@ -37,16 +39,14 @@ bin="${VLLM_SENTINEL_BIN:-}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --binary) bin="$2"; shift 2 ;;
-        --fake-exporter) mode=fake; shift ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        --demo) mode=demo; shift ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) ops_die "unknown argument $1 (see --help)" ;;
     esac
 done
-if [ "$mode" = daemon ]; then
-    [ -n "$bin" ] || ops_die "give the built binary: --binary PATH or VLLM_SENTINEL_BIN (or --fake-exporter)"
-    [ -x "$bin" ] || ops_die "$bin is not an executable"
-    bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
-fi
+[ -n "$bin" ] || ops_die "give the built binary: --binary PATH or VLLM_SENTINEL_BIN"
+[ -x "$bin" ] || ops_die "$bin is not an executable"
+bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 deadline="${E2E_DEADLINE_S:-180}"
 slow_body="${E2E_FAULT_SLOW_BODY:-{\"slow_first_token\": \"1500ms\"\}}"
 reject_body="${E2E_FAULT_REJECT_BODY:-{\"max_model_len\": 16\}}"
@@ -77,32 +77,31 @@ trap 'exit 130' INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 sentinel_port=$(free_port)
+sim_port=$(free_port)
+tap_port=$(free_port)
+fault_url="http://127.0.0.1:$sim_port/sim/faults"
 if [ "$mode" = daemon ]; then
-    sim_port=$(free_port)
     ops_step "starting the simulator on 127.0.0.1:$sim_port"
     "$bin" simulate --listen "127.0.0.1:$sim_port" >"$tmp/sim.log" 2>&1 &
     pids+=($!)
     Q --wait-http "http://127.0.0.1:$sim_port/v1/models" --deadline 30 || ops_die "simulator did not come up"
-    fault_url="http://127.0.0.1:$sim_port/sim/faults"
     ops_step "starting the daemon on 127.0.0.1:$sentinel_port"
-    tap_port=$(free_port)
     "$bin" serve --target "http://127.0.0.1:$sim_port" --listen "127.0.0.1:$sentinel_port" \
         --no-gpu --rate 4 --scrape-interval 1s --tap-listen "127.0.0.1:$tap_port" >"$tmp/sentinel.log" 2>&1 &
     pids+=($!)
 else
-    ops_step "starting the fake exporter on 127.0.0.1:$sentinel_port"
-    python3 scripts/ops/fake_exporter.py --listen "127.0.0.1:$sentinel_port" >"$tmp/fake.log" 2>&1 &
+    ops_step "starting the demo (simulator on 127.0.0.1:$sim_port, 2 fake GPUs) on 127.0.0.1:$sentinel_port"
+    "$bin" demo --listen "127.0.0.1:$sentinel_port" --sim-listen "127.0.0.1:$sim_port" \
+        --fake-gpus 2 --status-interval 1s --tap-listen "127.0.0.1:$tap_port" >"$tmp/demo.log" 2>&1 &
     pids+=($!)
-    fault_url="http://127.0.0.1:$sentinel_port/sim/faults"
+    Q --wait-http "http://127.0.0.1:$sim_port/v1/models" --deadline 30 || ops_die "the demo's simulator did not come up"
 fi
 Q --wait-http "http://127.0.0.1:$sentinel_port/metrics" --deadline 30 || ops_die "/metrics did not come up"
 
-if [ "$mode" = daemon ]; then
-    ops_step "users' traffic through the tap on 127.0.0.1:$tap_port (background, until the end)"
-    Q --wait-http "http://127.0.0.1:$tap_port/v1/models" --deadline 30 || ops_die "the tap did not come up"
-    Q --load "http://127.0.0.1:$tap_port" --deadline 1800 >"$tmp/load.log" 2>&1 &
-    pids+=($!)
-fi
+ops_step "users' traffic through the tap on 127.0.0.1:$tap_port (background, until the end)"
+Q --wait-http "http://127.0.0.1:$tap_port/v1/models" --deadline 30 || ops_die "the tap did not come up"
+Q --load "http://127.0.0.1:$tap_port" --deadline 1800 >"$tmp/load.log" 2>&1 &
+pids+=($!)
 
 ops_step "rule files: alerts/*.yml with for: rewritten to 5s (temp copy)"
 mkdir -p "$tmp/rules"

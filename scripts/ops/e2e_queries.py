@@ -8,7 +8,7 @@
         the verdict fails on a query error and on an unexplained empty result
     e2e_queries.py --prom URL --phase NAME --out FILE
         run every check once, write the results (JSON) to FILE
-    e2e_queries.py --verdict FILE... [--allow FILE] [--mode daemon|fake]
+    e2e_queries.py --verdict FILE... [--allow FILE] [--mode daemon|demo]
         a check passes if it never errored and was non-empty in at least one phase, or matches an
         allowlist entry for the mode (each entry carries its reason); prints failures, exit 1
     e2e_queries.py --prom URL --wait-alerts A,B --deadline SECONDS
