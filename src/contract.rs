@@ -215,7 +215,7 @@ mod tests {
             target: "sim".into(),
             model: "m".into(),
             workload: "default".into(),
-            endpoint: "completions".into(),
+            endpoint: crate::config::Endpoint::Completions,
         };
         let w = pm.workload(&l);
         for o in Outcome::ALL {
@@ -267,7 +267,7 @@ mod tests {
                     "sim",
                     &TrafficRecord {
                         model: "m".into(),
-                        endpoint: "chat",
+                        endpoint: crate::config::Endpoint::Chat,
                         stream,
                         outcome,
                         rec,
