@@ -1269,3 +1269,166 @@ async fn measures_real_vllm_bytes_byte_for_byte() {
     );
     assert_eq!(metric(&t, "vllm_sentinel_traffic_in_flight", &[]), 0.0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backpressure
+// ---------------------------------------------------------------------------------------------
+
+/// Decodes a chunked body from `raw` (after the response head); `None` until it is complete.
+fn dechunk(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        let line_end = i + raw.get(i..)?.windows(2).position(|w| w == b"\r\n")?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&raw[i..line_end]).ok()?.trim(), 16).ok()?;
+        i = line_end + 2;
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(i..i + size)?);
+        i += size + 2;
+    }
+}
+
+/// A client that stops reading: the tap stops reading the upstream (nothing is queued in the
+/// tap), so the bytes the upstream managed to write never run ahead of what the client read by
+/// more than the sockets' kernel buffers; then, read to the end, the stream is intact.
+#[tokio::test]
+async fn a_slow_reader_backpressures_the_upstream_and_gets_every_byte() {
+    // Event i is `data: {"choices":[{"text":"<i, 8 digits><pad>"}]}\n\n`, 64 KiB each.
+    const EVENT: usize = 64 * 1024;
+    const EVENTS: usize = 1024; // 64 MiB in all
+    // Kernel buffers between the upstream's writes and the client's reads: the upstream's send
+    // buffer (tcp_wmem max 4 MiB), the tap's receive buffer from it (tcp_rmem max 32 MiB here),
+    // the tap's send buffer (4 MiB), the client's receive buffer (set to 16 KiB), plus hyper's
+    // read buffer and one frame in flight. An unbounded queue in the tap lets the upstream
+    // write all 64 MiB while the client reads nothing.
+    const BOUND: u64 = 44 * 1024 * 1024;
+    let event = |i: usize| {
+        let head = format!(r#"data: {{"choices":[{{"index":0,"text":"{i:08}"#);
+        let tail = "\"}]}\n\n";
+        let pad = "x".repeat(EVENT - head.len() - tail.len());
+        format!("{head}{pad}{tail}").into_bytes()
+    };
+
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tap = start_tap(
+        &format!("http://{}", up.local_addr().unwrap()),
+        Some(vec!["tiny"]),
+        |_| {},
+    )
+    .await;
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Set when a write of the upstream could not complete at once: its buffers are full.
+    let blocked = Arc::new(tokio::sync::Notify::new());
+    let upstream = {
+        let (written, blocked) = (written.clone(), blocked.clone());
+        tokio::spawn(async move {
+            let (mut us, _) = up.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let _req = read_request(&mut us, &mut buf).await;
+            us.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            for i in 0..EVENTS {
+                let c = chunk(&event(i));
+                let mut off = 0;
+                while off < c.len() {
+                    match us.try_write(&c[off..]) {
+                        Ok(n) => {
+                            off += n;
+                            written.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            blocked.notify_one();
+                            us.writable().await.unwrap();
+                        }
+                        Err(e) => panic!("upstream write: {e}"),
+                    }
+                }
+            }
+            us.write_all(b"0\r\n\r\n").await.unwrap();
+        })
+    };
+
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut c = sock.connect(tap.addr).await.unwrap();
+    let body = r#"{"model":"tiny","stream":true,"prompt":"p"}"#;
+    c.write_all(
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let head_end = read_until(&mut c, &mut got, b"\r\n\r\n").await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got[..head_end])
+    );
+
+    // The client reads nothing more until the upstream's writes block.
+    guard(
+        "the upstream blocking on a client that does not read",
+        blocked.notified(),
+    )
+    .await;
+    let w = written.load(std::sync::atomic::Ordering::SeqCst);
+    let r = got.len() as u64;
+    assert!(
+        w < r + BOUND,
+        "the upstream wrote {w} bytes while the client had read {r}: the tap queued {} bytes",
+        w - r
+    );
+
+    // Read to the end, checking the bound all along.
+    let total = (EVENTS * (EVENT + format!("{EVENT:x}").len() + 4)) as u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut worst = 0u64;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        // The stream ends with the last chunk, `0\r\n\r\n` (no event ends in "0\r\n").
+        while !got.ends_with(b"\r\n0\r\n\r\n") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "EOF before the end of the stream");
+            got.extend_from_slice(&buf[..n]);
+            let w = written.load(std::sync::atomic::Ordering::SeqCst);
+            worst = worst.max(w.saturating_sub(got.len() as u64));
+        }
+    })
+    .await
+    .expect("reading the whole stream");
+    assert!(
+        worst < BOUND,
+        "the upstream ran {worst} bytes ahead of the client"
+    );
+    guard("upstream done", upstream).await.unwrap();
+    assert_eq!(written.load(std::sync::atomic::Ordering::SeqCst), total);
+
+    // Every event, in order, intact.
+    let data = dechunk(&got[head_end..]).unwrap();
+    assert_eq!(data.len(), EVENTS * EVENT);
+    for (i, ev) in data.chunks(EVENT).enumerate() {
+        assert_eq!(ev, &event(i)[..], "event {i} differs");
+    }
+    // And it was measured as one streamed request with one output event per upstream event.
+    let text = tap
+        .wait_for("the slow stream's record", |t| {
+            metric(t, "vllm_sentinel_traffic_requests_total", &[]) >= 1.0
+        })
+        .await;
+    assert_eq!(
+        metric(
+            &text,
+            "vllm_sentinel_traffic_requests_total",
+            &["stream=\"true\""]
+        ),
+        1.0,
+        "{text}"
+    );
+}
