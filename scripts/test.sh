@@ -4,6 +4,9 @@
 #   2. the unit and integration tests (cargo test);
 #   3. the dashboards/alerts checks: promtool unit tests, static checks, and an end-to-end run
 #      of a real Prometheus scraping the daemon against the simulator;
+#   3b. what ships besides the binary, with real tools (scripts/check-packaging.sh): the
+#      Kubernetes manifests (kubernetes-validate, our Prometheus Operator schemas), the compose
+#      file (compose-spec schema), and `cargo deny check licenses bans sources`;
 #   4. the status page in a real browser: Debian's Chromium (installed with apt-get when missing)
 #      drives `/` against `vllm-sentinel demo` (tests/browser/status_page.py, < 60 s);
 #   5. the real-vLLM tier: vLLM 0.32 on this machine's CPU (installed once into a cache outside
@@ -37,6 +40,9 @@ cargo build --release --locked --bin vllm-sentinel
 
 step "cargo test"
 cargo test --locked --no-fail-fast 2>&1 | tee target/cargo-test.log
+
+step "deployment files and dependency policy (scripts/check-packaging.sh)"
+scripts/check-packaging.sh
 
 # ---- Status page in a real browser -------------------------------------------------------
 # Separate from cargo test: it needs Chromium, which is installed here when missing.
