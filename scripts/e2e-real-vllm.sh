@@ -11,7 +11,10 @@
 #      with their length ratio, responses are byte-identical to direct ones, aborts free the KV;
 #   4. `bench`, a short `sweep` and `kv-scale` run against it; kv-scale's KV usage per rung is
 #      within one block of cache_config_info's expectation and closed streams are freed, every
-#      grid cell is decided and agrees with the computed capacity.
+#      grid cell is decided and agrees with the computed capacity;
+#   5. chaos: vLLM is killed with SIGKILL while probes stream and started again on the same
+#      port; the daemon counts the probes in flight as failures, keeps serving /metrics,
+#      recovers on its own, and shows only the new instance's series.
 # All checks run; every failure is listed at the end and makes the script fail.
 #
 # Usage: scripts/e2e-real-vllm.sh [BINARY] [--update-examples]
@@ -48,6 +51,9 @@ export MAX_MODEL_LEN=${E2E_MAX_MODEL_LEN:-1024}
 export KV_BYTES=${E2E_KV_BYTES:-16777216}
 out=${E2E_OUT:-$(mktemp -d /tmp/vllm-sentinel-e2e.XXXXXX)}
 mkdir -p "$out"
+# serve.sh and stop.sh use this pidfile; the chaos checks kill -9 the process group it names and
+# start vLLM again with serve.sh (same port and settings, from this environment).
+export PIDFILE="$out/vllm-$PORT.pid" VLLM_PIDFILE="$out/vllm-$PORT.pid" START_TIMEOUT=${START_TIMEOUT:-600}
 
 cleanup() {
     scripts/vllm-cpu/stop.sh >/dev/null 2>&1 || true
@@ -55,7 +61,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "==> [serve] vLLM on 127.0.0.1:$PORT (max-model-len $MAX_MODEL_LEN, KV $KV_BYTES bytes)"
-START_TIMEOUT=${START_TIMEOUT:-600} scripts/vllm-cpu/serve.sh || fail serve "vLLM did not become healthy (log above)"
+scripts/vllm-cpu/serve.sh || fail serve "vLLM did not become healthy (log above)"
 
 echo "==> [checks] vllm-sentinel against it; artefacts in $out"
 python3 scripts/e2e/real_vllm.py --bin "$bin" --vllm "http://127.0.0.1:$PORT" \

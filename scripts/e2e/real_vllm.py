@@ -375,6 +375,116 @@ def daemon_checks(args, out):
     check(rc == 0, f"daemon stopped cleanly on SIGTERM (exit {rc})")
 
 
+# Long streams, so that probes are certainly in flight when vLLM is killed (each takes seconds).
+CHAOS = """
+[[targets.workloads]]
+name = "long"
+concurrency = 3
+prompt_tokens = 32
+max_tokens = 600
+"""
+
+
+def vllm_pgid():
+    """The process group of the running vLLM (serve.sh starts it with setsid)."""
+    with open(os.environ["VLLM_PIDFILE"]) as f:
+        return int(f.read().strip())
+
+
+def restart_vllm():
+    """Starts vLLM again on the same port (serve.sh, without its setup step)."""
+    env = dict(os.environ, VLLM_CPU_SKIP_SETUP="1")
+    here = os.path.dirname(os.path.abspath(__file__))
+    serve = os.path.join(here, "..", "vllm-cpu", "serve.sh")
+    r = subprocess.run([serve], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    check(r.returncode == 0, "vLLM restarted on the same port" + ("" if r.returncode == 0 else f":\n{r.stdout[-2000:]}"))
+    if r.returncode != 0:
+        fail("vLLM did not come back")
+
+
+def chaos_checks(args, out):
+    """kill -9 vLLM while probes stream, restart it on the same port: the daemon classifies the
+    probes that were in flight, keeps serving /metrics, recovers on its own, and leaves no stale
+    series of the killed instance."""
+    port = free_port()
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    cfg_path = os.path.join(out, "chaos.toml")
+
+    def write_config(*parts):
+        with open(cfg_path, "w") as f:
+            f.write(CONFIG.format(port=port, vllm=args.vllm, workloads="".join(parts)))
+
+    write_config(CHAOS)
+    daemon_log = open(os.path.join(out, "chaos-daemon.log"), "w")
+    proc = subprocess.Popen([args.bin, "serve", "--config", cfg_path], stdout=daemon_log, stderr=subprocess.STDOUT)
+    try:
+        wait_until("the daemon's /readyz", 120, lambda: http_get(f"http://127.0.0.1:{port}/readyz") and True)
+
+        def failures(x):
+            return sum(v for l, v in values(x, "vllm_sentinel_probe_requests_total", workload="long") if l["outcome"] != "ok")
+
+        # Streams in flight on both sides, and at least one finished (the pipeline works).
+        def streaming():
+            x = parse(http_get(metrics_url))
+            v = vllm_counters(args)
+            return x if (total(x, "vllm_sentinel_probe_in_flight", workload="long") >= 1 and v["running"] >= 1
+                         and total(x, "vllm_sentinel_probe_requests_total", workload="long", outcome="ok") >= 1) else None
+        before = wait_until("long streams in flight", 300, streaming)
+        in_flight = total(before, "vllm_sentinel_probe_in_flight", workload="long")
+        ok_before = total(before, "vllm_sentinel_probe_requests_total", workload="long", outcome="ok")
+        failed_before = failures(before)
+        # Each stream lasts seconds, so the streams seen in flight are still in flight now.
+        os.killpg(vllm_pgid(), signal.SIGKILL)
+        log(f"killed vLLM (SIGKILL to its process group) with {in_flight:.0f} probes in flight")
+
+        def classified():
+            x = parse(http_get(metrics_url))
+            return x if (total(x, "vllm_sentinel_probe_in_flight", workload="long") == 0
+                         and failures(x) - failed_before >= in_flight
+                         and total(x, "vllm_sentinel_upstream_up", target="vllm") == 0) else None
+        down = wait_until("the in-flight probes classified and the target marked down", 120, classified)
+        by = {l["outcome"]: v for l, v in values(down, "vllm_sentinel_probe_requests_total", workload="long")}
+        by_before = {l["outcome"]: v for l, v in values(before, "vllm_sentinel_probe_requests_total", workload="long")}
+        delta = {k: v - by_before.get(k, 0) for k, v in by.items() if v - by_before.get(k, 0) > 0 and k != "ok"}
+        check(failures(down) - failed_before >= in_flight,
+              f"the {in_flight:.0f} probes in flight at the kill were counted as failures: {delta}")
+        check(set(delta) <= {"truncated", "connect", "timeout_first_token", "timeout_request", "server_error", "overloaded"},
+              f"the kill is classified as a transport failure, never as ok or a client error: {sorted(delta)}")
+        check(proc.poll() is None and http_get(metrics_url) is not None, "the daemon kept running and serving /metrics")
+
+        restart_vllm()
+
+        def recovered():
+            x = parse(http_get(metrics_url))
+            return x if (total(x, "vllm_sentinel_upstream_up", target="vllm") == 1
+                         and total(x, "vllm_sentinel_probe_requests_total", workload="long", outcome="ok") >= ok_before + 3) else None
+        wait_until("the daemon to recover on its own (3 more ok probes, upstream up)", 300, recovered)
+        check(True, "the daemon recovered on its own: upstream up, probes ok again")
+
+        # No stale series: once quiescent, every pass-through and normalised value of the target
+        # is the new instance's (the killed instance's counters were larger: it had served).
+        reload(proc, cfg_path, lambda: write_config(IDLE))
+        s, v = quiesce(args, metrics_url, "the restart")
+        s = wait_until("the daemon's scrape to show the new instance", 60,
+                       lambda: (lambda x: x if total(x, "vllm:generation_tokens_total", target="vllm") == v["gen"] else None)(parse(http_get(metrics_url))))
+        for name in ("vllm:generation_tokens_total", "vllm_sentinel_server_generation_tokens_total",
+                     "vllm_sentinel_server_requests_running", "vllm_sentinel_server_info"):
+            series = values(s, name, target="vllm")
+            check(len(series) == 1, f"{name}: exactly one series for the target after the restart ({len(series)})")
+        gen = values(s, "vllm_sentinel_server_generation_tokens_total", target="vllm")
+        check(gen and gen[0][1] == v["gen"], f"normalised generation tokens are the new instance's {v['gen']:.0f} ({gen[0][1] if gen else None})")
+        check(total(s, "vllm_sentinel_server_requests_running", target="vllm") == 0, "no request shown running after the restart")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = None
+        daemon_log.close()
+    check(rc == 0, f"daemon stopped cleanly on SIGTERM after the chaos (exit {rc})")
+
+
 def run_cmd(args, out, name, argv):
     d = os.path.join(out, name)
     os.makedirs(d, exist_ok=True)
@@ -494,7 +604,8 @@ def main():
     tap_section.__name__ = "tap_checks"
     sections = [("daemon against real vLLM", daemon_checks),
                 ("the tap in front of real vLLM", tap_section),
-                ("one-shot experiments against real vLLM", experiment_checks)]
+                ("one-shot experiments against real vLLM", experiment_checks),
+                ("kill -9 and restart of vLLM under load", chaos_checks)]
     only = os.environ.get("E2E_ONLY")
     for title, fn in sections:
         if only and only not in fn.__name__:
