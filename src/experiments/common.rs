@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+#[cfg(test)]
+use super::engine::Outcome;
 use super::engine::Sample;
 use super::report::{LatencySummaries, Report};
 use super::stats::Summary;
@@ -137,7 +139,7 @@ pub fn errors_by_class<'a>(
 ) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for s in samples.into_iter().filter(|s| !s.ok()) {
-        *m.entry(s.outcome.clone()).or_insert(0) += 1;
+        *m.entry(s.outcome.as_str().to_string()).or_insert(0) += 1;
     }
     m
 }
@@ -270,7 +272,7 @@ mod tests {
     #[test]
     fn summaries_use_only_successes() {
         let ok = Sample {
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             e2e_s: 2.0,
             ttft_s: Some(0.5),
             output_tokens: Some(10),
@@ -278,7 +280,7 @@ mod tests {
             ..Default::default()
         };
         let bad = Sample {
-            outcome: "http_500".into(),
+            outcome: Outcome::ServerError,
             status: Some(500),
             e2e_s: 99.0,
             ..Default::default()
@@ -290,7 +292,7 @@ mod tests {
         assert_eq!(s.output_tokens_per_s.p50, Some(5.0));
         assert_eq!(s.itl_s.count, 4);
         let e = errors_by_class(&v);
-        assert_eq!(e.get("http_500"), Some(&1));
+        assert_eq!(e.get("server_error"), Some(&1));
         assert!(first_failure(&v).contains("HTTP 500"));
         assert_eq!(first_failure(&[]), "no request was sent");
     }

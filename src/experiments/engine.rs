@@ -8,9 +8,14 @@
 
 use std::future::Future;
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::prober::request::{Outcome, RequestRecord};
 
 /// One model the server offers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,12 +37,13 @@ pub struct RequestSpec {
     pub stream: bool,
 }
 
-/// The measurement of one request, whatever happened to it.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The measurement of one request, whatever happened to it: the prober's [`RequestRecord`]
+/// (see [`Sample::from_record`]) in the seconds the reports are written in. The outcome is the
+/// prober's own typed [`Outcome`]; reports write its label ([`Outcome::as_str`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    /// `"ok"` for a successful request, otherwise the prober's error class (e.g.
-    /// `http_400_context_length`, `connect`, `timeout`).
-    pub outcome: String,
+    /// How the request ended.
+    pub outcome: Outcome,
     /// HTTP status, when a response arrived.
     pub status: Option<u16>,
     /// The server's error message (for a 4xx/5xx) or the client's, when it failed.
@@ -60,18 +66,61 @@ pub struct Sample {
     pub finish_reason: Option<String>,
 }
 
+impl Default for Sample {
+    /// An empty successful sample, as [`RequestRecord`] starts out.
+    fn default() -> Self {
+        Self {
+            outcome: Outcome::Ok,
+            status: None,
+            error_message: None,
+            ttfb_s: None,
+            ttft_s: None,
+            tpot_s: None,
+            itl_s: Vec::new(),
+            e2e_s: 0.0,
+            prompt_tokens: None,
+            output_tokens: None,
+            finish_reason: None,
+        }
+    }
+}
+
 impl Sample {
     /// Whether the request succeeded.
     pub fn ok(&self) -> bool {
-        self.outcome == "ok"
+        self.outcome == Outcome::Ok
     }
 
     /// A failed sample (for requests that never reached the engine).
-    pub fn failed(outcome: &str, message: impl Into<String>) -> Self {
+    pub fn failed(outcome: Outcome, message: impl Into<String>) -> Self {
         Self {
-            outcome: outcome.to_string(),
+            outcome,
             error_message: Some(message.into()),
             ..Self::default()
+        }
+    }
+
+    /// The experiments' view of the prober's record of one request: the same outcome, status,
+    /// token counts and finish reason, its durations in seconds. A non-streaming answer arrives
+    /// whole, so it has no first token, TPOT or inter-token gaps of its own.
+    pub fn from_record(rec: &RequestRecord, stream: bool) -> Self {
+        let secs = |d: Duration| d.as_secs_f64();
+        Self {
+            outcome: rec.outcome,
+            status: rec.http_status,
+            error_message: rec.error.clone(),
+            ttfb_s: rec.ttfb.map(secs),
+            ttft_s: if stream { rec.ttft.map(secs) } else { None },
+            tpot_s: if stream { rec.tpot.map(secs) } else { None },
+            itl_s: if stream {
+                rec.itl.iter().copied().map(secs).collect()
+            } else {
+                Vec::new()
+            },
+            e2e_s: secs(rec.e2e),
+            prompt_tokens: rec.prompt_tokens,
+            output_tokens: rec.output_tokens,
+            finish_reason: rec.finish_reason.clone(),
         }
     }
 }
@@ -152,9 +201,9 @@ pub trait Target: Send + Sync + 'static {
     /// server's tokenizer). Returns notes for the report (e.g. "prompt lengths are estimates").
     fn prepare(&self, model: &ModelInfo) -> impl Future<Output = Vec<String>> + Send;
     /// Sends one request and measures it. Never fails: a failure is a [`Sample`] with its class.
-    /// `late_by_s` is how far behind its intended start the request is sent (open-loop load);
-    /// it is added to the end-to-end latency so latency counts from the intended start.
-    fn execute(&self, spec: RequestSpec, late_by_s: f64) -> impl Future<Output = Sample> + Send;
+    /// `intended` is when the request should have been sent (open-loop load: its scheduled
+    /// arrival; otherwise now): latencies count from it, so a late send is charged to them.
+    fn execute(&self, spec: RequestSpec, intended: Instant) -> impl Future<Output = Sample> + Send;
     /// Sends one streaming request and keeps it open until it ends by itself or `close` is
     /// cancelled (which closes the connection, so the server aborts the request and frees its
     /// KV blocks). Publishes its progress on `progress` as each output event arrives. The
@@ -170,8 +219,8 @@ pub trait Target: Send + Sync + 'static {
     ) -> impl Future<Output = Sample> + Send {
         async move {
             let s = tokio::select! {
-                s = self.execute(spec, 0.0) => s,
-                _ = close.cancelled() => Sample::failed("cancelled", "closed by the caller"),
+                s = self.execute(spec, Instant::now()) => s,
+                _ = close.cancelled() => Sample::failed(Outcome::Cancelled, "closed by the caller"),
             };
             progress.send_replace(StreamProgress {
                 output_events: s.output_tokens.unwrap_or(0),
@@ -235,7 +284,11 @@ mod tests {
         };
         assert_eq!(c.capacity_tokens(), 16_384);
         assert_eq!(c.usable_blocks(), 1023);
-        assert!(Sample::failed("connect", "refused").error_message.is_some());
-        assert!(!Sample::failed("connect", "refused").ok());
+        assert!(
+            Sample::failed(Outcome::Connect, "refused")
+                .error_message
+                .is_some()
+        );
+        assert!(!Sample::failed(Outcome::Connect, "refused").ok());
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::{self, CommonArgs};
 use super::engine::{
-    GpuSnapshot, ModelInfo, RequestSpec, Sample, ServerSnapshot, StreamProgress, Target,
+    GpuSnapshot, ModelInfo, Outcome, RequestSpec, Sample, ServerSnapshot, StreamProgress, Target,
 };
 use crate::config::Endpoint;
 use crate::prober::discovery;
@@ -99,29 +99,6 @@ impl HttpTarget {
     }
 }
 
-/// The experiments' view of one request record.
-fn sample_from_record(rec: &request::RequestRecord, stream: bool) -> Sample {
-    let secs = |d: Duration| d.as_secs_f64();
-    Sample {
-        outcome: rec.outcome.as_str().to_string(),
-        status: rec.http_status,
-        error_message: rec.error.clone(),
-        ttfb_s: rec.ttfb.map(secs),
-        // a non-streaming answer arrives whole: it has no first token of its own
-        ttft_s: if stream { rec.ttft.map(secs) } else { None },
-        tpot_s: if stream { rec.tpot.map(secs) } else { None },
-        itl_s: if stream {
-            rec.itl.iter().copied().map(secs).collect()
-        } else {
-            Vec::new()
-        },
-        e2e_s: secs(rec.e2e),
-        prompt_tokens: rec.prompt_tokens,
-        output_tokens: rec.output_tokens,
-        finish_reason: rec.finish_reason.clone(),
-    }
-}
-
 /// Publishes a held stream's progress: one more output event each time an event carrying
 /// generated output arrives (the engine's own reading of the same event decides the record).
 struct ProgressObserver<'a> {
@@ -190,15 +167,12 @@ impl Target for HttpTarget {
         notes
     }
 
-    async fn execute(&self, spec: RequestSpec, late_by_s: f64) -> Sample {
+    async fn execute(&self, spec: RequestSpec, intended: tokio::time::Instant) -> Sample {
         let req = match self.probe_request(spec) {
             Ok(r) => r,
-            Err(why) => return Sample::failed("client_error", why),
+            Err(why) => return Sample::failed(Outcome::ClientError, why),
         };
-        let now = Instant::now();
-        let intended = now
-            .checked_sub(Duration::from_secs_f64(late_by_s.max(0.0)))
-            .unwrap_or(now);
+        let intended = intended.into_std();
         let rec = request::execute(
             &self.client,
             &self.base_url,
@@ -208,7 +182,7 @@ impl Target for HttpTarget {
             intended,
         )
         .await;
-        sample_from_record(&rec, spec.stream)
+        Sample::from_record(&rec, spec.stream)
     }
 
     async fn stream_held(
@@ -237,9 +211,9 @@ impl Target for HttpTarget {
                     events: 0,
                 };
                 let rec = request::execute_with(&conn, &req, Instant::now(), &mut observer).await;
-                sample_from_record(&rec, true)
+                Sample::from_record(&rec, true)
             }
-            Err(why) => Sample::failed("client_error", why),
+            Err(why) => Sample::failed(Outcome::ClientError, why),
         };
         progress.send_modify(|p| p.ended = true);
         s

@@ -526,7 +526,7 @@ async fn run_level<T: Target>(
                             Admit::Warmup => {}
                         }
                         let s = tokio::select! {
-                            s = t.execute(spec, 0.0) => s,
+                            s = t.execute(spec, start) => s,
                             _ = lt.cancelled() => break,
                         };
                         let end = Instant::now();
@@ -576,9 +576,8 @@ async fn run_level<T: Target>(
                 let intended = next;
                 tasks.spawn(async move {
                     let start = Instant::now();
-                    let late = start.saturating_duration_since(intended).as_secs_f64();
                     let s = tokio::select! {
-                        s = t.execute(spec, late) => Some(s),
+                        s = t.execute(spec, intended) => Some(s),
                         _ = lt.cancelled() => None,
                     };
                     inf.fetch_sub(1, Ordering::SeqCst);
