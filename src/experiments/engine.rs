@@ -125,11 +125,14 @@ impl Sample {
     }
 }
 
-/// The server's own gauges at one instant (from its `/metrics`). A field is `None` when the
-/// server does not export that family.
+/// The server's own gauges at one instant (from its `/metrics`, read and normalised by the
+/// daemon's scrape path, [`crate::scrape::once`], so every engine the daemon knows works). A
+/// field is `None` when the server does not export that concept. Across engines
+/// (data-parallel ranks) counts and counters are summed and KV usage, a ratio, is the maximum,
+/// as the daemon aggregates them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerSnapshot {
-    /// `vllm:kv_cache_usage_perc` (0–1).
+    /// KV-cache usage (0–1; vLLM `vllm:kv_cache_usage_perc`).
     pub kv_usage: Option<f64>,
     /// `vllm:num_requests_running`.
     pub running: Option<f64>,
@@ -144,6 +147,32 @@ pub struct ServerSnapshot {
     pub generation_tokens_total: Option<f64>,
     /// From `vllm:cache_config_info`.
     pub cache: Option<CacheConfig>,
+}
+
+impl ServerSnapshot {
+    /// The experiments' gauges out of one normalised scrape.
+    pub fn from_scrape(snap: &crate::scrape::once::Snapshot) -> Self {
+        use crate::scrape::normalize::Concept;
+        let values = |c: Concept| {
+            snap.series
+                .values
+                .iter()
+                .filter(move |((cc, _), v)| *cc == c && v.is_finite())
+                .map(|(_, v)| *v)
+        };
+        let sum = |c: Concept| values(c).reduce(|a, b| a + b);
+        Self {
+            kv_usage: values(Concept::KvCacheUsage).reduce(f64::max),
+            running: sum(Concept::RequestsRunning),
+            waiting: sum(Concept::RequestsWaiting),
+            preemptions_total: sum(Concept::Preemptions),
+            generation_tokens_total: sum(Concept::GenerationTokens),
+            cache: snap.cache.map(|g| CacheConfig {
+                block_size: g.block_size,
+                num_gpu_blocks: g.num_blocks,
+            }),
+        }
+    }
 }
 
 /// The KV-cache geometry a vLLM server publishes in `vllm:cache_config_info`.
@@ -175,6 +204,32 @@ pub struct GpuSnapshot {
     pub utilization: f64,
     /// Memory used, bytes (sum over devices).
     pub memory_used_bytes: f64,
+}
+
+impl GpuSnapshot {
+    /// The experiments' summary of one snapshot of the GPU module's sampler: utilisation
+    /// averaged over the GPUs that answered, memory used summed; why there is none otherwise.
+    pub fn from_sampled(s: &crate::gpu::GpuSnapshot) -> Result<Self, String> {
+        if !s.up {
+            return Err(if s.attempts == 0 {
+                "not available (starting)".to_string()
+            } else {
+                "not available (NVML could not be used on this machine)".to_string()
+            });
+        }
+        let util: Vec<f64> = s.devices.iter().filter_map(|d| d.utilization_gpu).collect();
+        if util.is_empty() {
+            return Err("not available (no GPU answered)".into());
+        }
+        Ok(Self {
+            utilization: util.iter().sum::<f64>() / util.len() as f64,
+            memory_used_bytes: s
+                .devices
+                .iter()
+                .filter_map(|d| d.memory.map(|m| m.used as f64))
+                .sum(),
+        })
+    }
 }
 
 /// How far a held stream ([`Target::stream_held`]) has got, published while it runs.
@@ -258,6 +313,85 @@ pub fn choose_model(models: &[ModelInfo], wanted: Option<&str>) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scrape::expfmt::Format;
+
+    fn snapshot_from_exposition(body: &str) -> ServerSnapshot {
+        // lenient, as the table it replaced: an unreadable body reads as nothing
+        crate::scrape::once::snapshot_of_body(body.as_bytes(), Format::Prometheus)
+            .map(|s| ServerSnapshot::from_scrape(&s))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn reads_the_watched_gauges() {
+        let body = r#"
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
+vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.75
+vllm:num_requests_running{engine="0"} 3
+vllm:num_requests_running{engine="1"} 2
+vllm:num_requests_waiting{engine="0"} 1
+# TYPE vllm:num_preemptions counter
+vllm:num_preemptions_total{engine="0"} 7
+vllm:cache_config_info{block_size="16",engine="0",num_gpu_blocks="1024"} 1.0
+"#;
+        let s = snapshot_from_exposition(body);
+        // a ratio is the maximum across engines, as the daemon takes it; counts are summed
+        assert_eq!(s.kv_usage, Some(0.75));
+        assert_eq!(s.running, Some(5.0));
+        assert_eq!(s.waiting, Some(1.0));
+        assert_eq!(s.preemptions_total, Some(7.0));
+        assert_eq!(
+            s.cache,
+            Some(CacheConfig {
+                block_size: 16,
+                num_gpu_blocks: 1024
+            })
+        );
+        let empty = snapshot_from_exposition("# nothing\n");
+        assert_eq!(empty, ServerSnapshot::default());
+        let old = snapshot_from_exposition("vllm:gpu_cache_usage_perc 0.1\n");
+        assert_eq!(old.kv_usage, Some(0.1));
+    }
+
+    /// Lines of a real vLLM 0.32.0 (CPU) capture, busy with 16 requests (a counter is
+    /// recognised by its `# TYPE` line, which vLLM always writes, as the daemon reads it).
+    const REAL: &str = r#"# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="tiny"} 0.0
+vllm:num_requests_waiting_by_reason{engine="0",model_name="tiny",reason="capacity"} 0.0
+vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.5039370078740157
+# TYPE vllm:num_preemptions counter
+vllm:num_preemptions_total{engine="0",model_name="tiny"} 0.0
+vllm:cache_config_info{_block_size_resolved="True",block_size="128",cache_dtype="auto",cache_hit_alignment_tokens="None",effective_attention_block_size="128",enable_mamba_shared_prefix_checkpoint="False",enable_prefix_caching="True",engine="0",gpu_memory_utilization="0.92",hash_block_size="None",is_attention_free="False",kv_cache_dtype_skip_layers="[]",kv_cache_layout="None",kv_cache_max_concurrency="8.0",kv_cache_memory_bytes="33554432",kv_cache_size_tokens="16384",kv_offloading_backend="native",kv_offloading_size="None",kv_sharing_fast_prefill="False",mamba_block_size="None",mamba_cache_dtype="auto",mamba_cache_mode="none",mamba_page_size_padded="None",mamba_ssm_cache_dtype="float32",num_cpu_blocks="None",num_gpu_blocks="128",num_gpu_blocks_override="None",prefix_cache_retention_interval="0",prefix_caching_hash_algo="sha256",prefix_match_unit="None",replayssm_buffer_len="16",skip_page_size_padded="None",sliding_window="None",swa_bounded_replay="True",use_kda_recoverssm="False",use_replayssm="False",user_specified_block_size="False"} 1.0
+"#;
+
+    #[test]
+    fn reads_a_real_vllm_capture() {
+        let s = snapshot_from_exposition(REAL);
+        assert_eq!(s.kv_usage, Some(0.5039370078740157));
+        assert_eq!(
+            s.waiting,
+            Some(0.0),
+            "waiting_by_reason is a different family"
+        );
+        assert_eq!(s.preemptions_total, Some(0.0));
+        assert_eq!(
+            s.cache,
+            Some(CacheConfig {
+                block_size: 128,
+                num_gpu_blocks: 128
+            })
+        );
+    }
+
+    #[test]
+    fn reads_other_engines_too() {
+        let s = snapshot_from_exposition(
+            "sglang:num_running_reqs{dp_rank=\"0\"} 2\nsglang:num_running_reqs{dp_rank=\"1\"} 3\nsglang:token_usage{dp_rank=\"0\"} 0.4\n",
+        );
+        assert_eq!(s.running, Some(5.0));
+        assert_eq!(s.kv_usage, Some(0.4));
+    }
 
     #[test]
     fn model_choice() {

@@ -79,6 +79,7 @@ pub fn common_args() -> CommonArgs {
         model: None,
         endpoint: crate::config::Endpoint::Completions,
         api_key_env: None,
+        api_key_file: None,
         request_timeout: Duration::from_secs(30),
         json: None,
         csv: None,
