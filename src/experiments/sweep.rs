@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -36,6 +36,8 @@ use super::report::{
     Window,
 };
 use super::stats::GaugeStats;
+use crate::prober::arrivals::Schedule;
+use crate::prober::settings::Arrival;
 use crate::units::parse_duration;
 
 /// Flags of `sweep`.
@@ -546,14 +548,17 @@ async fn run_level<T: Target>(
             }
         }
         Load::Rate(r) => {
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(
-                plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            let mut arrivals = Schedule::new(
+                Arrival::Poisson,
+                r,
+                rand::rngs::SmallRng::seed_from_u64(
+                    plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ),
             );
             let in_flight = Arc::new(AtomicUsize::new(0));
             let mut next = epoch;
             loop {
-                let u: f64 = rng.random();
-                next += Duration::from_secs_f64(-(1.0 - u).ln() / r);
+                next = arrivals.next_after(next);
                 if !admit(next) {
                     break;
                 }
