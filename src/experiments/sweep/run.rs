@@ -133,88 +133,26 @@ pub(super) async fn run_level<T: Target>(
     let mut dropped = 0usize;
     match load {
         Load::Concurrency(c) => {
-            for _ in 0..c {
-                let (t, tx, lt, gate) = (t.clone(), tx.clone(), level_token.clone(), gate.clone());
-                let spec = plan.spec;
-                tasks.spawn(async move {
-                    let mut first = true;
-                    let mut measured_started = false;
-                    loop {
-                        let start = Instant::now();
-                        match gate.admit(start, measured_started) {
-                            Admit::Stop => break,
-                            Admit::Measured => measured_started = true,
-                            Admit::Warmup => {}
-                        }
-                        let s = tokio::select! {
-                            s = t.execute(spec, start) => s,
-                            _ = lt.cancelled() => break,
-                        };
-                        let end = Instant::now();
-                        if first {
-                            first = false;
-                            gate.first_done(end);
-                        }
-                        let st = rel(start);
-                        let _ = tx.send(Timed {
-                            intended: st,
-                            start: st,
-                            end: rel(end),
-                            sample: s,
-                        });
-                    }
-                });
-            }
+            spawn_streams(
+                &mut tasks,
+                &t,
+                c,
+                plan.spec,
+                &gate,
+                &tx,
+                &level_token,
+                epoch,
+            );
         }
         Load::Rate(r) => {
-            let mut arrivals = Schedule::new(
-                Arrival::Poisson,
-                r,
-                rand::rngs::SmallRng::seed_from_u64(
-                    plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                ),
-            );
-            let in_flight = Arc::new(AtomicUsize::new(0));
-            let mut next = epoch;
-            loop {
-                next = arrivals.next_after(next);
-                if !admit(next) {
-                    break;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next) => {}
-                    _ = level_token.cancelled() => break,
-                }
-                if in_flight.load(Ordering::SeqCst) >= plan.max_in_flight {
-                    dropped += 1;
-                    continue;
-                }
-                in_flight.fetch_add(1, Ordering::SeqCst);
-                let (t, tx, lt, inf) = (
-                    t.clone(),
-                    tx.clone(),
-                    level_token.clone(),
-                    in_flight.clone(),
-                );
-                let spec = plan.spec;
-                let intended = next;
-                tasks.spawn(async move {
-                    let start = Instant::now();
-                    let s = tokio::select! {
-                        s = t.execute(spec, intended) => Some(s),
-                        _ = lt.cancelled() => None,
-                    };
-                    inf.fetch_sub(1, Ordering::SeqCst);
-                    if let Some(s) = s {
-                        let _ = tx.send(Timed {
-                            intended: rel(intended),
-                            start: rel(start),
-                            end: rel(Instant::now()),
-                            sample: s,
-                        });
-                    }
-                });
-            }
+            let ctx = OpenLoop {
+                plan,
+                index,
+                epoch,
+                tx: &tx,
+                level_token: &level_token,
+            };
+            dropped = open_loop(&mut tasks, &t, r, &ctx, admit).await;
         }
     }
     drop(tx);
@@ -262,4 +200,123 @@ pub(super) async fn run_level<T: Target>(
             .or_insert(0) += dropped;
     }
     level
+}
+
+/// The closed loop: `c` streams, each sending its next request when the previous one ends,
+/// as the gate lets it.
+#[allow(clippy::too_many_arguments)]
+fn spawn_streams<T: Target>(
+    tasks: &mut JoinSet<()>,
+    t: &Arc<T>,
+    c: u32,
+    spec: RequestSpec,
+    gate: &Arc<Gate>,
+    tx: &mpsc::UnboundedSender<Timed>,
+    level_token: &CancellationToken,
+    epoch: Instant,
+) {
+    let rel = move |i: Instant| i.saturating_duration_since(epoch).as_secs_f64();
+    for _ in 0..c {
+        let (t, tx, lt, gate) = (t.clone(), tx.clone(), level_token.clone(), gate.clone());
+        tasks.spawn(async move {
+            let mut first = true;
+            let mut measured_started = false;
+            loop {
+                let start = Instant::now();
+                match gate.admit(start, measured_started) {
+                    Admit::Stop => break,
+                    Admit::Measured => measured_started = true,
+                    Admit::Warmup => {}
+                }
+                let s = tokio::select! {
+                    s = t.execute(spec, start) => s,
+                    _ = lt.cancelled() => break,
+                };
+                let end = Instant::now();
+                if first {
+                    first = false;
+                    gate.first_done(end);
+                }
+                let st = rel(start);
+                let _ = tx.send(Timed {
+                    intended: st,
+                    start: st,
+                    end: rel(end),
+                    sample: s,
+                });
+            }
+        });
+    }
+}
+
+/// What the open loop of one level works with.
+struct OpenLoop<'a> {
+    plan: &'a LevelPlan,
+    index: u64,
+    epoch: Instant,
+    tx: &'a mpsc::UnboundedSender<Timed>,
+    level_token: &'a CancellationToken,
+}
+
+/// The open loop: Poisson arrivals at `r` per second (the daemon's generator), each request
+/// charged from its intended start, while `admit` says the level goes on. Returns the arrivals
+/// dropped at `--max-in-flight`.
+async fn open_loop<T: Target>(
+    tasks: &mut JoinSet<()>,
+    t: &Arc<T>,
+    r: f64,
+    ctx: &OpenLoop<'_>,
+    mut admit: impl FnMut(Instant) -> bool,
+) -> usize {
+    let (plan, index, epoch) = (ctx.plan, ctx.index, ctx.epoch);
+    let (tx, level_token) = (ctx.tx, ctx.level_token);
+    let rel = move |i: Instant| i.saturating_duration_since(epoch).as_secs_f64();
+    let mut dropped = 0usize;
+    let mut arrivals = Schedule::new(
+        Arrival::Poisson,
+        r,
+        rand::rngs::SmallRng::seed_from_u64(plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+    );
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut next = epoch;
+    loop {
+        next = arrivals.next_after(next);
+        if !admit(next) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = level_token.cancelled() => break,
+        }
+        if in_flight.load(Ordering::SeqCst) >= plan.max_in_flight {
+            dropped += 1;
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let (t, tx, lt, inf) = (
+            t.clone(),
+            tx.clone(),
+            level_token.clone(),
+            in_flight.clone(),
+        );
+        let spec = plan.spec;
+        let intended = next;
+        tasks.spawn(async move {
+            let start = Instant::now();
+            let s = tokio::select! {
+                s = t.execute(spec, intended) => Some(s),
+                _ = lt.cancelled() => None,
+            };
+            inf.fetch_sub(1, Ordering::SeqCst);
+            if let Some(s) = s {
+                let _ = tx.send(Timed {
+                    intended: rel(intended),
+                    start: rel(start),
+                    end: rel(Instant::now()),
+                    sample: s,
+                });
+            }
+        });
+    }
+    dropped
 }
