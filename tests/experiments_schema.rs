@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use vllm_sentinel::experiments::engine::{
-    CacheConfig, ModelInfo, RequestSpec, Sample, ServerSnapshot, Target,
+    CacheConfig, ModelInfo, Outcome, RequestSpec, Sample, ServerSnapshot, Target,
 };
 use vllm_sentinel::experiments::{bench, common::CommonArgs, kvscale, sweep};
 
@@ -187,11 +187,12 @@ impl Target for Fake {
     async fn prepare(&self, _: &ModelInfo) -> Vec<String> {
         vec![]
     }
-    async fn execute(&self, spec: RequestSpec, late: f64) -> Sample {
+    async fn execute(&self, spec: RequestSpec, intended: tokio::time::Instant) -> Sample {
         let t0 = tokio::time::Instant::now();
+        let late = t0.saturating_duration_since(intended).as_secs_f64();
         if spec.prompt_tokens >= 512 {
             return Sample {
-                outcome: "context_length".into(),
+                outcome: Outcome::ContextLength,
                 status: Some(400),
                 error_message: Some("This model's maximum context length is 512 tokens.".into()),
                 ..Default::default()
@@ -218,7 +219,7 @@ impl Target for Fake {
         }
         let e2e = t0.elapsed().as_secs_f64() + late;
         Sample {
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             status: Some(200),
             ttfb_s: Some(ttft),
             ttft_s: spec.stream.then_some(ttft + late),

@@ -118,9 +118,18 @@ async fn sweep_finds_the_knee_at_max_num_seqs() {
             .unwrap()
             <= 4.0
     );
-    let tp = |i: usize| levels[i]["output_token_throughput_tps"].as_f64().unwrap();
-    assert!(tp(2) > 3.0 * tp(0), "{} vs {}", tp(2), tp(0));
-    assert!(tp(4) < 1.3 * tp(2));
+    // Why throughput grows up to the knee and not past it, from the server's own state rather
+    // than wall-clock throughput ratios (which flaked on a loaded machine): one stream never
+    // has more than one request in the batch; four streams keep the batch well above two (the
+    // growth); sixteen keep it full at max_num_seqs while the rest wait (the flat part).
+    let running = |i: usize, stat: &str| {
+        levels[i]["server"]["requests_running"][stat]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(running(0, "max") <= 1.0, "{}", running(0, "max"));
+    assert!(running(2, "mean") > 2.0, "{}", running(2, "mean"));
+    assert!(running(4, "mean") > 3.0, "{}", running(4, "mean"));
     for f in [
         "sweep.csv",
         "sweep-latency.png",

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, CommonArgs, Outputs};
-use super::engine::{RequestSpec, Sample, Target, choose_model};
+use super::engine::{Outcome, RequestSpec, Sample, Target, choose_model};
 use super::progress::Progress;
 use super::report::{BenchMode, BenchSection, Report, RequestRow, TargetInfo};
 
@@ -87,7 +87,7 @@ pub fn finish(report: &Report, outputs: &Outputs) -> anyhow::Result<ExitCode> {
         let first = b
             .requests
             .iter()
-            .find(|r| r.outcome != "ok")
+            .find(|r| r.outcome != Outcome::Ok)
             .map(|r| {
                 format!(
                     "{}{}: {}",
@@ -164,7 +164,7 @@ pub async fn measure<T: Target>(
         progress.message(format!("{label} warm-up"));
         for _ in 0..args.warmup {
             tokio::select! {
-                _ = t.execute(spec, 0.0) => {}
+                _ = t.execute(spec, tokio::time::Instant::now()) => {}
                 _ = token.cancelled() => {
                     report.mark_partial("interrupted during warm-up");
                     break 'modes;
@@ -176,7 +176,7 @@ pub async fn measure<T: Target>(
         let mut samples: Vec<Sample> = Vec::new();
         for _ in 0..args.requests {
             let s = tokio::select! {
-                s = t.execute(spec, 0.0) => s,
+                s = t.execute(spec, tokio::time::Instant::now()) => s,
                 _ = token.cancelled() => {
                     report.mark_partial("interrupted");
                     break;
@@ -185,7 +185,7 @@ pub async fn measure<T: Target>(
             section.requests.push(RequestRow {
                 index: section.requests.len(),
                 stream,
-                outcome: s.outcome.clone(),
+                outcome: s.outcome,
                 status: s.status,
                 ttfb_s: s.ttfb_s,
                 ttft_s: s.ttft_s,

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+#[cfg(test)]
+use super::engine::Outcome;
 use super::engine::Sample;
 use super::report::{LatencySummaries, Report};
 use super::stats::Summary;
-use crate::config::Endpoint;
+use crate::config::{Config, Endpoint, Secret, TargetConfig};
 
 /// Flags every experiment takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,8 +27,16 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value_t = Endpoint::Completions, env = "VLLM_SENTINEL_ENDPOINT")]
     pub endpoint: Endpoint,
     /// Environment variable holding the target's API key (sent as a Bearer token).
-    #[arg(long, env = "VLLM_SENTINEL_API_KEY_ENV")]
+    #[arg(
+        long,
+        env = "VLLM_SENTINEL_API_KEY_ENV",
+        conflicts_with = "api_key_file"
+    )]
     pub api_key_env: Option<String>,
+    /// File holding the target's API key (sent as a Bearer token; surrounding whitespace is
+    /// trimmed), as the daemon's `api_key_file`.
+    #[arg(long, env = "VLLM_SENTINEL_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// Give up on one request after this long (e.g. 60s).
     #[arg(long, default_value = "120s", value_parser = crate::units::parse_duration, env = "VLLM_SENTINEL_REQUEST_TIMEOUT")]
     pub request_timeout: Duration,
@@ -91,26 +101,57 @@ impl Outputs {
     }
 }
 
-/// Validates the base URL of `--target`.
-pub fn check_target_url(url: &str) -> anyhow::Result<String> {
-    let u = url.trim().trim_end_matches('/');
-    if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() <= "http://".len() {
-        bail!(
-            "--target: {url:?} is not an http:// or https:// URL (example: http://127.0.0.1:8000)"
-        );
+/// The `--target` as the daemon's configuration would hold it, with `--api-key-env` or
+/// `--api-key-file`: the same URL and API-key rules apply to experiments and daemon.
+fn as_target_config(url: &str, c: Option<&CommonArgs>) -> TargetConfig {
+    let mut t = TargetConfig::from_url(url.trim());
+    if let Some(c) = c {
+        t.api_key_env = c.api_key_env.clone();
+        t.api_key_file = c.api_key_file.clone();
     }
-    Ok(u.to_string())
+    t
 }
 
-/// Reads the API key named by `--api-key-env`.
-pub fn api_key(c: &CommonArgs) -> anyhow::Result<Option<String>> {
-    match &c.api_key_env {
-        None => Ok(None),
-        Some(var) => match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
-            _ => bail!("--api-key-env: environment variable {var} is not set or empty"),
-        },
+/// Checks a target with the daemon's own validation ([`crate::config::validate`]), naming the
+/// flags in its messages instead of the configuration keys.
+fn validate_target(t: &TargetConfig) -> anyhow::Result<()> {
+    let cfg = Config {
+        targets: vec![t.clone()],
+        ..Config::default()
+    };
+    crate::config::validate(&cfg).map_err(|e| {
+        let msg = e.to_string();
+        let problems: Vec<String> = msg
+            .lines()
+            .skip(1)
+            .map(|l| {
+                l.trim()
+                    .replace("targets[0].url", "--target")
+                    .replace("targets[0]: ", "")
+            })
+            .collect();
+        anyhow::anyhow!("{}", problems.join("; "))
+    })
+}
+
+/// Validates the base URL of `--target` (as the daemon validates a target's `url`) and returns
+/// it without credentials or a trailing slash.
+pub fn check_target_url(url: &str) -> anyhow::Result<String> {
+    let t = as_target_config(url, None);
+    validate_target(&t)?;
+    Ok(t.base_url())
+}
+
+/// The `Authorization` value of every request: `Bearer` with the key of `--api-key-env` or
+/// `--api-key-file` (read and checked as the daemon reads a target's key), or `Basic` from
+/// credentials in the `--target` URL.
+pub fn authorization(c: &CommonArgs) -> anyhow::Result<Option<Secret>> {
+    if c.api_key_env.is_some() && c.api_key_file.is_some() {
+        bail!("--api-key-env and --api-key-file: give one of the two");
     }
+    let t = as_target_config(&c.target, Some(c));
+    validate_target(&t)?;
+    t.authorization()
 }
 
 /// Summaries of the successful samples among `samples`.
@@ -137,7 +178,7 @@ pub fn errors_by_class<'a>(
 ) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for s in samples.into_iter().filter(|s| !s.ok()) {
-        *m.entry(s.outcome.clone()).or_insert(0) += 1;
+        *m.entry(s.outcome.as_str().to_string()).or_insert(0) += 1;
     }
     m
 }
@@ -213,6 +254,7 @@ mod tests {
             model: None,
             endpoint: Endpoint::Completions,
             api_key_env: None,
+            api_key_file: None,
             request_timeout: Duration::from_secs(1),
             json: None,
             csv: None,
@@ -262,15 +304,50 @@ mod tests {
     #[test]
     fn api_key_from_env() {
         let mut c = common(None);
-        assert_eq!(api_key(&c).unwrap(), None);
+        assert_eq!(authorization(&c).unwrap(), None);
         c.api_key_env = Some("VLLM_SENTINEL_TEST_SURELY_UNSET_VAR".into());
-        assert!(api_key(&c).unwrap_err().to_string().contains("not set"));
+        assert!(
+            authorization(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("not set")
+        );
+    }
+
+    #[test]
+    fn api_key_from_file_and_url_credentials() {
+        let d = tempfile::tempdir().unwrap();
+        let key = d.path().join("key");
+        std::fs::write(&key, "sk-test\n").unwrap();
+        let mut c = common(None);
+        c.api_key_file = Some(key.clone());
+        let a = authorization(&c).unwrap().unwrap();
+        assert_eq!(a.expose(), "Bearer sk-test");
+        std::fs::write(&key, "two\nlines\n").unwrap();
+        assert!(
+            authorization(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("line break")
+        );
+        c.api_key_env = Some("X".into());
+        assert!(authorization(&c).is_err(), "both at once");
+        let mut c = common(None);
+        c.target = "http://u:p@127.0.0.1:1/".into();
+        assert!(
+            authorization(&c)
+                .unwrap()
+                .unwrap()
+                .expose()
+                .starts_with("Basic ")
+        );
+        assert_eq!(check_target_url(&c.target).unwrap(), "http://127.0.0.1:1");
     }
 
     #[test]
     fn summaries_use_only_successes() {
         let ok = Sample {
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             e2e_s: 2.0,
             ttft_s: Some(0.5),
             output_tokens: Some(10),
@@ -278,7 +355,7 @@ mod tests {
             ..Default::default()
         };
         let bad = Sample {
-            outcome: "http_500".into(),
+            outcome: Outcome::ServerError,
             status: Some(500),
             e2e_s: 99.0,
             ..Default::default()
@@ -290,7 +367,7 @@ mod tests {
         assert_eq!(s.output_tokens_per_s.p50, Some(5.0));
         assert_eq!(s.itl_s.count, 4);
         let e = errors_by_class(&v);
-        assert_eq!(e.get("http_500"), Some(&1));
+        assert_eq!(e.get("server_error"), Some(&1));
         assert!(first_failure(&v).contains("HTTP 500"));
         assert_eq!(first_failure(&[]), "no request was sent");
     }

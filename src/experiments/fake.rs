@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::CommonArgs;
 use super::engine::{
-    CacheConfig, GpuSnapshot, ModelInfo, RequestSpec, Sample, ServerSnapshot, StreamProgress,
-    Target,
+    CacheConfig, GpuSnapshot, ModelInfo, Outcome, RequestSpec, Sample, ServerSnapshot,
+    StreamProgress, Target,
 };
 
 pub const BLOCK_SIZE: u64 = 16;
@@ -79,6 +79,7 @@ pub fn common_args() -> CommonArgs {
         model: None,
         endpoint: crate::config::Endpoint::Completions,
         api_key_env: None,
+        api_key_file: None,
         request_timeout: Duration::from_secs(30),
         json: None,
         csv: None,
@@ -115,14 +116,14 @@ impl FakeServer {
     fn refusal(&self, spec: RequestSpec) -> Option<Sample> {
         if self.fail.load(Ordering::SeqCst) {
             return Some(Sample {
-                outcome: "server_error".into(),
+                outcome: Outcome::ServerError,
                 status: Some(500),
                 error_message: Some("internal error".into()),
                 ..Default::default()
             });
         }
         (spec.prompt_tokens >= MAX_MODEL_LEN).then(|| Sample {
-            outcome: "context_length".into(),
+            outcome: Outcome::ContextLength,
             status: Some(400),
             error_message: Some(format!(
                 "This model's maximum context length is {MAX_MODEL_LEN} tokens."
@@ -154,7 +155,7 @@ impl FakeServer {
         let first = u64::from(spec.prompt_tokens).div_ceil(BLOCK_SIZE);
         let mut permits = match self.kv.acquire_many(first as u32).await {
             Ok(p) => p,
-            Err(_) => return Sample::failed("server_error", "closed"),
+            Err(_) => return Sample::failed(Outcome::ServerError, "closed"),
         };
         self.update(|s| {
             s.waiting -= 1.0;
@@ -175,7 +176,7 @@ impl FakeServer {
             if need > res.blocks {
                 match self.kv.acquire_many((need - res.blocks) as u32).await {
                     Ok(p) => permits.merge(p),
-                    Err(_) => return Sample::failed("server_error", "closed"),
+                    Err(_) => return Sample::failed(Outcome::ServerError, "closed"),
                 }
                 let more = need - res.blocks;
                 self.update(|s| s.blocks += more);
@@ -185,7 +186,7 @@ impl FakeServer {
             progress.send_modify(|p| p.output_events = k);
         }
         Sample {
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             status: Some(200),
             ttfb_s: Some(ttft),
             ttft_s: Some(ttft),
@@ -219,9 +220,10 @@ impl Target for FakeServer {
         Vec::new()
     }
 
-    async fn execute(&self, spec: RequestSpec, late_by_s: f64) -> Sample {
+    async fn execute(&self, spec: RequestSpec, intended: Instant) -> Sample {
         self.seen.fetch_add(1, Ordering::SeqCst);
         let t0 = Instant::now();
+        let late_by_s = t0.saturating_duration_since(intended).as_secs_f64();
         if let Some(s) = self.refusal(spec) {
             return s;
         }
@@ -252,7 +254,7 @@ impl Target for FakeServer {
         });
         let e2e = t0.elapsed().as_secs_f64() + late_by_s;
         Sample {
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             status: Some(200),
             ttfb_s: Some(ttft),
             ttft_s: spec.stream.then_some(ttft + late_by_s),
@@ -281,7 +283,7 @@ impl Target for FakeServer {
                 s = self.run_held(spec, &progress, t0, &first_token) => s,
                 _ = close.cancelled() => {
                     Sample {
-                        outcome: "cancelled".into(),
+                        outcome: Outcome::Cancelled,
                         status: Some(200),
                         error_message: Some("closed by the caller".into()),
                         ttft_s: first_token.get().copied(),

@@ -1,12 +1,12 @@
-//! The real [`Target`]: a server over HTTP, measured with the prober's single-request engine
-//! ([`crate::prober::request::execute`]) so that a one-shot number means exactly what the
-//! daemon's number means. Models come from [`crate::prober::discovery`], prompts from the
-//! prober's [`PromptBuilder`] (token-id prompts of exact length where the server has
-//! `/tokenize`, random per request so the prefix cache cannot flatter TTFT), `/metrics` is
-//! parsed by [`crate::scrape::expfmt`], and GPUs are read through [`crate::gpu`]'s NVML source
-//! on a thread of their own (NVML calls may block).
+//! The real [`Target`]: a server over HTTP, measured with the daemon's own paths so that a
+//! one-shot number means exactly what the daemon's number means: requests through the prober's
+//! single-request engine ([`crate::prober::request`]), models from
+//! [`crate::prober::discovery`], prompts from the prober's [`PromptBuilder`] (token-id prompts
+//! of exact length where the server has `/tokenize`, random per request so the prefix cache
+//! cannot flatter TTFT), `/metrics` through the scrape module's one-shot read
+//! ([`crate::scrape::once`]: its caps, parser and normalisation), and GPUs through the GPU
+//! module's sampler threads ([`crate::gpu::SamplerThreads`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::{self, CommonArgs};
 use super::engine::{
-    GpuSnapshot, ModelInfo, RequestSpec, Sample, ServerSnapshot, StreamProgress, Target,
+    GpuSnapshot, ModelInfo, Outcome, RequestSpec, Sample, ServerSnapshot, StreamProgress, Target,
 };
-use crate::config::Endpoint;
+use crate::config::{Endpoint, Secret};
+use crate::gpu::{GpuSource, SampleOptions, SamplerThreads, SnapshotCell, Timing};
 use crate::prober::discovery;
 use crate::prober::prompt::{PromptBuilder, SharedPrefix};
 use crate::prober::request::{self, ProbeRequest, Timeouts};
@@ -28,8 +29,11 @@ use crate::prober::request::{self, ProbeRequest, Timeouts};
 /// A server over HTTP.
 pub struct HttpTarget {
     client: request::ProbeClient,
+    /// The scrape module's client, for `/metrics` (gzip, same-origin redirects only).
+    scrape_client: reqwest::Client,
     base_url: String,
-    api_key: Option<String>,
+    /// The whole `Authorization` value (`Bearer …` or `Basic …`); never logged.
+    authorization: Option<Secret>,
     endpoint: Endpoint,
     timeouts: Timeouts,
     /// The model and its prompt builder, set by [`Target::prepare`].
@@ -48,30 +52,51 @@ impl std::fmt::Debug for HttpTarget {
 }
 
 impl HttpTarget {
-    /// A target for the common flags (checks the URL and the API key variable).
+    /// A target for the common flags (checks the URL and the API key as the daemon does).
     pub fn new(c: &CommonArgs) -> anyhow::Result<Self> {
         let base_url = common::check_target_url(&c.target)?;
-        let api_key = common::api_key(c)?;
+        let authorization = common::authorization(c)?;
         let timeouts = Timeouts {
             connect: Duration::from_secs(5),
             first_token: c.request_timeout,
             request: c.request_timeout,
         };
         let client = request::build_client(&timeouts, 256).context("building the HTTP client")?;
+        let scrape_client = crate::scrape::http_client()?;
         Ok(Self {
             client,
+            scrape_client,
             base_url,
-            api_key,
+            authorization,
             endpoint: c.endpoint,
             timeouts,
             prepared: OnceCell::new(),
             rng: Mutex::new(SmallRng::seed_from_u64(crate::clock::monotonic_ns())),
-            gpu: GpuReader::start(),
+            gpu: GpuReader::start(Box::new(crate::gpu::NvmlSource::new(None))),
         })
     }
 }
 
+/// Limit for one read of `/metrics`.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl HttpTarget {
+    fn auth(&self) -> Option<&str> {
+        self.authorization.as_ref().map(Secret::expose)
+    }
+
+    /// The connection settings of the prober's engine for this target.
+    fn conn<'a>(&'a self, cancel: Option<&'a CancellationToken>) -> request::Conn<'a> {
+        request::Conn {
+            client: &self.client,
+            base_url: &self.base_url,
+            authorization: self.auth(),
+            timeouts: &self.timeouts,
+            cancel,
+            max_response_bytes: request::DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+
     /// The probe request for `spec`, with a fresh random prompt of its length; else why not.
     fn probe_request(&self, spec: RequestSpec) -> Result<ProbeRequest, &'static str> {
         let Some((model, builder)) = self.prepared.get() else {
@@ -99,29 +124,6 @@ impl HttpTarget {
     }
 }
 
-/// The experiments' view of one request record.
-fn sample_from_record(rec: &request::RequestRecord, stream: bool) -> Sample {
-    let secs = |d: Duration| d.as_secs_f64();
-    Sample {
-        outcome: rec.outcome.as_str().to_string(),
-        status: rec.http_status,
-        error_message: rec.error.clone(),
-        ttfb_s: rec.ttfb.map(secs),
-        // a non-streaming answer arrives whole: it has no first token of its own
-        ttft_s: if stream { rec.ttft.map(secs) } else { None },
-        tpot_s: if stream { rec.tpot.map(secs) } else { None },
-        itl_s: if stream {
-            rec.itl.iter().copied().map(secs).collect()
-        } else {
-            Vec::new()
-        },
-        e2e_s: secs(rec.e2e),
-        prompt_tokens: rec.prompt_tokens,
-        output_tokens: rec.output_tokens,
-        finish_reason: rec.finish_reason.clone(),
-    }
-}
-
 /// Publishes a held stream's progress: one more output event each time an event carrying
 /// generated output arrives (the engine's own reading of the same event decides the record).
 struct ProgressObserver<'a> {
@@ -144,10 +146,10 @@ impl request::ChunkObserver for ProgressObserver<'_> {
 
 impl Target for HttpTarget {
     async fn models(&self) -> anyhow::Result<Vec<ModelInfo>> {
-        let ms = discovery::list_models(
+        let ms = discovery::list_models_with(
             self.client.http(),
             &self.base_url,
-            self.api_key.as_deref(),
+            self.auth(),
             self.timeouts.connect.max(Duration::from_secs(10)),
         )
         .await?;
@@ -163,10 +165,10 @@ impl Target for HttpTarget {
     async fn prepare(&self, model: &ModelInfo) -> Vec<String> {
         let mut notes = Vec::new();
         let chat = self.endpoint == Endpoint::Chat;
-        let builder = match PromptBuilder::calibrate(
+        let builder = match PromptBuilder::calibrate_with(
             self.client.http(),
             &self.base_url,
-            self.api_key.as_deref(),
+            self.auth(),
             &model.id,
             chat,
             Duration::from_secs(10),
@@ -190,25 +192,14 @@ impl Target for HttpTarget {
         notes
     }
 
-    async fn execute(&self, spec: RequestSpec, late_by_s: f64) -> Sample {
+    async fn execute(&self, spec: RequestSpec, intended: tokio::time::Instant) -> Sample {
         let req = match self.probe_request(spec) {
             Ok(r) => r,
-            Err(why) => return Sample::failed("client_error", why),
+            Err(why) => return Sample::failed(Outcome::ClientError, why),
         };
-        let now = Instant::now();
-        let intended = now
-            .checked_sub(Duration::from_secs_f64(late_by_s.max(0.0)))
-            .unwrap_or(now);
-        let rec = request::execute(
-            &self.client,
-            &self.base_url,
-            self.api_key.as_deref(),
-            &req,
-            &self.timeouts,
-            intended,
-        )
-        .await;
-        sample_from_record(&rec, spec.stream)
+        let intended = intended.into_std();
+        let rec = request::execute_with(&self.conn(None), &req, intended, &mut ()).await;
+        Sample::from_record(&rec, spec.stream)
     }
 
     async fn stream_held(
@@ -223,52 +214,38 @@ impl Target for HttpTarget {
         };
         let s = match self.probe_request(spec) {
             Ok(req) => {
-                let authorization = discovery::bearer(self.api_key.as_deref());
-                let conn = request::Conn {
-                    client: &self.client,
-                    base_url: &self.base_url,
-                    authorization: authorization.as_deref(),
-                    timeouts: &self.timeouts,
-                    cancel: Some(&close),
-                    max_response_bytes: request::DEFAULT_MAX_RESPONSE_BYTES,
-                };
+                let conn = self.conn(Some(&close));
                 let mut observer = ProgressObserver {
                     tx: &progress,
                     events: 0,
                 };
                 let rec = request::execute_with(&conn, &req, Instant::now(), &mut observer).await;
-                sample_from_record(&rec, true)
+                Sample::from_record(&rec, true)
             }
-            Err(why) => Sample::failed("client_error", why),
+            Err(why) => Sample::failed(Outcome::ClientError, why),
         };
         progress.send_modify(|p| p.ended = true);
         s
     }
 
     async fn metrics(&self) -> anyhow::Result<ServerSnapshot> {
-        let mut b = self
-            .client
-            .http()
-            .get(format!("{}/metrics", self.base_url))
-            .timeout(Duration::from_secs(10));
-        if let Some(k) = &self.api_key {
-            b = b.bearer_auth(k);
-        }
-        let resp = b.send().await.context("GET /metrics")?;
-        let status = resp.status();
-        if !status.is_success() {
-            anyhow::bail!("GET /metrics: HTTP {}", status.as_u16());
-        }
-        let ct = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = crate::httpcap::read_capped(resp, 64 * 1024 * 1024)
-            .await
-            .context("GET /metrics: reading the body")?;
-        let body = String::from_utf8_lossy(&body);
-        super::servermetrics::snapshot_from_body(&body, ct.as_deref())
+        let auth = match self.auth() {
+            Some(a) => Some(
+                reqwest::header::HeaderValue::from_str(a)
+                    .map_err(|_| anyhow::anyhow!("the API key is not a valid header value"))?,
+            ),
+            None => None,
+        };
+        let snap = crate::scrape::once::fetch_snapshot(
+            &self.scrape_client,
+            &format!("{}/metrics", self.base_url),
+            auth.as_ref(),
+            METRICS_TIMEOUT,
+            crate::scrape::ScrapeConfig::default().max_body_bytes,
+        )
+        .await
+        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+        Ok(ServerSnapshot::from_scrape(&snap))
     }
 
     fn gpu(&self) -> Result<GpuSnapshot, String> {
@@ -276,81 +253,55 @@ impl Target for HttpTarget {
     }
 }
 
-/// Reads GPU utilisation and memory every 250 ms on its own thread, through the GPU module's
-/// NVML source; the latest reading (or why there is none) is kept for [`Target::gpu`].
+/// The GPU module's sampler threads ([`SamplerThreads`], the daemon's), sampling every 250 ms;
+/// [`Target::gpu`] reads their latest snapshot. Stopped (without waiting on the driver) when
+/// dropped.
 struct GpuReader {
-    latest: Arc<Mutex<Result<GpuSnapshot, String>>>,
-    stop: Arc<AtomicBool>,
+    threads: Result<SamplerThreads, String>,
 }
 
 impl GpuReader {
-    fn start() -> Self {
-        let latest = Arc::new(Mutex::new(Err("not available (starting)".to_string())));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (l, s) = (latest.clone(), stop.clone());
-        let spawned = std::thread::Builder::new()
-            .name("experiments-gpu".into())
-            .spawn(move || gpu_loop(&l, &s));
-        if let Err(e) = spawned
-            && let Ok(mut g) = latest.lock()
-        {
-            *g = Err(format!("not available: {e}"));
-        }
-        Self { latest, stop }
+    fn start(source: Box<dyn GpuSource>) -> Self {
+        let timing = Timing {
+            interval: Duration::from_millis(250),
+            sample_timeout: Duration::from_millis(125),
+            max_backoff: Duration::from_secs(5),
+        };
+        let opts = SampleOptions {
+            pcie_throughput: false,
+            processes: false,
+            xid_events: false,
+        };
+        let cell = Arc::new(SnapshotCell::default());
+        let threads = SamplerThreads::start(source, opts, timing, cell, None)
+            .map_err(|e| format!("not available: {e}"));
+        Self { threads }
     }
 
     fn latest(&self) -> Result<GpuSnapshot, String> {
-        self.latest
-            .lock()
-            .map_err(|_| "not available".to_string())?
-            .clone()
+        let t = self.threads.as_ref().map_err(Clone::clone)?;
+        GpuSnapshot::from_sampled(&t.snapshots().load())
     }
 }
 
-impl Drop for GpuReader {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn gpu_loop(latest: &Mutex<Result<GpuSnapshot, String>>, stop: &AtomicBool) {
-    use crate::gpu::source::{Field, GpuSource, Value};
-    let set = |v: Result<GpuSnapshot, String>| {
-        if let Ok(mut g) = latest.lock() {
-            *g = v;
-        }
-    };
-    let mut source = crate::gpu::NvmlSource::new(None);
-    let mut session = match source.open() {
-        Ok(s) => s,
-        Err(e) => {
-            set(Err(format!("not available ({e})")));
-            return;
-        }
-    };
-    while !stop.load(Ordering::SeqCst) {
-        let n = session.device_count().unwrap_or(0);
-        let (mut util, mut mem, mut seen) = (0.0, 0.0, 0u32);
-        for i in 0..n {
-            let Ok(mut d) = session.device(i) else {
-                continue;
-            };
-            if let Ok(Value::Utilization { gpu, .. }) = d.read(Field::Utilization) {
-                util += f64::from(gpu) / 100.0;
-                seen += 1;
-            }
-            if let Ok(Value::Memory(m)) = d.read(Field::Memory) {
-                mem += m.used as f64;
-            }
-        }
-        if seen == 0 {
-            set(Err("not available (no GPU answered)".into()));
-        } else {
-            set(Ok(GpuSnapshot {
-                utilization: util / f64::from(seen),
-                memory_used_bytes: mem,
-            }));
-        }
-        std::thread::sleep(Duration::from_millis(250));
+    #[test]
+    fn gpus_come_from_the_gpu_modules_sampler() {
+        let (source, _ctl) = crate::gpu::FakeSource::with_gpus(2);
+        let r = GpuReader::start(Box::new(source));
+        let cell = r.threads.as_ref().unwrap().snapshots();
+        let (_, up) = cell.wait_until(Duration::from_secs(10), |s| s.up);
+        assert!(up, "the fake GPUs were never sampled");
+        let g = r.latest().unwrap();
+        assert!((0.0..=1.0).contains(&g.utilization), "{g:?}");
+        assert!(g.memory_used_bytes > 0.0, "{g:?}");
+        let (source, _ctl) = crate::gpu::FakeSource::unavailable("no driver");
+        let r = GpuReader::start(Box::new(source));
+        let cell = r.threads.as_ref().unwrap().snapshots();
+        cell.wait_until(Duration::from_secs(10), |s| s.attempts > 0);
+        assert!(r.latest().unwrap_err().contains("not available"));
     }
 }

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::{self, CommonArgs, Outputs};
 use super::engine::{
-    CacheConfig, RequestSpec, Sample, ServerSnapshot, StreamProgress, Target, choose_model,
+    CacheConfig, Outcome, RequestSpec, Sample, ServerSnapshot, StreamProgress, Target, choose_model,
 };
 use super::plot::{self, GridRowPlot, LineChart, Series};
 use super::progress::Progress;
@@ -368,7 +368,9 @@ impl HeldGroup {
             }
         }
         out.into_iter()
-            .map(|s| s.unwrap_or_else(|| Sample::failed("client_error", "request task failed")))
+            .map(|s| {
+                s.unwrap_or_else(|| Sample::failed(Outcome::ClientError, "request task failed"))
+            })
             .collect()
     }
 }
@@ -568,7 +570,7 @@ fn rung_report(
 ) -> LadderRung {
     let len = spec.prompt_tokens;
     // A stream that was closed after its first token was accepted: the server was generating.
-    let feas = if s.outcome == "cancelled" && s.ttft_s.is_some() {
+    let feas = if s.outcome == Outcome::Cancelled && s.ttft_s.is_some() {
         "accepted"
     } else {
         feasibility(s, spec.max_tokens)
@@ -1065,7 +1067,7 @@ async fn boundary<T: Target>(
                 stream: false,
             };
             tokio::select! {
-                s = t.execute(spec, 0.0) => Some(s),
+                s = t.execute(spec, Instant::now()) => Some(s),
                 _ = token.cancelled() => None,
             }
         }
@@ -1476,8 +1478,8 @@ mod tests {
             async fn prepare(&self, m: &super::super::engine::ModelInfo) -> Vec<String> {
                 self.0.prepare(m).await
             }
-            async fn execute(&self, spec: RequestSpec, late: f64) -> Sample {
-                self.0.execute(spec, late).await
+            async fn execute(&self, spec: RequestSpec, intended: Instant) -> Sample {
+                self.0.execute(spec, intended).await
             }
             async fn metrics(&self) -> anyhow::Result<ServerSnapshot> {
                 self.0.metrics().await

@@ -12,7 +12,6 @@ pub mod kvscale;
 pub mod plot;
 pub mod progress;
 pub mod report;
-pub mod servermetrics;
 pub mod stats;
 pub mod sweep;
 pub mod table;

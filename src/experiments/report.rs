@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::engine::Outcome;
 use super::knee::{Knee, KneeParams, Slo};
 use super::stats::{GaugeStats, Summary};
 
@@ -158,14 +159,15 @@ pub struct BenchMode {
 }
 
 /// One request, flat (bench JSON `requests` and bench CSV rows).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestRow {
     /// Sequence number among the measured requests of the run.
     pub index: usize,
     /// Streaming or not.
     pub stream: bool,
-    /// `ok` or the error class.
-    pub outcome: String,
+    /// How it ended, written as the prober's `outcome` label (`ok`, `context_length`, …).
+    #[serde(with = "outcome_label")]
+    pub outcome: Outcome,
     pub status: Option<u16>,
     pub ttfb_s: Option<f64>,
     pub ttft_s: Option<f64>,
@@ -175,6 +177,43 @@ pub struct RequestRow {
     pub output_tokens: Option<u32>,
     pub finish_reason: Option<String>,
     pub error_message: Option<String>,
+}
+
+impl Default for RequestRow {
+    fn default() -> Self {
+        Self {
+            index: 0,
+            stream: false,
+            outcome: Outcome::Ok,
+            status: None,
+            ttfb_s: None,
+            ttft_s: None,
+            tpot_s: None,
+            e2e_s: 0.0,
+            prompt_tokens: None,
+            output_tokens: None,
+            finish_reason: None,
+            error_message: None,
+        }
+    }
+}
+
+/// Serde for an [`Outcome`] as its label: the report keeps the strings the daemon's `outcome`
+/// label uses, and reads back only those.
+mod outcome_label {
+    use super::Outcome;
+
+    pub fn serialize<S: serde::Serializer>(o: &Outcome, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(o.as_str())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Outcome, D::Error> {
+        let label = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == label)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown outcome {label:?}")))
+    }
 }
 
 /// `sweep`.
@@ -500,7 +539,7 @@ pub fn bench_csv(b: &BenchSection) -> String {
             vec![
                 r.index.to_string(),
                 r.stream.to_string(),
-                r.outcome.clone(),
+                r.outcome.as_str().to_string(),
                 opt(r.status),
                 opt(r.ttfb_s),
                 opt(r.ttft_s),
@@ -704,7 +743,7 @@ mod tests {
                 RequestRow {
                     index: 0,
                     stream: true,
-                    outcome: "ok".into(),
+                    outcome: Outcome::Ok,
                     e2e_s: 0.5,
                     ttft_s: Some(0.1),
                     ..Default::default()
@@ -712,7 +751,7 @@ mod tests {
                 RequestRow {
                     index: 1,
                     stream: false,
-                    outcome: "http_400".into(),
+                    outcome: Outcome::ContextLength,
                     error_message: Some("too long, sorry".into()),
                     ..Default::default()
                 },

@@ -5,7 +5,7 @@
 //!   A resize adds workers, or asks the surplus ones to stop after their current request, so
 //!   no measurement is lost and no series is reset.
 //! * Open loop: one scheduler draws arrival times (Poisson or constant gaps) and spawns a task
-//!   per arrival, whose latency counts from the arrival's *intended* time. An arrival that
+//!   per arrival ([`super::arrivals`], shared with `sweep --rate`), whose latency counts from the arrival's *intended* time. An arrival that
 //!   finds `max_in_flight` requests in flight is dropped and counted, never queued. A rate
 //!   change re-anchors the schedule at the moment of the change.
 
@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use super::metrics::WorkloadMetrics;
 use super::prompt::{PromptBuilder, SharedPrefix};
 use super::request::{Conn, Endpoint, Outcome, ProbeRequest, Timeouts, execute_with};
-use super::settings::{Arrival, Load, WorkloadConfig};
+use super::settings::{Load, WorkloadConfig};
 
 /// Counters the self-health task reads (shared by every workload of the prober).
 #[derive(Debug, Default)]
@@ -263,14 +263,7 @@ async fn open_scheduler(
         let Load::Open { rate } = s.cfg.load() else {
             return;
         };
-        let gap = match s.cfg.arrival {
-            Arrival::Constant => 1.0 / rate,
-            Arrival::Poisson => {
-                let u: f64 = rng.random_range(f64::EPSILON..1.0);
-                -u.ln() / rate
-            }
-        };
-        next += Duration::from_secs_f64(gap.min(86_400.0));
+        next += super::arrivals::next_gap(s.cfg.arrival, rate, &mut rng);
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,

@@ -13,6 +13,7 @@
 //! owns its closed-loop workers or open-loop scheduler) and the canary. Measuring tasks hand
 //! plain-data [`request::RequestRecord`]s to [`metrics::WorkloadMetrics::record`].
 
+pub mod arrivals;
 pub mod canary;
 pub mod discovery;
 pub mod event;

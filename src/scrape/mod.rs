@@ -7,6 +7,7 @@
 //! | [`normalize`] | the alias table (concept → upstream names per engine/version) and aggregation |
 //! | [`passthrough`] | re-export of every upstream family under its own name (opt-in) |
 //! | [`scraper`] | one target's fetch → parse → normalise → view |
+//! | [`once`] | one fetch → parse → normalise outside the loops (the one-shot experiments) |
 //! | [`export`] | immutable per-target views and the `Collector`s that encode them |
 //!
 //! Each target runs its own loop; each scrape builds a complete [`export::TargetView`] and
@@ -17,6 +18,7 @@
 pub mod expfmt;
 pub mod export;
 pub mod normalize;
+pub mod once;
 pub mod passthrough;
 pub mod scraper;
 

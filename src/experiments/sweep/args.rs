@@ -1,0 +1,166 @@
+//! `sweep`'s flags and the levels they ask for (checked before any load is sent).
+
+use std::time::Duration;
+
+use anyhow::bail;
+
+use super::super::common::CommonArgs;
+use super::super::knee::{KneeParams, Slo};
+use crate::units::parse_duration;
+
+/// Flags of `sweep`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Closed loop: concurrency levels, e.g. 1,2,4,8,16 [default: 1,2,4,8,16,32,64].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "VLLM_SENTINEL_SWEEP_CONCURRENCY",
+        conflicts_with = "rate"
+    )]
+    pub concurrency: Vec<u32>,
+    /// Open loop: request rates per second (Poisson arrivals), e.g. 1,2,5.
+    #[arg(long, value_delimiter = ',', env = "VLLM_SENTINEL_SWEEP_RATE")]
+    pub rate: Vec<f64>,
+    /// Measured time per level, after its warm-up.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "VLLM_SENTINEL_SWEEP_DURATION")]
+    pub duration: Duration,
+    /// Measure this many requests per level instead of a duration.
+    #[arg(long, env = "VLLM_SENTINEL_SWEEP_REQUESTS")]
+    pub requests: Option<u32>,
+    /// Warm-up time per level (requests that start in it are not measured).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "VLLM_SENTINEL_SWEEP_WARMUP")]
+    pub warmup: Duration,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 128, env = "VLLM_SENTINEL_PROMPT_TOKENS")]
+    pub prompt_tokens: u32,
+    /// max_tokens of each request.
+    #[arg(long, default_value_t = 128, env = "VLLM_SENTINEL_MAX_TOKENS")]
+    pub max_tokens: u32,
+    /// SLO on time to first token (e.g. 500ms).
+    #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_SLO_TTFT")]
+    pub slo_ttft: Option<Duration>,
+    /// SLO on time per output token (e.g. 50ms).
+    #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_SLO_TPOT")]
+    pub slo_tpot: Option<Duration>,
+    /// SLO on end-to-end latency (e.g. 10s).
+    #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_SLO_E2E")]
+    pub slo_e2e: Option<Duration>,
+    /// Share of a level's requests (failures included) that must meet every SLO.
+    #[arg(long, default_value_t = 0.9, env = "VLLM_SENTINEL_SLO_ATTAINMENT")]
+    pub slo_attainment: f64,
+    /// Run every level even past saturation.
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_EARLY_STOP")]
+    pub no_early_stop: bool,
+    /// Knee: a step scaling throughput by less than this fraction of its load increase...
+    #[arg(long, default_value_t = 0.5, env = "VLLM_SENTINEL_KNEE_EFFICIENCY")]
+    pub knee_efficiency: f64,
+    /// ...while raising p50 end-to-end latency by more than this fraction.
+    #[arg(
+        long,
+        default_value_t = 0.10,
+        env = "VLLM_SENTINEL_KNEE_LATENCY_GROWTH"
+    )]
+    pub knee_latency_growth: f64,
+    /// Stop after this many consecutive non-scaling steps.
+    #[arg(long, default_value_t = 2, env = "VLLM_SENTINEL_SATURATION_LEVELS")]
+    pub saturation_levels: usize,
+    /// Interval between samples of the server's /metrics (and NVML) during a level.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, env = "VLLM_SENTINEL_METRICS_INTERVAL")]
+    pub metrics_interval: Duration,
+    /// Run without the server's /metrics (no KV usage or queue depth in the report).
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_SERVER_METRICS")]
+    pub no_server_metrics: bool,
+    /// Rate mode: most requests in flight at once; arrivals beyond it are dropped and counted.
+    #[arg(long, default_value_t = 1024, env = "VLLM_SENTINEL_MAX_IN_FLIGHT")]
+    pub max_in_flight: u32,
+    /// Rate mode: seed of the arrival process (the same seed gives the same schedule).
+    #[arg(long, default_value_t = 0, env = "VLLM_SENTINEL_SEED")]
+    pub seed: u64,
+}
+
+/// The load of one level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// Closed loop with this many streams.
+    Concurrency(u32),
+    /// Open loop at this many requests per second.
+    Rate(f64),
+}
+
+impl Load {
+    pub(super) fn value(self) -> f64 {
+        match self {
+            Load::Concurrency(c) => f64::from(c),
+            Load::Rate(r) => r,
+        }
+    }
+}
+
+impl SweepArgs {
+    /// The levels to run, in increasing order, or what is wrong with the flags.
+    pub fn loads(&self) -> anyhow::Result<Vec<Load>> {
+        if !self.rate.is_empty() {
+            if let Some(r) = self.rate.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
+                bail!("--rate: {r} is not a positive number of requests per second");
+            }
+            let mut v = self.rate.clone();
+            v.sort_by(f64::total_cmp);
+            v.dedup();
+            return Ok(v.into_iter().map(Load::Rate).collect());
+        }
+        let mut v = if self.concurrency.is_empty() {
+            vec![1, 2, 4, 8, 16, 32, 64]
+        } else {
+            self.concurrency.clone()
+        };
+        if v.contains(&0) {
+            bail!("--concurrency: levels must be at least 1");
+        }
+        v.sort_unstable();
+        v.dedup();
+        Ok(v.into_iter().map(Load::Concurrency).collect())
+    }
+
+    pub(super) fn validate(&self) -> anyhow::Result<()> {
+        self.loads()?;
+        if self.requests == Some(0) {
+            bail!("--requests: must be at least 1");
+        }
+        if self.requests.is_none() && self.duration.is_zero() {
+            bail!("--duration: must be more than 0");
+        }
+        if self.prompt_tokens == 0 || self.max_tokens == 0 {
+            bail!("--prompt-tokens and --max-tokens: must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.slo_attainment) {
+            bail!("--slo-attainment: must be between 0 and 1");
+        }
+        if self.metrics_interval.is_zero() {
+            bail!("--metrics-interval: must be more than 0");
+        }
+        if self.max_in_flight == 0 {
+            bail!("--max-in-flight: must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub(super) fn slo(&self) -> Slo {
+        Slo {
+            ttft_s: self.slo_ttft.map(|d| d.as_secs_f64()),
+            tpot_s: self.slo_tpot.map(|d| d.as_secs_f64()),
+            e2e_s: self.slo_e2e.map(|d| d.as_secs_f64()),
+        }
+    }
+
+    pub(super) fn knee_params(&self) -> KneeParams {
+        KneeParams {
+            min_efficiency: self.knee_efficiency,
+            min_latency_growth: self.knee_latency_growth,
+            stop_after: self.saturation_levels,
+            ..KneeParams::default()
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! `sweep`: throughput and latency under load.
+//!
+//! Each level is either a closed loop of N concurrent streams (`--concurrency`) or an open
+//! loop of Poisson arrivals at R requests per second (`--rate`, latency counted from each
+//! request's intended start, with `--max-in-flight` as a safety cap). A level first warms up
+//! (discarded; in the closed loop also until every stream's first request is done), then
+//! measures for `--duration` or until `--requests` measured requests have started. The
+//! **steady-state window** is `[end of warm-up, end of measurement]`: requests that *start* in
+//! it give the latency figures; the share of each request that falls in it gives the
+//! throughput. Requests still running at the end are awaited (and counted in latency), never cut.
+//!
+//! The server's `/metrics` is sampled every `--metrics-interval` during each level (KV usage,
+//! queue depth, preemptions), NVML where present. After each level the knee detector
+//! ([`super::knee`]) looks at the levels so far and stops the sweep once the server is
+//! over-saturated (unless `--no-early-stop`).
+
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`args`] | flags and levels |
+//! | [`run`] | one level: the load, the sampler, the records |
+//! | [`gate`] | a closed-loop level's phases and window |
+//! | [`summary`] | a level's figures from its records |
+//! | [`plots`] | PNG/SVG charts |
+
+mod args;
+mod gate;
+mod plots;
+mod run;
+mod summary;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::common::{self, Outputs};
+use super::engine::{RequestSpec, Target, choose_model};
+use super::knee::{self, LevelPoint};
+use super::progress::Progress;
+use super::report::{Report, SloSection, SweepLevel, SweepSection, TargetInfo};
+pub use args::{Load, SweepArgs};
+pub use plots::plots;
+use run::{LevelPlan, run_level};
+
+/// Runs `sweep` from the command line.
+pub async fn run_cli(args: SweepArgs, token: CancellationToken) -> anyhow::Result<ExitCode> {
+    args.validate()?;
+    let outputs = Outputs::prepare(&args.common, "sweep")?;
+    let target = Arc::new(super::http::HttpTarget::new(&args.common)?);
+    let report = measure(target, &args, &token).await?;
+    finish(&report, &outputs)
+}
+
+/// Prints and writes a finished sweep report; fails (after writing) when every request failed.
+pub fn finish(report: &Report, outputs: &Outputs) -> anyhow::Result<ExitCode> {
+    let s = report.sweep.clone().unwrap_or_default();
+    let code = common::emit(
+        report,
+        outputs,
+        &super::table::sweep(&s),
+        &[(outputs.csv.clone(), super::report::sweep_csv(&s))],
+        |dir| plots(dir, &s),
+    )?;
+    let ok: usize = s.levels.iter().map(|l| l.ok).sum();
+    let failed: usize = s.levels.iter().map(|l| l.failed).sum();
+    if ok == 0 && failed > 0 {
+        let classes: Vec<String> = s
+            .levels
+            .iter()
+            .flat_map(|l| l.errors_by_class.keys().cloned())
+            .collect();
+        bail!(
+            "every request failed ({failed} measured; classes: {})",
+            classes.join(", ")
+        );
+    }
+    Ok(code)
+}
+
+/// Measures the sweep against `t`. Stops early (a partial report) when `token` is cancelled.
+pub async fn measure<T: Target>(
+    t: Arc<T>,
+    args: &SweepArgs,
+    token: &CancellationToken,
+) -> anyhow::Result<Report> {
+    args.validate()?;
+    let loads = args.loads()?;
+    let url = common::check_target_url(&args.common.target)?;
+    let models = t
+        .models()
+        .await
+        .with_context(|| format!("cannot reach the target at {url}"))?;
+    let model = choose_model(&models, args.common.model.as_deref())?;
+    if !args.no_server_metrics {
+        t.metrics().await.with_context(|| {
+            format!(
+                "the server at {url} has no readable /metrics (sweep reads KV-cache usage and queue depth from it; pass --no-server-metrics to run without)"
+            )
+        })?;
+    }
+    let mut report = Report::new(
+        "sweep",
+        TargetInfo {
+            url,
+            model: model.id.clone(),
+            endpoint: args.common.endpoint.as_str().to_string(),
+            max_model_len: model.max_model_len,
+        },
+    );
+    report.notes.extend(t.prepare(&model).await);
+    let rate_mode = matches!(loads.first(), Some(Load::Rate(_)));
+    let loads_v: Vec<f64> = loads.iter().map(|l| l.value()).collect();
+    report.set("mode", if rate_mode { "rate" } else { "concurrency" });
+    report.set("levels", &loads_v);
+    report.set("duration_s", args.duration.as_secs_f64());
+    report.set("requests_per_level", args.requests);
+    report.set("warmup_s", args.warmup.as_secs_f64());
+    report.set("prompt_tokens", args.prompt_tokens);
+    report.set("max_tokens", args.max_tokens);
+    report.set("stream", true);
+    report.set("metrics_interval_s", args.metrics_interval.as_secs_f64());
+    report.set("max_in_flight", args.max_in_flight);
+    report.set("seed", args.seed);
+    report.set(
+        "request_timeout_s",
+        args.common.request_timeout.as_secs_f64(),
+    );
+    if args.no_server_metrics {
+        report
+            .notes
+            .push("server /metrics not read (--no-server-metrics)".into());
+    }
+    let plan = LevelPlan {
+        spec: RequestSpec {
+            prompt_tokens: args.prompt_tokens,
+            max_tokens: args.max_tokens,
+            stream: true,
+        },
+        warmup: args.warmup,
+        duration: args.duration,
+        requests: args.requests,
+        metrics_interval: args.metrics_interval,
+        server_metrics: !args.no_server_metrics,
+        max_in_flight: args.max_in_flight as usize,
+        seed: args.seed,
+        slo: args.slo(),
+    };
+    let params = args.knee_params();
+    let progress = Progress::new(!args.common.no_progress, loads.len() as u64, "sweep");
+    let started = Instant::now();
+    let mut section = SweepSection {
+        mode: if rate_mode { "rate" } else { "concurrency" }.into(),
+        knee_params: params,
+        ..Default::default()
+    };
+    for (i, load) in loads.iter().enumerate() {
+        if token.is_cancelled() {
+            report.mark_partial("interrupted");
+            break;
+        }
+        progress.message(format!("level {}", load.value()));
+        let level = run_level(t.clone(), *load, &plan, i as u64, token).await;
+        let interrupted = level.partial;
+        progress.inc(1);
+        section.levels.push(level);
+        if interrupted {
+            report.mark_partial(format!("interrupted during level {}", load.value()));
+            break;
+        }
+        let points = points(&section.levels);
+        if !args.no_early_stop && i + 1 < loads.len() && knee::over_saturated(&points, &params) {
+            section.stopped_early = true;
+            section.stop_reason = Some(format!(
+                "over-saturated at {}: {}",
+                load.value(),
+                if points
+                    .last()
+                    .is_some_and(|p| p.error_rate >= params.stop_error_rate)
+                {
+                    "most requests failed".to_string()
+                } else {
+                    format!(
+                        "{} consecutive levels turned less than {:.0}% of the added load into throughput while latency climbed",
+                        params.stop_after,
+                        params.min_efficiency * 100.0
+                    )
+                }
+            ));
+            break;
+        }
+    }
+    progress.finish();
+    let pts = points(&section.levels);
+    section.knee = knee::find_knee(&pts, &params);
+    section.max_throughput_level = section
+        .levels
+        .iter()
+        .enumerate()
+        .max_by(|a, b| {
+            a.1.output_token_throughput_tps
+                .total_cmp(&b.1.output_token_throughput_tps)
+        })
+        .map(|(i, _)| i);
+    if plan.slo.is_set() {
+        let att: Vec<f64> = section
+            .levels
+            .iter()
+            .map(|l| l.slo_attainment.unwrap_or(0.0))
+            .collect();
+        let loads: Vec<f64> = section.levels.iter().map(|l| l.load).collect();
+        let best = knee::highest_meeting(&loads, &att, args.slo_attainment);
+        section.slo = Some(SloSection {
+            objectives: plan.slo,
+            min_attainment: args.slo_attainment,
+            best_level: best,
+            best_load: best.map(|i| loads[i]),
+            best_goodput_rps: best.and_then(|i| section.levels[i].goodput_rps),
+        });
+    }
+    if section.levels.iter().any(|l| !l.gpu.available)
+        && let Some(r) = section.levels.iter().find_map(|l| l.gpu.reason.clone())
+    {
+        report.notes.push(format!("GPU metrics: {r}"));
+    }
+    report.duration_s = started.elapsed().as_secs_f64();
+    report.sweep = Some(section);
+    Ok(report)
+}
+
+/// The knee detector's view of the levels.
+fn points(levels: &[SweepLevel]) -> Vec<LevelPoint> {
+    levels
+        .iter()
+        .map(|l| {
+            let total = (l.ok + l.failed).max(1) as f64;
+            LevelPoint {
+                load: l.load,
+                throughput: if l.output_token_throughput_tps > 0.0 {
+                    l.output_token_throughput_tps
+                } else {
+                    l.request_throughput_rps
+                },
+                latency: l.latency.e2e_s.p50,
+                error_rate: l.failed as f64 / total,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiments::fake::{FakeServer, common_args};
+    use std::time::Duration;
+
+    fn args(levels: &[u32]) -> SweepArgs {
+        SweepArgs {
+            common: common_args(),
+            concurrency: levels.to_vec(),
+            rate: vec![],
+            duration: Duration::from_secs(5),
+            requests: None,
+            warmup: Duration::from_secs(1),
+            prompt_tokens: 16,
+            max_tokens: 9,
+            slo_ttft: None,
+            slo_tpot: None,
+            slo_e2e: None,
+            slo_attainment: 0.9,
+            no_early_stop: false,
+            knee_efficiency: 0.5,
+            knee_latency_growth: 0.1,
+            saturation_levels: 2,
+            metrics_interval: Duration::from_millis(200),
+            no_server_metrics: false,
+            max_in_flight: 1024,
+            seed: 1,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn knee_at_the_fake_servers_max_seqs() {
+        // 4 sequences at once, each 10 ms + 8 × 5 ms = 50 ms: 80 req/s at most
+        let f = Arc::new(FakeServer::new(4));
+        let a = args(&[1, 2, 4, 8, 16, 32, 64]);
+        let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
+        let s = r.sweep.unwrap();
+        let k = s.knee.clone().expect("a knee");
+        assert_eq!(k.load, 4.0, "{s:#?}");
+        // stopped after two flat steps past the knee: 4 → 8 → 16
+        assert!(s.stopped_early);
+        assert_eq!(s.levels.len(), 5);
+        let l1 = &s.levels[0];
+        assert!(
+            (l1.request_throughput_rps - 20.0).abs() < 1.0,
+            "{}",
+            l1.request_throughput_rps
+        );
+        assert!(
+            (l1.mean_in_flight - 1.0).abs() < 0.05,
+            "{}",
+            l1.mean_in_flight
+        );
+        let l4 = &s.levels[2];
+        assert!((l4.request_throughput_rps - 80.0).abs() < 2.0);
+        assert!((l4.output_token_throughput_tps - 720.0).abs() < 20.0);
+        assert!(l4.server.available);
+        assert_eq!(l4.server.requests_waiting.max, Some(0.0));
+        let l16 = &s.levels[4];
+        assert!(l16.server.requests_waiting.max.unwrap() >= 11.0);
+        assert!(l16.latency.e2e_s.p50.unwrap() > 0.15);
+        assert!(!l16.gpu.available);
+        assert_eq!(l16.window.duration_s, 5.0);
+        assert!(r.notes.iter().any(|n| n.contains("GPU")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_longer_than_the_window_are_still_measured() {
+        // 10 ms + 399 × 5 ms ≈ 2 s per request, against a 100 ms warm-up and a 500 ms window
+        let f = Arc::new(FakeServer::new(4));
+        let mut a = args(&[2]);
+        a.max_tokens = 400;
+        a.warmup = Duration::from_millis(100);
+        a.duration = Duration::from_millis(500);
+        let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
+        let l = &r.sweep.unwrap().levels[0];
+        // warm-up ends when both first requests are done; each stream then sends at least one
+        // measured request, which stretches the window past the 500 ms asked for
+        assert!(
+            l.ok >= 2,
+            "at least one measured request per stream: {l:#?}"
+        );
+        assert!((l.window.start_s - 2.005).abs() < 0.01, "{:?}", l.window);
+        assert!(l.window.duration_s >= 0.5);
+        // two streams of 2.005 s requests: 0.9975 req/s, 399 decode tokens per 1.995 s each
+        assert!(
+            (l.request_throughput_rps - 2.0 / 2.005).abs() < 0.01,
+            "{}",
+            l.request_throughput_rps
+        );
+        assert!(
+            (l.output_token_throughput_tps - 400.0).abs() < 5.0,
+            "{}",
+            l.output_token_throughput_tps
+        );
+        assert!((l.mean_in_flight - 2.0).abs() < 0.01);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn goodput_finds_highest_level_within_slo() {
+        let f = Arc::new(FakeServer::new(4));
+        let mut a = args(&[1, 2, 4, 8, 16]);
+        a.no_early_stop = true;
+        a.slo_e2e = Some(Duration::from_millis(120));
+        let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
+        let s = r.sweep.unwrap();
+        assert_eq!(s.levels.len(), 5);
+        let g = s.slo.unwrap();
+        // e2e: 50 ms up to 4 streams, 100 ms at 8, 200 ms at 16
+        assert_eq!(g.best_load, Some(8.0));
+        assert!((g.best_goodput_rps.unwrap() - 80.0).abs() < 2.0);
+        assert_eq!(s.levels[4].slo_attainment, Some(0.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_count_levels_and_rate_mode() {
+        let f = Arc::new(FakeServer::new(4));
+        let mut a = args(&[]);
+        a.rate = vec![10.0, 40.0];
+        a.requests = Some(50);
+        let r = measure(f.clone(), &a, &CancellationToken::new())
+            .await
+            .unwrap();
+        let s = r.sweep.unwrap();
+        assert_eq!(s.mode, "rate");
+        assert_eq!(s.levels.len(), 2);
+        for l in &s.levels {
+            assert_eq!(l.ok, 50, "{l:#?}");
+            let achieved = l.request_throughput_rps;
+            let offered = l.rate_rps.unwrap();
+            assert!(
+                (achieved / offered - 1.0).abs() < 0.35,
+                "{achieved} vs {offered}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interrupt_gives_partial_level() {
+        let f = Arc::new(FakeServer::new(4));
+        let a = args(&[1, 2]);
+        let token = CancellationToken::new();
+        let t2 = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            t2.cancel();
+        });
+        let r = measure(f, &a, &token).await.unwrap();
+        assert!(r.partial);
+        let s = r.sweep.unwrap();
+        assert_eq!(s.levels.len(), 1);
+        assert!(s.levels[0].partial);
+        assert!(s.levels[0].ok > 0);
+        assert!(s.levels[0].window.end_s <= 3.01);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missing_metrics_is_an_error_unless_waived() {
+        let f = Arc::new(FakeServer::new(4));
+        f.without_metrics();
+        let mut a = args(&[1]);
+        let e = measure(f.clone(), &a, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("no readable /metrics"), "{e:#}");
+        a.no_server_metrics = true;
+        let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
+        assert!(!r.sweep.unwrap().levels[0].server.available);
+    }
+
+    #[test]
+    fn bad_levels_are_rejected() {
+        let mut a = args(&[0, 2]);
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--concurrency")
+        );
+        a.concurrency = vec![4, 1, 4];
+        assert_eq!(
+            a.loads().unwrap(),
+            vec![Load::Concurrency(1), Load::Concurrency(4)]
+        );
+        a.rate = vec![-1.0];
+        assert!(a.validate().unwrap_err().to_string().contains("--rate"));
+        a.rate = vec![];
+        a.slo_attainment = 2.0;
+        assert!(a.validate().is_err());
+    }
+}

@@ -1,0 +1,322 @@
+//! One level of a sweep: the closed loop of N streams or the open loop of Poisson arrivals
+//! ([`crate::prober::arrivals`], the daemon's generator), the sampler of the server's
+//! `/metrics` and the GPUs alongside, and the records they leave for the summary.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::super::engine::{GpuSnapshot, RequestSpec, Sample, ServerSnapshot, Target};
+use super::super::knee::Slo;
+use super::super::report::SweepLevel;
+use super::Load;
+use super::gate::{Admit, Gate};
+use super::summary::summarize_level;
+use crate::prober::arrivals::Schedule;
+use crate::prober::settings::Arrival;
+
+/// One request with its times, seconds after the level started.
+#[derive(Debug, Clone)]
+pub(super) struct Timed {
+    /// When it should have been sent (open loop) or was sent (closed loop).
+    pub(super) intended: f64,
+    pub(super) start: f64,
+    pub(super) end: f64,
+    pub(super) sample: Sample,
+}
+
+/// One sample of the server and the GPUs, seconds after the level started.
+#[derive(Debug, Clone)]
+pub(super) struct Probe {
+    pub(super) at: f64,
+    pub(super) server: Option<ServerSnapshot>,
+    pub(super) gpu: Result<GpuSnapshot, String>,
+}
+
+pub(super) struct LevelPlan {
+    pub(super) spec: RequestSpec,
+    pub(super) warmup: Duration,
+    pub(super) duration: Duration,
+    pub(super) requests: Option<u32>,
+    pub(super) metrics_interval: Duration,
+    pub(super) server_metrics: bool,
+    pub(super) max_in_flight: usize,
+    pub(super) seed: u64,
+    pub(super) slo: Slo,
+}
+
+async fn sampler<T: Target>(
+    t: Arc<T>,
+    epoch: Instant,
+    every: Duration,
+    server: bool,
+    stop: CancellationToken,
+) -> Vec<Probe> {
+    let mut out = Vec::new();
+    loop {
+        let snap = if server { t.metrics().await.ok() } else { None };
+        out.push(Probe {
+            at: epoch.elapsed().as_secs_f64(),
+            server: snap,
+            gpu: t.gpu(),
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    out
+}
+
+pub(super) async fn run_level<T: Target>(
+    t: Arc<T>,
+    load: Load,
+    plan: &LevelPlan,
+    index: u64,
+    token: &CancellationToken,
+) -> SweepLevel {
+    let epoch = Instant::now();
+    let warm_end = epoch + plan.warmup;
+    let timed_stop = plan.requests.is_none().then(|| warm_end + plan.duration);
+    // requests mode: the intended start of the last measured request, once known
+    let count_stop = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let measured = Arc::new(AtomicUsize::new(0));
+    let want = plan.requests.map(|n| n as usize);
+    let level_token = token.child_token();
+    let stop_sampler = CancellationToken::new();
+    let sampler_task = tokio::spawn(sampler(
+        t.clone(),
+        epoch,
+        plan.metrics_interval,
+        plan.server_metrics,
+        stop_sampler.clone(),
+    ));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Timed>();
+    let rel = move |i: Instant| i.saturating_duration_since(epoch).as_secs_f64();
+    // Claims a measured slot for a request intended at `at`; false once the level is done.
+    let admit = {
+        let measured = measured.clone();
+        let count_stop = count_stop.clone();
+        move |at: Instant| -> bool {
+            if let Some(s) = timed_stop {
+                return at < s;
+            }
+            if at < warm_end {
+                return true;
+            }
+            let Some(n) = want else { return true };
+            let k = measured.fetch_add(1, Ordering::SeqCst);
+            if k + 1 == n
+                && let Ok(mut g) = count_stop.lock()
+            {
+                *g = Some(at);
+            }
+            k < n
+        }
+    };
+    let gate = Arc::new(Gate::new(
+        match load {
+            Load::Concurrency(c) => c as usize,
+            Load::Rate(_) => 0,
+        },
+        warm_end,
+        plan.duration,
+        want,
+    ));
+    let mut tasks = JoinSet::new();
+    let mut dropped = 0usize;
+    match load {
+        Load::Concurrency(c) => {
+            spawn_streams(
+                &mut tasks,
+                &t,
+                c,
+                plan.spec,
+                &gate,
+                &tx,
+                &level_token,
+                epoch,
+            );
+        }
+        Load::Rate(r) => {
+            let ctx = OpenLoop {
+                plan,
+                index,
+                epoch,
+                tx: &tx,
+                level_token: &level_token,
+            };
+            dropped = open_loop(&mut tasks, &t, r, &ctx, admit).await;
+        }
+    }
+    drop(tx);
+    // Wait for the streams (or in-flight requests) to finish; an interrupt cancels them.
+    let interrupted = loop {
+        tokio::select! {
+            j = tasks.join_next() => if j.is_none() { break false },
+            _ = token.cancelled() => {
+                level_token.cancel();
+                while tasks.join_next().await.is_some() {}
+                break true;
+            }
+        }
+    };
+    // the streams also stop on their own when the (child) token is cancelled
+    let interrupted = interrupted || token.is_cancelled();
+    let interrupted_at = rel(Instant::now());
+    stop_sampler.cancel();
+    let probes = sampler_task.await.unwrap_or_default();
+    let mut records = Vec::new();
+    while let Some(r) = rx.recv().await {
+        records.push(r);
+    }
+    let (ws, mut we) = match load {
+        Load::Concurrency(_) => gate.window(&records, rel, interrupted_at),
+        Load::Rate(_) => {
+            let ws = plan.warmup.as_secs_f64();
+            let we = match (timed_stop, count_stop.lock().ok().and_then(|g| *g)) {
+                (Some(s), _) => rel(s),
+                (None, Some(s)) => rel(s),
+                (None, None) => records.iter().map(|r| r.intended).fold(ws, f64::max),
+            };
+            (ws, we)
+        }
+    };
+    if interrupted {
+        we = we.min(interrupted_at);
+    }
+    let mut level = summarize_level(load, &records, ws, we, &probes, &plan.slo);
+    level.partial = interrupted;
+    if dropped > 0 {
+        *level
+            .errors_by_class
+            .entry("dropped_max_in_flight".into())
+            .or_insert(0) += dropped;
+    }
+    level
+}
+
+/// The closed loop: `c` streams, each sending its next request when the previous one ends,
+/// as the gate lets it.
+#[allow(clippy::too_many_arguments)]
+fn spawn_streams<T: Target>(
+    tasks: &mut JoinSet<()>,
+    t: &Arc<T>,
+    c: u32,
+    spec: RequestSpec,
+    gate: &Arc<Gate>,
+    tx: &mpsc::UnboundedSender<Timed>,
+    level_token: &CancellationToken,
+    epoch: Instant,
+) {
+    let rel = move |i: Instant| i.saturating_duration_since(epoch).as_secs_f64();
+    for _ in 0..c {
+        let (t, tx, lt, gate) = (t.clone(), tx.clone(), level_token.clone(), gate.clone());
+        tasks.spawn(async move {
+            let mut first = true;
+            let mut measured_started = false;
+            loop {
+                let start = Instant::now();
+                match gate.admit(start, measured_started) {
+                    Admit::Stop => break,
+                    Admit::Measured => measured_started = true,
+                    Admit::Warmup => {}
+                }
+                let s = tokio::select! {
+                    s = t.execute(spec, start) => s,
+                    _ = lt.cancelled() => break,
+                };
+                let end = Instant::now();
+                if first {
+                    first = false;
+                    gate.first_done(end);
+                }
+                let st = rel(start);
+                let _ = tx.send(Timed {
+                    intended: st,
+                    start: st,
+                    end: rel(end),
+                    sample: s,
+                });
+            }
+        });
+    }
+}
+
+/// What the open loop of one level works with.
+struct OpenLoop<'a> {
+    plan: &'a LevelPlan,
+    index: u64,
+    epoch: Instant,
+    tx: &'a mpsc::UnboundedSender<Timed>,
+    level_token: &'a CancellationToken,
+}
+
+/// The open loop: Poisson arrivals at `r` per second (the daemon's generator), each request
+/// charged from its intended start, while `admit` says the level goes on. Returns the arrivals
+/// dropped at `--max-in-flight`.
+async fn open_loop<T: Target>(
+    tasks: &mut JoinSet<()>,
+    t: &Arc<T>,
+    r: f64,
+    ctx: &OpenLoop<'_>,
+    mut admit: impl FnMut(Instant) -> bool,
+) -> usize {
+    let (plan, index, epoch) = (ctx.plan, ctx.index, ctx.epoch);
+    let (tx, level_token) = (ctx.tx, ctx.level_token);
+    let rel = move |i: Instant| i.saturating_duration_since(epoch).as_secs_f64();
+    let mut dropped = 0usize;
+    let mut arrivals = Schedule::new(
+        Arrival::Poisson,
+        r,
+        rand::rngs::SmallRng::seed_from_u64(plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+    );
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut next = epoch;
+    loop {
+        next = arrivals.next_after(next);
+        if !admit(next) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = level_token.cancelled() => break,
+        }
+        if in_flight.load(Ordering::SeqCst) >= plan.max_in_flight {
+            dropped += 1;
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let (t, tx, lt, inf) = (
+            t.clone(),
+            tx.clone(),
+            level_token.clone(),
+            in_flight.clone(),
+        );
+        let spec = plan.spec;
+        let intended = next;
+        tasks.spawn(async move {
+            let start = Instant::now();
+            let s = tokio::select! {
+                s = t.execute(spec, intended) => Some(s),
+                _ = lt.cancelled() => None,
+            };
+            inf.fetch_sub(1, Ordering::SeqCst);
+            if let Some(s) = s {
+                let _ = tx.send(Timed {
+                    intended: rel(intended),
+                    start: rel(start),
+                    end: rel(Instant::now()),
+                    sample: s,
+                });
+            }
+        });
+    }
+    dropped
+}
