@@ -435,7 +435,7 @@ pub fn validate(cfg: &Config) -> anyhow::Result<()> {
         }
         if t.url.starts_with("https://") && !cfg!(feature = "tls") {
             errors.push(format!(
-                "{key}.url: https targets need a build with the `tls` feature"
+                "{key}.url: https targets need a build with the `tls` feature (on by default; this binary was built without it)"
             ));
         }
         if !names.insert(t.label()) {

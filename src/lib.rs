@@ -15,6 +15,7 @@
 //! | [`sim`] | the built-in vLLM simulator |
 //! | [`daemon`] | wires the subsystems together for `serve` and `demo` |
 //! | [`httpcap`] | reading a response body with a size cap |
+//! | [`errchain`] | one way to print an error with its causes (and never a URL) |
 //! | [`units`] | value parsers (durations, positive numbers) shared by every command line |
 //!
 //! Measuring tasks produce plain-data records that flow to one aggregator per subsystem,
@@ -23,6 +24,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod errchain;
 #[cfg(test)]
 mod contract;
 pub mod daemon;

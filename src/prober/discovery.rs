@@ -97,7 +97,7 @@ async fn get_json(
 ) -> Result<Vec<u8>, DiscoveryError> {
     let resp = b.timeout(timeout).send().await.map_err(|e| {
         let timeout = e.is_timeout();
-        let m = event::short(&e.without_url().to_string());
+        let m = event::short(&crate::errchain::reqwest(&e));
         if timeout {
             DiscoveryError::Timeout(m)
         } else {

@@ -14,7 +14,7 @@
 //! reuse from a small idle pool. A pooled connection that the server closed while idle is
 //! detected when it is taken, and a request that finds its reused connection closed before any
 //! byte of a response is retried once on a fresh one (what hyper's pool does too). Anything
-//! else a server does wrong is an error that names it. TLS targets (the `tls` feature) keep
+//! else a server does wrong is an error that names it. TLS targets (the `tls` feature, on by default) keep
 //! reqwest.
 
 use std::io;

@@ -21,7 +21,7 @@
 //!
 //! Transport: plain `http://` targets go through the prober's own HTTP/1.1 client
 //! ([`super::http1`]: the request task reads its socket itself, one wake-up per read);
-//! `https://` targets (the `tls` feature) go through reqwest. Both give the same records.
+//! `https://` targets (the `tls` feature, on by default) go through reqwest. Both give the same records.
 //!
 //! Timeouts: `connect` is a property of the client ([`build_client`]); `first_token` bounds the
 //! time from the send to the first output event (headers included); `request` bounds the whole

@@ -106,7 +106,7 @@ fn check_url(key: &str, url: &str, errors: &mut Vec<String>) {
     } else if reqwest::Url::parse(url).is_err() {
         errors.push(format!("{key}: {url:?} is not a valid URL"));
     } else if url.starts_with("https://") && !cfg!(feature = "tls") {
-        errors.push(format!("{key}: https needs a build with the `tls` feature"));
+        errors.push(format!("{key}: https needs a build with the `tls` feature (on by default; this binary was built without it)"));
     }
 }
 
