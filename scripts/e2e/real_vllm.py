@@ -437,6 +437,22 @@ def chaos_checks(args, out):
         os.killpg(vllm_pgid(), signal.SIGKILL)
         log(f"killed vLLM (SIGKILL to its process group) with {in_flight:.0f} probes in flight")
 
+        def gone():
+            try:
+                http_get(args.vllm + "/health", timeout=2)
+                return None
+            except (urllib.error.URLError, ConnectionError, OSError):
+                return True
+        # (wait_until treats a refused connection as "not yet", so poll the port directly)
+        deadline = time.monotonic() + 60
+        while not gone():
+            if time.monotonic() > deadline:
+                fail("vLLM still answers after SIGKILL")
+            time.sleep(0.2)
+        # The killed server cannot remove its pidfile, and where nothing reaps orphans its pid
+        # stays a zombie that `kill -0` still finds: serve.sh would refuse to start.
+        os.unlink(os.environ["VLLM_PIDFILE"])
+
         def classified():
             x = parse(http_get(metrics_url))
             return x if (total(x, "vllm_sentinel_probe_in_flight", workload="long") == 0
