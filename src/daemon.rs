@@ -22,33 +22,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::cli::{DemoArgs, GlobalArgs};
 use crate::config::{Config, TargetConfig};
-use crate::exporter::{self, ExporterState, Readiness, ReloadFn, StatusBoard};
-
-/// After the shutdown grace has cancelled what was still in flight, how long the cancelled work
-/// may take to end and be recorded (a cancelled request ends at once; this bounds a stuck task).
-pub const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// What every subsystem gets when it starts.
-#[derive(Clone)]
-pub struct RunContext {
-    /// Every long-lived task is spawned on this tracker so shutdown can wait for it.
-    pub tracker: TaskTracker,
-    /// Cancelled when shutdown starts (SIGINT/SIGTERM): loops stop starting new work; requests
-    /// in flight go on.
-    pub token: CancellationToken,
-    /// Cancelled when `server.shutdown_grace` has passed after shutdown started: requests still
-    /// in flight end as `cancelled` (and are counted).
-    pub abort: CancellationToken,
-    /// The current configuration; a new value arrives on reload (SIGHUP or `POST /-/reload`).
-    pub config: watch::Receiver<Arc<Config>>,
-    /// `/readyz` waits for each registered subsystem's first collection.
-    pub readiness: Readiness,
-    /// Per-target state for the landing page.
-    pub status: StatusBoard,
-}
-
-/// Produces a fresh, validated configuration (re-reading the file) for a reload.
-pub type Reloader = Arc<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+use crate::exporter::{self, ExporterState, ReloadFn};
+use crate::runtime::{ABORT_WAIT, Readiness, Reloader, RunContext, StatusBoard};
 
 /// Runs the daemon until `token` is cancelled.
 pub async fn serve(
@@ -249,7 +224,7 @@ pub async fn demo(
     cfg.server.listen = addr;
     let mut target = TargetConfig::from_url(&format!("http://{sim_addr}"));
     target.name = Some("simulator".to_string());
-    crate::prober::apply_load_args(&mut target, Some(args.concurrency), None);
+    crate::config::prober::apply_load_args(&mut target, Some(args.concurrency), None);
     cfg.targets.push(target);
     cfg.gpu.enabled = !args.no_gpu;
     cfg.server.status_interval = args.status_interval;

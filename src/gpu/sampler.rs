@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::exporter::readiness::ReadySlot;
+use crate::runtime::ReadySlot;
 
 use super::snapshot::{DeviceSnapshot, GpuSnapshot, ProcessSample, SnapshotCell};
 use super::source::{DriverInfo, Field, FieldError, GpuSession, GpuSource, Identity, Value};

@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use super::request::{Outcome, RequestRecord};
-use super::settings::Buckets;
+use crate::config::prober::Buckets;
 
 /// `target, model, workload, endpoint`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -163,6 +163,17 @@ pub struct Timeouts {
     pub request: Duration,
 }
 
+impl Timeouts {
+    /// The per-request time limits of `[prober]`.
+    pub fn from_config(p: &crate::config::prober::ProberConfig) -> Self {
+        Self {
+            connect: p.connect_timeout,
+            first_token: p.first_token_timeout,
+            request: p.request_timeout,
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
@@ -367,8 +378,7 @@ impl std::fmt::Debug for Conn<'_> {
     }
 }
 
-/// Default cap on the bytes read from one response.
-pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+pub use crate::config::prober::DEFAULT_MAX_RESPONSE_BYTES;
 /// Cap on the bytes of one SSE event (vLLM's are well under 1 KiB, a few KiB with logprobs).
 const MAX_EVENT_BYTES: usize = 256 * 1024;
 /// Cap on the ITL gaps kept for one request (1 MiB), however many events a server sends; the

@@ -16,10 +16,10 @@ use super::load::{HealthCounters, TargetShared, WorkloadSpec, run_workload};
 use super::metrics::{ProbeLabels, ProberMetrics, WorkloadMetrics};
 use super::prompt::{PromptBuilder, SharedPrefix};
 use super::request::{Endpoint, build_client};
-use super::settings::{Load, ProberConfig, effective_workloads};
 use crate::config::TargetConfig;
-use crate::exporter::StatusBoard;
-use crate::exporter::readiness::ReadySlot;
+use crate::config::prober::{Load, ProberConfig, effective_workloads};
+use crate::runtime::ReadySlot;
+use crate::runtime::StatusBoard;
 
 /// The settings a target task runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +78,7 @@ pub struct TargetDeps {
     /// The shutdown grace is over: in-flight requests end as `cancelled`.
     pub abort: CancellationToken,
     /// `/readyz`: blocked while a target is not discovered.
-    pub readiness: crate::exporter::Readiness,
+    pub readiness: crate::runtime::Readiness,
 }
 
 /// The `/readyz` condition of a target not (yet) discovered.
@@ -122,7 +122,7 @@ pub async fn run_target(
             return;
         }
     };
-    let timeouts = run.prober.timeouts();
+    let timeouts = super::request::Timeouts::from_config(&run.prober);
     let pool: usize = effective_workloads(t)
         .iter()
         .map(|w| match w.load() {
@@ -324,8 +324,10 @@ fn reconcile(
         };
         let max_prompt_tokens = shared
             .max_model_len
-            .map_or(super::settings::MAX_TOKENS_CEILING, |l| l.saturating_add(1))
-            .min(super::settings::MAX_TOKENS_CEILING);
+            .map_or(crate::config::prober::MAX_TOKENS_CEILING, |l| {
+                l.saturating_add(1)
+            })
+            .min(crate::config::prober::MAX_TOKENS_CEILING);
         let spec = Arc::new(WorkloadSpec {
             max_prompt_tokens,
             max_in_flight: w.max_in_flight.unwrap_or(run.prober.max_in_flight),

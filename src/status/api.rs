@@ -148,7 +148,7 @@ impl StatusHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exporter::StatusBoard;
+    use crate::runtime::StatusBoard;
     use std::time::Duration;
 
     #[test]

@@ -1,12 +1,13 @@
 //! The prober's configuration sections (`[prober]`, `[[targets.workloads]]`,
-//! `[targets.canary]`) and their validation. docs/prober.md describes every key.
+//! `[targets.canary]`) and their validation: plain data, so [`crate::config`] can assemble and
+//! check them without depending on the prober that runs them. docs/prober.md describes every key.
 
 use std::time::Duration;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Endpoint, TargetConfig};
+use super::{Endpoint, TargetConfig};
 
 /// `[prober]`: settings for every target.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,7 +54,7 @@ impl Default for ProberConfig {
             connect_timeout: Duration::from_secs(5),
             first_token_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),
-            max_response_bytes: super::request::DEFAULT_MAX_RESPONSE_BYTES,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             error_backoff: Duration::from_secs(1),
             discovery_retry_min: Duration::from_secs(1),
             discovery_retry_max: Duration::from_secs(30),
@@ -65,16 +66,8 @@ impl Default for ProberConfig {
     }
 }
 
-impl ProberConfig {
-    /// The per-request time limits.
-    pub fn timeouts(&self) -> super::request::Timeouts {
-        super::request::Timeouts {
-            connect: self.connect_timeout,
-            first_token: self.first_token_timeout,
-            request: self.request_timeout,
-        }
-    }
-}
+/// Default cap on the bytes read from one response.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// `[prober.buckets]`: upper bounds in seconds, strictly increasing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
