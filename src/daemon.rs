@@ -97,28 +97,8 @@ pub async fn serve_with_gpu(
     let lifecycle = Arc::new(std::sync::atomic::AtomicBool::new(
         cfg.server.enable_lifecycle,
     ));
-    let reload: Option<ReloadFn> = reloader.map(|r| {
-        let tx = config_tx.clone();
-        let status = ctx.status.clone();
-        let lifecycle = lifecycle.clone();
-        let f: ReloadFn = Arc::new(move || match r() {
-            Ok(new) => {
-                status.sync_targets(&status_entries(&new));
-                lifecycle.store(
-                    new.server.enable_lifecycle,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                tx.send_replace(Arc::new(new));
-                tracing::info!("configuration reloaded");
-                Ok("configuration reloaded".to_string())
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "reload rejected; keeping the running configuration");
-                Err(format!("reload rejected: {e:#}"))
-            }
-        });
-        f
-    });
+    let reload =
+        reloader.map(|r| reload_fn(r, config_tx.clone(), ctx.status.clone(), lifecycle.clone()));
     if let Some(f) = reload.clone() {
         spawn_sighup(f, ctx.token.clone(), &ctx.tracker);
     }
@@ -142,6 +122,48 @@ pub async fn serve_with_gpu(
         exporter_stop.clone(),
     ));
 
+    drain(&ctx, grace, linger).await;
+    exporter_stop.cancel();
+    match tokio::time::timeout(grace.max(ABORT_WAIT), server).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(anyhow::anyhow!("exporter task failed: {e}")),
+        Err(_) => {
+            tracing::warn!("exporter did not stop within the shutdown grace");
+            Ok(())
+        }
+    }
+}
+
+/// What `POST /-/reload` and SIGHUP run: `reloader` re-reads the configuration; a valid one
+/// updates the status board, the lifecycle switch and every subsystem (through `tx`); an invalid
+/// one is refused and the running configuration stays.
+fn reload_fn(
+    r: Reloader,
+    tx: watch::Sender<Arc<Config>>,
+    status: StatusBoard,
+    lifecycle: Arc<std::sync::atomic::AtomicBool>,
+) -> ReloadFn {
+    Arc::new(move || match r() {
+        Ok(new) => {
+            status.sync_targets(&status_entries(&new));
+            lifecycle.store(
+                new.server.enable_lifecycle,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            tx.send_replace(Arc::new(new));
+            tracing::info!("configuration reloaded");
+            Ok("configuration reloaded".to_string())
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "reload rejected; keeping the running configuration");
+            Err(format!("reload rejected: {e:#}"))
+        }
+    })
+}
+
+/// Shutdown steps 1 to 3 (module doc), once `ctx.token` is cancelled: wait out the grace,
+/// cancel what is left, then keep `/metrics` up for the linger window.
+async fn drain(ctx: &RunContext, grace: std::time::Duration, linger: std::time::Duration) {
     // 1. Stop starting new work; in-flight probes get the grace to finish.
     ctx.token.cancelled().await;
     ctx.tracker.close();
@@ -164,15 +186,6 @@ pub async fn serve_with_gpu(
     if !linger.is_zero() {
         tracing::info!(window = ?linger, "in-flight work recorded; serving /metrics for the final scrape window");
         tokio::time::sleep(linger).await;
-    }
-    exporter_stop.cancel();
-    match tokio::time::timeout(grace.max(ABORT_WAIT), server).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(anyhow::anyhow!("exporter task failed: {e}")),
-        Err(_) => {
-            tracing::warn!("exporter did not stop within the shutdown grace");
-            Ok(())
-        }
     }
 }
 

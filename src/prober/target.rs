@@ -101,25 +101,13 @@ pub async fn run_target(
     deps.metrics.target_configured(&label);
     deps.readiness
         .block(readiness_key(&label), "model discovery not attempted yet");
-    let wait_for_end = |stop: CancellationToken, shutdown: CancellationToken| async move {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = shutdown.cancelled() => {}
-        }
-    };
 
     let authorization = match t.authorization() {
         Ok(k) => k,
         Err(e) => {
             let msg = format!("{e:#}");
             tracing::error!(target = %label, error = %msg, "cannot read the API key; not probing this target");
-            deps.metrics.discovery_failed(&label, "config");
-            deps.readiness
-                .block(readiness_key(&label), format!("not probed (config): {msg}"));
-            deps.status.update(&label, |s| s.last_error = Some(msg));
-            ready.done();
-            wait_for_end(stop, deps.shutdown.clone()).await;
-            return;
+            return not_probed(&deps, &label, msg, ready, stop).await;
         }
     };
     let timeouts = super::request::Timeouts::from_config(&run.prober);
@@ -136,52 +124,21 @@ pub async fn run_target(
         Err(e) => {
             let msg = format!("cannot build an HTTP client: {e}");
             tracing::error!(target = %label, error = %msg);
-            deps.metrics.discovery_failed(&label, "config");
-            deps.readiness
-                .block(readiness_key(&label), format!("not probed (config): {msg}"));
-            deps.status.update(&label, |s| s.last_error = Some(msg));
-            ready.done();
-            wait_for_end(stop, deps.shutdown.clone()).await;
-            return;
+            return not_probed(&deps, &label, msg, ready, stop).await;
         }
     };
 
     // Discovery, retried with backoff while the target is down.
     let discovery_timeout = timeouts.connect + Duration::from_secs(10);
-    let mut backoff = run.prober.discovery_retry_min;
-    let mut attempts = 0u32;
-    let info = loop {
-        match discovery::discover_model(
-            client.http(),
-            &base_url,
-            authorization.as_ref().map(|s| s.expose()),
-            t.model.as_deref(),
-            discovery_timeout,
-        )
-        .await
-        {
-            Ok(m) => break m,
-            Err(e) => {
-                attempts += 1;
-                let msg = format!("model discovery: {e}");
-                deps.metrics.discovery_failed(&label, e.reason());
-                deps.readiness.block(
-                    readiness_key(&label),
-                    format!("model discovery failed ({}): {e}", e.reason()),
-                );
-                if attempts == 1 || attempts.is_power_of_two() {
-                    tracing::warn!(target = %label, error = %msg, retry_in = ?backoff, "target not ready; retrying");
-                }
-                deps.status.update(&label, |s| s.last_error = Some(msg));
-                ready.done();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => return,
-                    _ = deps.shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(run.prober.discovery_retry_max);
-            }
-        }
+    let discovering = Discovering {
+        client: client.http(),
+        base_url: &base_url,
+        authorization: authorization.as_ref().map(|s| s.expose()),
+        label: &label,
+        timeout: discovery_timeout,
+    };
+    let Some(info) = discover(&discovering, t, &run.prober, &deps, &mut ready, &stop).await else {
+        return;
     };
     ready.done();
     if deps.shutdown.is_cancelled() || stop.is_cancelled() {
@@ -217,33 +174,7 @@ pub async fn run_target(
     };
 
     if let Some(limit) = info.max_model_len {
-        for (i, w) in effective_workloads(t).iter().enumerate() {
-            let longest = w.prompt_tokens.max().unwrap_or(u32::MAX);
-            if u64::from(longest) + u64::from(w.max_tokens) > u64::from(limit) {
-                tracing::warn!(
-                    target = %label,
-                    workload = %w.label(i),
-                    limit,
-                    "prompt_tokens + max_tokens can exceed the server's max_model_len; those requests will count as context_length"
-                );
-                if longest > limit.saturating_add(1) {
-                    tracing::warn!(
-                        target = %label,
-                        workload = %w.label(i),
-                        limit,
-                        longest,
-                        "prompts longer than max_model_len + 1 are clamped to max_model_len + 1 tokens (they are rejected all the same)"
-                    );
-                }
-            }
-        }
-        deps.metrics
-            .canary_max_model_len
-            .get_or_create(&super::metrics::CanaryLabels {
-                target: label.clone(),
-                model: info.id.clone(),
-            })
-            .set(i64::from(limit));
+        warn_over_max_model_len(&label, t, &info, limit, &deps.metrics);
     }
 
     let shared = Arc::new(TargetShared {
@@ -294,6 +225,119 @@ pub async fn run_target(
     for (_, w) in workloads.drain() {
         w.stop.cancel();
     }
+}
+
+/// A target that cannot be probed at all (its API key or its client): counted, shown and kept
+/// not ready until the target is removed or the daemon stops.
+async fn not_probed(
+    deps: &TargetDeps,
+    label: &str,
+    msg: String,
+    mut ready: ReadyOnce,
+    stop: CancellationToken,
+) {
+    deps.metrics.discovery_failed(label, "config");
+    deps.readiness
+        .block(readiness_key(label), format!("not probed (config): {msg}"));
+    deps.status.update(label, |s| s.last_error = Some(msg));
+    ready.done();
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = deps.shutdown.cancelled() => {}
+    }
+}
+
+/// Where and how a target's model is discovered.
+struct Discovering<'a> {
+    client: &'a reqwest::Client,
+    base_url: &'a str,
+    authorization: Option<&'a str>,
+    label: &'a str,
+    timeout: Duration,
+}
+
+/// Discovers the target's model, retrying with backoff while the target is down; `None` when
+/// the target is removed or shutdown starts first.
+async fn discover(
+    d: &Discovering<'_>,
+    t: &TargetConfig,
+    prober: &ProberConfig,
+    deps: &TargetDeps,
+    ready: &mut ReadyOnce,
+    stop: &CancellationToken,
+) -> Option<discovery::ModelInfo> {
+    let mut backoff = prober.discovery_retry_min;
+    let mut attempts = 0u32;
+    loop {
+        match discovery::discover_model(
+            d.client,
+            d.base_url,
+            d.authorization,
+            t.model.as_deref(),
+            d.timeout,
+        )
+        .await
+        {
+            Ok(m) => return Some(m),
+            Err(e) => {
+                attempts += 1;
+                let msg = format!("model discovery: {e}");
+                deps.metrics.discovery_failed(d.label, e.reason());
+                deps.readiness.block(
+                    readiness_key(d.label),
+                    format!("model discovery failed ({}): {e}", e.reason()),
+                );
+                if attempts == 1 || attempts.is_power_of_two() {
+                    tracing::warn!(target = %d.label, error = %msg, retry_in = ?backoff, "target not ready; retrying");
+                }
+                deps.status.update(d.label, |s| s.last_error = Some(msg));
+                ready.done();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return None,
+                    _ = deps.shutdown.cancelled() => return None,
+                }
+                backoff = (backoff * 2).min(prober.discovery_retry_max);
+            }
+        }
+    }
+}
+
+/// Warns about workloads whose prompts can exceed the server's `max_model_len`, and exports it.
+fn warn_over_max_model_len(
+    label: &str,
+    t: &TargetConfig,
+    info: &discovery::ModelInfo,
+    limit: u32,
+    metrics: &ProberMetrics,
+) {
+    for (i, w) in effective_workloads(t).iter().enumerate() {
+        let longest = w.prompt_tokens.max().unwrap_or(u32::MAX);
+        if u64::from(longest) + u64::from(w.max_tokens) > u64::from(limit) {
+            tracing::warn!(
+                target = %label,
+                workload = %w.label(i),
+                limit,
+                "prompt_tokens + max_tokens can exceed the server's max_model_len; those requests will count as context_length"
+            );
+            if longest > limit.saturating_add(1) {
+                tracing::warn!(
+                    target = %label,
+                    workload = %w.label(i),
+                    limit,
+                    longest,
+                    "prompts longer than max_model_len + 1 are clamped to max_model_len + 1 tokens (they are rejected all the same)"
+                );
+            }
+        }
+    }
+    metrics
+        .canary_max_model_len
+        .get_or_create(&super::metrics::CanaryLabels {
+            target: label.to_string(),
+            model: info.id.clone(),
+        })
+        .set(i64::from(limit));
 }
 
 struct RunningWorkload {
