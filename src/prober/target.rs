@@ -17,7 +17,7 @@ use super::metrics::{ProbeLabels, ProberMetrics, WorkloadMetrics};
 use super::prompt::{PromptBuilder, SharedPrefix};
 use super::request::{Endpoint, build_client};
 use crate::config::TargetConfig;
-use crate::config::prober::{Load, ProberConfig, effective_workloads};
+use crate::config::prober::{CanaryConfig, Load, ProberConfig, effective_workloads};
 use crate::runtime::ReadySlot;
 use crate::runtime::StatusBoard;
 
@@ -153,25 +153,7 @@ pub async fn run_target(
         s.last_error = None;
     });
 
-    let wants_chat = effective_workloads(t)
-        .iter()
-        .any(|w| w.endpoint.unwrap_or(t.endpoint) == Endpoint::Chat);
-    let prompts = match PromptBuilder::calibrate_with(
-        client.http(),
-        &base_url,
-        authorization.as_ref().map(|s| s.expose()),
-        &info.id,
-        wants_chat,
-        discovery_timeout,
-    )
-    .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::info!(target = %label, error = %e, "no /tokenize: prompts are text, lengths estimated at one word per token");
-            PromptBuilder::uncalibrated()
-        }
-    };
+    let prompts = calibrate_prompts(&discovering, t, &info.id).await;
 
     if let Some(limit) = info.max_model_len {
         warn_over_max_model_len(&label, t, &info, limit, &deps.metrics);
@@ -203,28 +185,8 @@ pub async fn run_target(
         info.max_model_len,
     ));
 
-    let mut workloads: HashMap<String, RunningWorkload> = HashMap::new();
-    let mut current = run;
-    loop {
-        reconcile(&shared, &deps, &current, &mut workloads, &stop);
-        canary_tx.send_if_modified(|c| {
-            let changed = *c != current.target.canary;
-            *c = current.target.canary.clone();
-            changed
-        });
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = deps.shutdown.cancelled() => break,
-            r = cfg_rx.changed() => {
-                if r.is_err() { break; }
-                current = cfg_rx.borrow_and_update().clone();
-            }
-        }
-    }
+    follow_config(&shared, &deps, run, cfg_rx, &canary_tx, &stop).await;
     canary_stop.cancel();
-    for (_, w) in workloads.drain() {
-        w.stop.cancel();
-    }
 }
 
 /// A target that cannot be probed at all (its API key or its client): counted, shown and kept
@@ -439,4 +401,61 @@ fn seed_of(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The prompt builder for the target's model: calibrated with the server's `/tokenize` when it
+/// has one, else uncalibrated (text prompts, one word per token).
+async fn calibrate_prompts(d: &Discovering<'_>, t: &TargetConfig, model: &str) -> PromptBuilder {
+    let wants_chat = effective_workloads(t)
+        .iter()
+        .any(|w| w.endpoint.unwrap_or(t.endpoint) == Endpoint::Chat);
+    match PromptBuilder::calibrate_with(
+        d.client,
+        d.base_url,
+        d.authorization,
+        model,
+        wants_chat,
+        d.timeout,
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(target = %d.label, error = %e, "no /tokenize: prompts are text, lengths estimated at one word per token");
+            PromptBuilder::uncalibrated()
+        }
+    }
+}
+
+/// Runs the target's workloads and canary as its configuration says, following every reload,
+/// until the target is removed or shutdown starts; then stops its workloads.
+async fn follow_config(
+    shared: &Arc<TargetShared>,
+    deps: &TargetDeps,
+    run: Arc<TargetRun>,
+    mut cfg_rx: watch::Receiver<Arc<TargetRun>>,
+    canary_tx: &watch::Sender<CanaryConfig>,
+    stop: &CancellationToken,
+) {
+    let mut workloads: HashMap<String, RunningWorkload> = HashMap::new();
+    let mut current = run;
+    loop {
+        reconcile(shared, deps, &current, &mut workloads, stop);
+        canary_tx.send_if_modified(|c| {
+            let changed = *c != current.target.canary;
+            *c = current.target.canary.clone();
+            changed
+        });
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = deps.shutdown.cancelled() => break,
+            r = cfg_rx.changed() => {
+                if r.is_err() { break; }
+                current = cfg_rx.borrow_and_update().clone();
+            }
+        }
+    }
+    for (_, w) in workloads.drain() {
+        w.stop.cancel();
+    }
 }
