@@ -145,13 +145,7 @@ pub async fn run_target(
         // Shutdown started while discovery was in flight: start nothing new.
         return;
     }
-    tracing::info!(target = %label, model = %info.id, max_model_len = ?info.max_model_len, "target discovered");
-    deps.metrics.set_discovered(&label, true);
-    deps.readiness.unblock(&readiness_key(&label));
-    deps.status.update(&label, |s| {
-        s.model = Some(info.id.clone());
-        s.last_error = None;
-    });
+    mark_discovered(&deps, &label, &info);
 
     let prompts = calibrate_prompts(&discovering, t, &info.id).await;
 
@@ -207,6 +201,17 @@ async fn not_probed(
         _ = stop.cancelled() => {}
         _ = deps.shutdown.cancelled() => {}
     }
+}
+
+/// A discovered target: logged, counted, ready (as far as this target goes) and shown.
+fn mark_discovered(deps: &TargetDeps, label: &str, info: &discovery::ModelInfo) {
+    tracing::info!(target = %label, model = %info.id, max_model_len = ?info.max_model_len, "target discovered");
+    deps.metrics.set_discovered(label, true);
+    deps.readiness.unblock(&readiness_key(label));
+    deps.status.update(label, |s| {
+        s.model = Some(info.id.clone());
+        s.last_error = None;
+    });
 }
 
 /// Where and how a target's model is discovered.
