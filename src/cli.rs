@@ -1,5 +1,8 @@
 //! The command line. Every flag can also be set from a `VLLM_SENTINEL_*` environment variable;
 //! flags win over the environment, which wins over the config file, which wins over defaults.
+//! The layering lives here, above [`crate::config`]: [`ServeArgs::overrides`] turns the flags
+//! into plain-data [`config::Overrides`] and [`load_config`] lays them over the file, so the
+//! config module never names the command line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,8 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use crate::units::{parse_duration, parse_positive_f64, parse_positive_u32};
 
-/// The default port of the exporter (`/metrics`, `/healthz`, `/readyz`, `/`).
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9471";
+pub use crate::config::DEFAULT_LISTEN;
+use crate::config::{self, Config};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,7 +84,7 @@ pub struct ServeArgs {
     pub model: Option<String>,
     /// Endpoint the probes use.
     #[arg(long, value_enum, env = "VLLM_SENTINEL_ENDPOINT")]
-    pub endpoint: Option<crate::config::Endpoint>,
+    pub endpoint: Option<config::Endpoint>,
     /// Closed loop: number of concurrent probe streams (a positive integer).
     #[arg(long, env = "VLLM_SENTINEL_CONCURRENCY", conflicts_with = "rate", allow_negative_numbers = true, value_parser = parse_positive_u32)]
     pub concurrency: Option<u32>,
@@ -111,6 +114,34 @@ pub struct ServeArgs {
     /// Sets `tap.listen` and `tap.enabled = true`; see docs/tap.md.
     #[arg(long, env = "VLLM_SENTINEL_TAP_LISTEN")]
     pub tap_listen: Option<SocketAddr>,
+}
+
+impl ServeArgs {
+    /// What these flags (and environment variables) set over the config file.
+    pub fn overrides(&self) -> config::Overrides {
+        config::Overrides {
+            target: self.target.clone(),
+            listen: self.listen,
+            enable_lifecycle: self.enable_lifecycle,
+            model: self.model.clone(),
+            endpoint: self.endpoint,
+            concurrency: self.concurrency,
+            rate: self.rate,
+            api_key_env: self.api_key_env.clone(),
+            api_key_file: self.api_key_file.clone(),
+            scrape_interval: self.scrape_interval,
+            no_gpu: self.no_gpu,
+            nvml_library: self.nvml_library.clone(),
+            gpu_interval: self.gpu_interval,
+            tap_listen: self.tap_listen,
+        }
+    }
+}
+
+/// The configuration `serve` runs: defaults < the file (`--config`) < environment < flags,
+/// validated. Called again on every reload (re-reading the file).
+pub fn load_config(_global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<Config> {
+    config::load(args.config.as_deref(), &args.overrides())
 }
 
 #[derive(Debug, Clone, Args)]

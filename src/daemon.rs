@@ -22,33 +22,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::cli::{DemoArgs, GlobalArgs};
 use crate::config::{Config, TargetConfig};
-use crate::exporter::{self, ExporterState, Readiness, ReloadFn, StatusBoard};
-
-/// After the shutdown grace has cancelled what was still in flight, how long the cancelled work
-/// may take to end and be recorded (a cancelled request ends at once; this bounds a stuck task).
-pub const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// What every subsystem gets when it starts.
-#[derive(Clone)]
-pub struct RunContext {
-    /// Every long-lived task is spawned on this tracker so shutdown can wait for it.
-    pub tracker: TaskTracker,
-    /// Cancelled when shutdown starts (SIGINT/SIGTERM): loops stop starting new work; requests
-    /// in flight go on.
-    pub token: CancellationToken,
-    /// Cancelled when `server.shutdown_grace` has passed after shutdown started: requests still
-    /// in flight end as `cancelled` (and are counted).
-    pub abort: CancellationToken,
-    /// The current configuration; a new value arrives on reload (SIGHUP or `POST /-/reload`).
-    pub config: watch::Receiver<Arc<Config>>,
-    /// `/readyz` waits for each registered subsystem's first collection.
-    pub readiness: Readiness,
-    /// Per-target state for the landing page.
-    pub status: StatusBoard,
-}
-
-/// Produces a fresh, validated configuration (re-reading the file) for a reload.
-pub type Reloader = Arc<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+use crate::exporter::{self, ExporterState, ReloadFn};
+use crate::runtime::{ABORT_WAIT, Readiness, Reloader, RunContext, StatusBoard};
 
 /// Runs the daemon until `token` is cancelled.
 pub async fn serve(
@@ -117,28 +92,8 @@ pub async fn serve_with_gpu(
     let lifecycle = Arc::new(std::sync::atomic::AtomicBool::new(
         cfg.server.enable_lifecycle,
     ));
-    let reload: Option<ReloadFn> = reloader.map(|r| {
-        let tx = config_tx.clone();
-        let status = ctx.status.clone();
-        let lifecycle = lifecycle.clone();
-        let f: ReloadFn = Arc::new(move || match r() {
-            Ok(new) => {
-                status.sync_targets(&status_entries(&new));
-                lifecycle.store(
-                    new.server.enable_lifecycle,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                tx.send_replace(Arc::new(new));
-                tracing::info!("configuration reloaded");
-                Ok("configuration reloaded".to_string())
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "reload rejected; keeping the running configuration");
-                Err(format!("reload rejected: {e:#}"))
-            }
-        });
-        f
-    });
+    let reload =
+        reloader.map(|r| reload_fn(r, config_tx.clone(), ctx.status.clone(), lifecycle.clone()));
     if let Some(f) = reload.clone() {
         spawn_sighup(f, ctx.token.clone(), &ctx.tracker);
     }
@@ -162,6 +117,48 @@ pub async fn serve_with_gpu(
         exporter_stop.clone(),
     ));
 
+    drain(&ctx, grace, linger).await;
+    exporter_stop.cancel();
+    match tokio::time::timeout(grace.max(ABORT_WAIT), server).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(anyhow::anyhow!("exporter task failed: {e}")),
+        Err(_) => {
+            tracing::warn!("exporter did not stop within the shutdown grace");
+            Ok(())
+        }
+    }
+}
+
+/// What `POST /-/reload` and SIGHUP run: `reloader` re-reads the configuration; a valid one
+/// updates the status board, the lifecycle switch and every subsystem (through `tx`); an invalid
+/// one is refused and the running configuration stays.
+fn reload_fn(
+    r: Reloader,
+    tx: watch::Sender<Arc<Config>>,
+    status: StatusBoard,
+    lifecycle: Arc<std::sync::atomic::AtomicBool>,
+) -> ReloadFn {
+    Arc::new(move || match r() {
+        Ok(new) => {
+            status.sync_targets(&status_entries(&new));
+            lifecycle.store(
+                new.server.enable_lifecycle,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            tx.send_replace(Arc::new(new));
+            tracing::info!("configuration reloaded");
+            Ok("configuration reloaded".to_string())
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "reload rejected; keeping the running configuration");
+            Err(format!("reload rejected: {e:#}"))
+        }
+    })
+}
+
+/// Shutdown steps 1 to 3 (module doc), once `ctx.token` is cancelled: wait out the grace,
+/// cancel what is left, then keep `/metrics` up for the linger window.
+async fn drain(ctx: &RunContext, grace: std::time::Duration, linger: std::time::Duration) {
     // 1. Stop starting new work; in-flight probes get the grace to finish.
     ctx.token.cancelled().await;
     ctx.tracker.close();
@@ -184,15 +181,6 @@ pub async fn serve_with_gpu(
     if !linger.is_zero() {
         tracing::info!(window = ?linger, "in-flight work recorded; serving /metrics for the final scrape window");
         tokio::time::sleep(linger).await;
-    }
-    exporter_stop.cancel();
-    match tokio::time::timeout(grace.max(ABORT_WAIT), server).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(anyhow::anyhow!("exporter task failed: {e}")),
-        Err(_) => {
-            tracing::warn!("exporter did not stop within the shutdown grace");
-            Ok(())
-        }
     }
 }
 
@@ -277,7 +265,7 @@ pub async fn demo(
     cfg.server.listen = addr;
     let mut target = TargetConfig::from_url(&format!("http://{sim_addr}"));
     target.name = Some("simulator".to_string());
-    crate::prober::apply_load_args(&mut target, Some(args.concurrency), None);
+    crate::config::prober::apply_load_args(&mut target, Some(args.concurrency), None);
     cfg.targets.push(target);
     cfg.gpu.enabled = !args.no_gpu;
     cfg.server.status_interval = args.status_interval;

@@ -95,6 +95,9 @@ mod tests {
         let s = reqwest(&err);
         assert!(s.starts_with("connect error"), "{s}");
         assert!(s.to_lowercase().contains("refused"), "{s}");
-        assert!(!s.contains("secret") && !s.contains(&addr.to_string()), "{s}");
+        assert!(
+            !s.contains("secret") && !s.contains(&addr.to_string()),
+            "{s}"
+        );
     }
 }

@@ -1,22 +1,30 @@
 //! vllm-sentinel: a monitoring sidecar for vLLM.
 //!
-//! The crate is organised one module per concern:
+//! The crate is organised one module per concern, in layers: a module names (`crate::…`) only
+//! modules of a lower layer, or of its own layer where the table says so, so the graph of
+//! top-level modules has no cycle (`tests/architecture.rs` checks it and prints any cycle).
 //!
-//! | module | concern |
-//! |---|---|
-//! | [`cli`] | command line (clap), every flag also an environment variable |
-//! | [`config`] | the TOML config tree, layering (defaults < file < env < flags) and validation |
-//! | [`exporter`] | the HTTP server: `/metrics`, `/healthz`, `/readyz`, the status page |
-//! | [`status`] | the live status page: 30-minute in-memory history, `/api/v1/status`, embedded assets |
-//! | [`prober`] | continuous synthetic streaming traffic and its measurement |
-//! | [`scrape`] | scraping the server's own `/metrics`, our exposition parser, normalisation |
-//! | [`gpu`] | NVML sampling on its own thread, behind a trait with a fake source |
-//! | [`experiments`] | one-shot `bench`, `sweep` and `kv-scale` |
-//! | [`sim`] | the built-in vLLM simulator |
-//! | [`daemon`] | wires the subsystems together for `serve` and `demo` |
-//! | [`httpcap`] | reading a response body with a size cap |
-//! | [`errchain`] | one way to print an error with its causes (and never a URL) |
-//! | [`units`] | value parsers (durations, positive numbers) shared by every command line |
+//! | layer | module | concern |
+//! |---|---|---|
+//! | 0 leaf | [`units`] | value parsers (durations, positive numbers) shared by every command line |
+//! | 0 leaf | [`clock`] | `CLOCK_MONOTONIC` shared by simulator stamps and prober receive times |
+//! | 0 leaf | [`httpcap`] | reading a response body with a size cap |
+//! | 0 leaf | [`errchain`] | one way to print an error with its causes (and never a URL) |
+//! | 0 leaf | [`process`] | this process's CPU, memory, fds (`process_*` metrics, prober self-health) |
+//! | 0 leaf | [`shutdown`] | the SIGINT/SIGTERM token |
+//! | 1 config | [`config`] | the TOML config tree, one plain-data section per submodule, and its validation; names no subsystem and not [`cli`] |
+//! | 2 runtime | [`runtime`] | what every subsystem starts with: `RunContext` (tracker, shutdown tokens, config channel), `Readiness`, `StatusBoard` |
+//! | 3 subsystems | [`prober`] | continuous synthetic streaming traffic and its measurement |
+//! | 3 subsystems | [`scrape`] | scraping the server's own `/metrics`, our exposition parser, normalisation |
+//! | 3 subsystems | [`gpu`] | NVML sampling on its own thread, behind a trait with a fake source |
+//! | 3 subsystems | [`tap`] | the measuring reverse proxy (uses the prober's request classification) |
+//! | 4 views | [`status`] | the live status page: 30-minute in-memory history, `/api/v1/status`, embedded assets (reads scrape's parser) |
+//! | 4 views | [`exporter`] | the HTTP server: `/metrics`, `/healthz`, `/readyz`, the status page |
+//! | 4 tools | [`experiments`] | one-shot `bench`, `sweep` and `kv-scale` (reuse prober, scrape, gpu) |
+//! | 4 tools | [`sim`] | the built-in vLLM simulator (binds through the exporter) |
+//! | 5 entry | [`cli`] | command line (clap), every flag also an environment variable; lays flags over the config file |
+//! | 5 entry | [`telemetry`] | logging set-up from the global flags |
+//! | 5 entry | [`daemon`] | wires the subsystems together for `serve` and `demo` |
 //!
 //! Measuring tasks produce plain-data records that flow to one aggregator per subsystem,
 //! which owns the Prometheus series.
@@ -24,15 +32,17 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod errchain;
 #[cfg(test)]
 mod contract;
 pub mod daemon;
+pub mod errchain;
 pub mod experiments;
 pub mod exporter;
 pub mod gpu;
 pub mod httpcap;
 pub mod prober;
+pub mod process;
+pub mod runtime;
 pub mod scrape;
 pub mod shutdown;
 pub mod sim;
@@ -61,10 +71,10 @@ pub async fn run_async(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     use cli::Command;
     match cli.command {
         Command::Serve(args) => {
-            let cfg = config::load(&cli.global, &args)?;
+            let cfg = cli::load_config(&cli.global, &args)?;
             let global = cli.global.clone();
-            let reloader: daemon::Reloader =
-                std::sync::Arc::new(move || config::load(&global, &args));
+            let reloader: runtime::Reloader =
+                std::sync::Arc::new(move || cli::load_config(&global, &args));
             daemon::serve(cfg, shutdown::signal_token(), Some(reloader)).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -77,7 +87,7 @@ pub async fn run_async(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(args) => {
-            let cfg = config::load(&cli.global, &args.serve)?;
+            let cfg = cli::load_config(&cli.global, &args.serve)?;
             println!("{}", config::describe(&cfg));
             Ok(ExitCode::SUCCESS)
         }

@@ -18,7 +18,7 @@ fn load(path: &Path) -> anyhow::Result<vllm_sentinel::config::Config> {
         log_level: None,
         log_format: vllm_sentinel::cli::LogFormat::Text,
     };
-    vllm_sentinel::config::load(&global, &args)
+    vllm_sentinel::cli::load_config(&global, &args)
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn flags_override_the_file() {
         log_level: None,
         log_format: vllm_sentinel::cli::LogFormat::Text,
     };
-    let cfg = vllm_sentinel::config::load(&global, &args).unwrap();
+    let cfg = vllm_sentinel::cli::load_config(&global, &args).unwrap();
     assert_eq!(cfg.server.listen.port(), 1234);
     assert_eq!(cfg.targets.len(), 1);
     assert_eq!(cfg.targets[0].url, "http://127.0.0.1:9999");

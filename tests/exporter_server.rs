@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use vllm_sentinel::config::Config;
-use vllm_sentinel::daemon::{self, Reloader};
+use vllm_sentinel::daemon;
+use vllm_sentinel::runtime::Reloader;
 
 struct Daemon {
     addr: SocketAddr,
@@ -114,8 +115,8 @@ async fn a_reload_with_a_huge_prompt_is_refused_with_the_reason() {
         log_level: None,
         log_format: vllm_sentinel::cli::LogFormat::Text,
     };
-    let cfg = vllm_sentinel::config::load(&global, &args).unwrap();
-    let reloader: Reloader = Arc::new(move || vllm_sentinel::config::load(&global, &args));
+    let cfg = vllm_sentinel::cli::load_config(&global, &args).unwrap();
+    let reloader: Reloader = Arc::new(move || vllm_sentinel::cli::load_config(&global, &args));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = CancellationToken::new();

@@ -424,7 +424,7 @@ async fn passthrough_keeps_names_renames_clashes_and_caps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrape_loop_readiness_status_isolation_and_reload() {
     use vllm_sentinel::config::{Config, TargetConfig};
-    use vllm_sentinel::daemon::RunContext;
+    use vllm_sentinel::runtime::RunContext;
     let good = FixtureServer::start().await;
     good.push(Answer::Body(200, Some(PT), busy()));
     let bad = FixtureServer::start().await;

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use vllm_sentinel::prober::settings::Buckets;
+use vllm_sentinel::config::prober::Buckets;
 use vllm_sentinel::tap::models::ModelInfo;
 use vllm_sentinel::tap::{ModelSet, Settings, TrafficMetrics};
 

@@ -5,10 +5,7 @@
 //! `Accept` header asks for `application/openmetrics-text`, always with the exact
 //! `Content-Type` of the format written.
 
-pub mod process;
-pub mod readiness;
 pub mod server;
-pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,8 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use readiness::Readiness;
-pub use status::{StatusBoard, TargetStatus};
+pub use crate::runtime::{Readiness, StatusBoard, TargetStatus};
 
 /// `Content-Type` of the Prometheus text format 0.0.4.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -74,7 +70,7 @@ pub fn register_common(registry: &mut Registry) {
         "vllm-sentinel build information",
         info,
     );
-    registry.register_collector(Box::new(process::ProcessCollector));
+    registry.register_collector(Box::new(crate::process::ProcessCollector));
 }
 
 /// The router, separate from [`serve`] so tests can drive it without a socket.

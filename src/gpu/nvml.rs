@@ -248,29 +248,7 @@ impl GpuDevice for NvmlDevice<'_> {
             Field::MemoryClockMax => {
                 Value::Megahertz(d.max_clock_info(Clock::Memory).map_err(classify)?)
             }
-            Field::PerformanceState => {
-                use nvml_wrapper::enum_wrappers::device::PerformanceState as P;
-                let n = match d.performance_state().map_err(classify)? {
-                    P::Zero => 0,
-                    P::One => 1,
-                    P::Two => 2,
-                    P::Three => 3,
-                    P::Four => 4,
-                    P::Five => 5,
-                    P::Six => 6,
-                    P::Seven => 7,
-                    P::Eight => 8,
-                    P::Nine => 9,
-                    P::Ten => 10,
-                    P::Eleven => 11,
-                    P::Twelve => 12,
-                    P::Thirteen => 13,
-                    P::Fourteen => 14,
-                    P::Fifteen => 15,
-                    P::Unknown => return Err(FieldError::NotSupported),
-                };
-                Value::PerformanceState(n)
-            }
+            Field::PerformanceState => performance_state(d)?,
             Field::ClockEvents => {
                 let active = d.current_throttle_reasons().map_err(classify)?;
                 let supported = d
@@ -297,31 +275,59 @@ impl GpuDevice for NvmlDevice<'_> {
                 d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
                     .map_err(classify)?,
             ),
-            Field::RemappedRows => {
-                let ids = [
-                    FieldId(NVML_FI_DEV_REMAPPED_COR),
-                    FieldId(NVML_FI_DEV_REMAPPED_UNC),
-                    FieldId(NVML_FI_DEV_REMAPPED_PENDING),
-                    FieldId(NVML_FI_DEV_REMAPPED_FAILURE),
-                ];
-                let samples = d.field_values_for(&ids).map_err(classify)?;
-                let mut n = [0u64; 4];
-                for (slot, s) in n.iter_mut().zip(samples) {
-                    let s = s.map_err(classify)?;
-                    *slot = sample_u64(s.value.map_err(classify)?)?;
-                }
-                Value::RemappedRows(RemappedRows {
-                    correctable: n[0],
-                    uncorrectable: n[1],
-                    pending: n[2],
-                    failed: n[3],
-                })
-            }
+            Field::RemappedRows => remapped_rows(d)?,
             Field::ComputeProcesses => processes(d.running_compute_processes())?,
             Field::GraphicsProcesses => processes(d.running_graphics_processes())?,
         };
         Ok(v)
     }
+}
+
+/// The performance state, P0 (fastest) to P15; unknown is not supported.
+fn performance_state(d: &nvml_wrapper::Device<'_>) -> Result<Value, FieldError> {
+    use nvml_wrapper::enum_wrappers::device::PerformanceState as P;
+    let n = match d.performance_state().map_err(classify)? {
+        P::Zero => 0,
+        P::One => 1,
+        P::Two => 2,
+        P::Three => 3,
+        P::Four => 4,
+        P::Five => 5,
+        P::Six => 6,
+        P::Seven => 7,
+        P::Eight => 8,
+        P::Nine => 9,
+        P::Ten => 10,
+        P::Eleven => 11,
+        P::Twelve => 12,
+        P::Thirteen => 13,
+        P::Fourteen => 14,
+        P::Fifteen => 15,
+        P::Unknown => return Err(FieldError::NotSupported),
+    };
+    Ok(Value::PerformanceState(n))
+}
+
+/// Remapped rows (correctable, uncorrectable, pending, failed), one field-values call.
+fn remapped_rows(d: &nvml_wrapper::Device<'_>) -> Result<Value, FieldError> {
+    let ids = [
+        FieldId(NVML_FI_DEV_REMAPPED_COR),
+        FieldId(NVML_FI_DEV_REMAPPED_UNC),
+        FieldId(NVML_FI_DEV_REMAPPED_PENDING),
+        FieldId(NVML_FI_DEV_REMAPPED_FAILURE),
+    ];
+    let samples = d.field_values_for(&ids).map_err(classify)?;
+    let mut n = [0u64; 4];
+    for (slot, s) in n.iter_mut().zip(samples) {
+        let s = s.map_err(classify)?;
+        *slot = sample_u64(s.value.map_err(classify)?)?;
+    }
+    Ok(Value::RemappedRows(RemappedRows {
+        correctable: n[0],
+        uncorrectable: n[1],
+        pending: n[2],
+        failed: n[3],
+    }))
 }
 
 fn processes(

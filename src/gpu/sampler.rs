@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::exporter::readiness::ReadySlot;
+use crate::runtime::ReadySlot;
 
 use super::snapshot::{DeviceSnapshot, GpuSnapshot, ProcessSample, SnapshotCell};
 use super::source::{DriverInfo, Field, FieldError, GpuSession, GpuSource, Identity, Value};
@@ -424,7 +424,8 @@ enum Health {
     Down(&'static str),
 }
 
-/// The ticker thread's loop.
+/// The ticker thread's loop: one request to the worker per interval, a deadline on its answer,
+/// and the snapshot `/metrics` reads; [`Ticker`] holds the state between ticks.
 fn ticker_main(
     timing: Timing,
     req_tx: SyncSender<(Request, bool)>,
@@ -433,145 +434,204 @@ fn ticker_main(
     stop_rx: Receiver<()>,
     ready: Option<ReadySlot>,
 ) {
-    let mut seq = 0u64;
-    let mut outstanding: Option<(u64, Instant)> = None;
-    let mut reopen = false;
-    let mut failures = 0u32;
-    let mut health = Health::Starting;
-    let mut last = GpuSnapshot::default();
-    let mut next = Instant::now();
-    let backoff = |failures: u32| -> Duration {
-        let factor = 1u32 << failures.saturating_sub(1).min(16);
-        timing
-            .interval
-            .saturating_mul(factor)
-            .min(timing.max_backoff.max(timing.interval))
+    let mut tk = Ticker {
+        timing,
+        cell,
+        seq: 0,
+        outstanding: None,
+        reopen: false,
+        failures: 0,
+        health: Health::Starting,
+        last: GpuSnapshot::default(),
+        next: Instant::now(),
     };
     loop {
-        let now = Instant::now();
-        let wait = next.saturating_duration_since(now);
+        let wait = tk.next.saturating_duration_since(Instant::now());
         match stop_rx.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => break,
         }
         let tick_start = Instant::now();
-        let down = |last: &mut GpuSnapshot, elapsed: Duration| {
-            last.up = false;
-            last.devices.clear();
-            last.sample_duration_seconds = Some(elapsed.as_secs_f64());
-            last.attempts += 1;
-            cell.store(last.clone());
-        };
-
-        // A request from an earlier tick still in the driver?
-        if let Some((s, sent)) = outstanding {
-            match resp_rx.try_recv() {
-                Ok(r) if r.seq == s => {
-                    tracing::info!(
-                        late_by = ?r.elapsed.saturating_sub(timing.sample_timeout),
-                        "the hung GPU sample returned; reopening NVML"
-                    );
-                    outstanding = None;
-                    reopen = true;
-                }
-                Ok(_) => {}
-                Err(TryRecvError::Empty) => {
-                    // Still stuck. Nothing is sent to the driver meanwhile, so look again
-                    // after one interval (not the backoff): recovery follows the driver's.
-                    failures = failures.saturating_add(1);
-                    down(&mut last, tick_start.duration_since(sent));
-                    next = tick_start + timing.interval;
-                    continue;
-                }
-                Err(TryRecvError::Disconnected) => break,
-            }
+        match tk.check_outstanding(&resp_rx, tick_start) {
+            Flow::Sample => {}
+            Flow::Skip => continue,
+            Flow::Stop => break,
         }
-
-        seq += 1;
-        match req_tx.try_send((Request { seq }, reopen)) {
+        tk.seq += 1;
+        match req_tx.try_send((Request { seq: tk.seq }, tk.reopen)) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(_)) => {
-                next = tick_start + timing.interval;
+                tk.next = tick_start + timing.interval;
                 continue;
             }
             Err(mpsc::TrySendError::Disconnected(_)) => break,
         }
-        reopen = false;
-        outstanding = Some((seq, tick_start));
-        let deadline = tick_start + timing.sample_timeout;
-        let answer = loop {
-            match resp_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(r) if r.seq == seq => break Some(r),
-                Ok(_) => continue, // a stale answer from before
-                Err(_) => break None,
-            }
-        };
-        match answer {
+        tk.reopen = false;
+        tk.outstanding = Some((tk.seq, tick_start));
+        match wait_answer(&resp_rx, tk.seq, tick_start + timing.sample_timeout) {
             Some(r) => {
-                outstanding = None;
+                tk.outstanding = None;
                 match r.result {
-                    Ok(out) => {
-                        failures = 0;
-                        if health != Health::Up {
-                            tracing::info!(
-                                gpus = out.devices.len(),
-                                driver = out.driver.driver_version.as_deref().unwrap_or("?"),
-                                "GPU sampling up"
-                            );
-                        }
-                        health = Health::Up;
-                        last = GpuSnapshot {
-                            up: true,
-                            driver: out.driver,
-                            devices: out.devices,
-                            sample_duration_seconds: Some(r.elapsed.as_secs_f64()),
-                            last_sample_timestamp: Some(unix_now()),
-                            attempts: last.attempts + 1,
-                        };
-                        cell.store(last.clone());
-                        next += timing.interval;
-                        let now = Instant::now();
-                        if next <= now {
-                            next = now + timing.interval;
-                        }
-                    }
-                    Err(e) => {
-                        failures = failures.saturating_add(1);
-                        let (kind, msg) = match &e {
-                            TickError::Unavailable(m) => ("unavailable", m),
-                            TickError::Failed(m) => ("failed", m),
-                        };
-                        if health != Health::Down(kind) {
-                            if kind == "unavailable" && health == Health::Starting {
-                                tracing::warn!(error = %msg, "NVML is not available: GPU metrics are off (vllm_sentinel_gpu_up 0); everything else runs. Set --nvml-library if the driver is installed outside the loader path");
-                            } else {
-                                tracing::warn!(error = %msg, retry_in = ?backoff(failures), "GPU sampling failed; GPU marked down, retrying with backoff");
-                            }
-                        } else {
-                            tracing::debug!(error = %msg, "GPU sampling still down");
-                        }
-                        health = Health::Down(kind);
-                        down(&mut last, r.elapsed);
-                        next = tick_start + backoff(failures);
-                    }
+                    Ok(out) => tk.up(out, r.elapsed),
+                    Err(e) => tk.failed(&e, r.elapsed, tick_start),
                 }
             }
-            None => {
-                failures = failures.saturating_add(1);
-                if health != Health::Down("timeout") {
-                    tracing::warn!(timeout = ?timing.sample_timeout, "GPU sample missed its deadline (NVML call hung); GPU marked down until the driver answers again");
-                }
-                health = Health::Down("timeout");
-                down(&mut last, timing.sample_timeout);
-                reopen = true;
-                next = tick_start + backoff(failures);
-            }
+            None => tk.timed_out(tick_start),
         }
         if let Some(r) = &ready {
             r.mark_ready();
         }
     }
     // Dropping req_tx lets the worker exit as soon as its current call (if any) returns.
+}
+
+/// What a tick does after looking at an earlier, unanswered request.
+enum Flow {
+    /// Send this tick's request.
+    Sample,
+    /// Skip this tick (the driver is still stuck).
+    Skip,
+    /// The worker is gone.
+    Stop,
+}
+
+/// The answer to request `seq`, or `None` when none came by `deadline` (stale answers to
+/// earlier requests are dropped).
+fn wait_answer(resp_rx: &Receiver<Response>, seq: u64, deadline: Instant) -> Option<Response> {
+    loop {
+        match resp_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(r) if r.seq == seq => return Some(r),
+            Ok(_) => continue, // a stale answer from before
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The ticker thread's state between ticks.
+struct Ticker {
+    timing: Timing,
+    cell: Arc<SnapshotCell>,
+    seq: u64,
+    /// A request still in the driver past its deadline: its sequence number and send time.
+    outstanding: Option<(u64, Instant)>,
+    /// Ask the worker to reopen the session (after a hung call).
+    reopen: bool,
+    /// Consecutive failed ticks (the backoff's exponent).
+    failures: u32,
+    health: Health,
+    last: GpuSnapshot,
+    /// When the next tick starts.
+    next: Instant,
+}
+
+impl Ticker {
+    /// The pause after `failures` consecutive failures: the interval doubling up to the
+    /// maximum backoff.
+    fn backoff(&self) -> Duration {
+        let factor = 1u32 << self.failures.saturating_sub(1).min(16);
+        self.timing
+            .interval
+            .saturating_mul(factor)
+            .min(self.timing.max_backoff.max(self.timing.interval))
+    }
+
+    /// Marks the GPUs down after a tick that took `elapsed`, and publishes that.
+    fn down(&mut self, elapsed: Duration) {
+        self.last.up = false;
+        self.last.devices.clear();
+        self.last.sample_duration_seconds = Some(elapsed.as_secs_f64());
+        self.last.attempts += 1;
+        self.cell.store(self.last.clone());
+    }
+
+    /// A request from an earlier tick still in the driver? Once it returns, the session is
+    /// reopened; while it is stuck, this tick is skipped.
+    fn check_outstanding(&mut self, resp_rx: &Receiver<Response>, tick_start: Instant) -> Flow {
+        let Some((s, sent)) = self.outstanding else {
+            return Flow::Sample;
+        };
+        match resp_rx.try_recv() {
+            Ok(r) if r.seq == s => {
+                tracing::info!(
+                    late_by = ?r.elapsed.saturating_sub(self.timing.sample_timeout),
+                    "the hung GPU sample returned; reopening NVML"
+                );
+                self.outstanding = None;
+                self.reopen = true;
+                Flow::Sample
+            }
+            Ok(_) => Flow::Sample,
+            Err(TryRecvError::Empty) => {
+                // Still stuck. Nothing is sent to the driver meanwhile, so look again
+                // after one interval (not the backoff): recovery follows the driver's.
+                self.failures = self.failures.saturating_add(1);
+                self.down(tick_start.duration_since(sent));
+                self.next = tick_start + self.timing.interval;
+                Flow::Skip
+            }
+            Err(TryRecvError::Disconnected) => Flow::Stop,
+        }
+    }
+
+    /// A complete sample that took `elapsed`.
+    fn up(&mut self, out: TickOutput, elapsed: Duration) {
+        self.failures = 0;
+        if self.health != Health::Up {
+            tracing::info!(
+                gpus = out.devices.len(),
+                driver = out.driver.driver_version.as_deref().unwrap_or("?"),
+                "GPU sampling up"
+            );
+        }
+        self.health = Health::Up;
+        self.last = GpuSnapshot {
+            up: true,
+            driver: out.driver,
+            devices: out.devices,
+            sample_duration_seconds: Some(elapsed.as_secs_f64()),
+            last_sample_timestamp: Some(unix_now()),
+            attempts: self.last.attempts + 1,
+        };
+        self.cell.store(self.last.clone());
+        self.next += self.timing.interval;
+        let now = Instant::now();
+        if self.next <= now {
+            self.next = now + self.timing.interval;
+        }
+    }
+
+    /// A sample that failed (NVML unavailable, or a call failed) after `elapsed`.
+    fn failed(&mut self, e: &TickError, elapsed: Duration, tick_start: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let (kind, msg) = match e {
+            TickError::Unavailable(m) => ("unavailable", m),
+            TickError::Failed(m) => ("failed", m),
+        };
+        if self.health != Health::Down(kind) {
+            if kind == "unavailable" && self.health == Health::Starting {
+                tracing::warn!(error = %msg, "NVML is not available: GPU metrics are off (vllm_sentinel_gpu_up 0); everything else runs. Set --nvml-library if the driver is installed outside the loader path");
+            } else {
+                tracing::warn!(error = %msg, retry_in = ?self.backoff(), "GPU sampling failed; GPU marked down, retrying with backoff");
+            }
+        } else {
+            tracing::debug!(error = %msg, "GPU sampling still down");
+        }
+        self.health = Health::Down(kind);
+        self.down(elapsed);
+        self.next = tick_start + self.backoff();
+    }
+
+    /// No answer within the sample deadline: the call is hung in the driver.
+    fn timed_out(&mut self, tick_start: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        if self.health != Health::Down("timeout") {
+            tracing::warn!(timeout = ?self.timing.sample_timeout, "GPU sample missed its deadline (NVML call hung); GPU marked down until the driver answers again");
+        }
+        self.health = Health::Down("timeout");
+        self.down(self.timing.sample_timeout);
+        self.reopen = true;
+        self.next = tick_start + self.backoff();
+    }
 }
 
 /// A running sampler (two threads). Dropping it asks the threads to stop without waiting.

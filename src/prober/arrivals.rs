@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::settings::Arrival;
+use crate::config::prober::Arrival;
 
 /// The longest gap drawn (a rate near zero must not overflow an `Instant`).
 pub const MAX_GAP: Duration = Duration::from_secs(86_400);

@@ -21,7 +21,7 @@ use super::load::TargetShared;
 use super::metrics::{CanaryLabels, CanaryProbeLabels, ProberMetrics};
 use super::prompt::SharedPrefix;
 use super::request::{Endpoint, Outcome, ProbeRequest, RequestRecord, execute_with};
-use super::settings::CanaryConfig;
+use crate::config::prober::CanaryConfig;
 
 /// What one probe showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,7 +50,7 @@ pub async fn run(
         .unwrap_or(1) as f64;
     let mut next = tokio::time::Instant::now() + TICK;
     let mut win_start = Instant::now();
-    let mut cpu_start = crate::exporter::process::cpu_seconds();
+    let mut cpu_start = crate::process::cpu_seconds();
     let (mut ticks, mut late_ticks) = (0u64, 0u64);
     let snap = |c: &HealthCounters| {
         (
@@ -80,7 +80,7 @@ pub async fn run(
         let elapsed = win_start.elapsed();
         if elapsed >= window {
             let cur = snap(&counters);
-            let cpu_now = crate::exporter::process::cpu_seconds();
+            let cpu_now = crate::process::cpu_seconds();
             let cpu_share = match (cpu_start, cpu_now) {
                 (Some(a), Some(b)) => Some((b - a) / elapsed.as_secs_f64() / cpus),
                 _ => None,

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use super::metrics::WorkloadMetrics;
 use super::prompt::{PromptBuilder, SharedPrefix};
 use super::request::{Conn, Endpoint, Outcome, ProbeRequest, Timeouts, execute_with};
-use super::settings::{Load, WorkloadConfig};
+use crate::config::prober::{Load, WorkloadConfig};
 
 /// Counters the self-health task reads (shared by every workload of the prober).
 #[derive(Debug, Default)]
@@ -94,7 +94,7 @@ pub struct WorkloadSpec {
     pub error_backoff: Duration,
     pub shared_prefix: SharedPrefix,
     /// Longest prompt sent: `max_model_len + 1` when the server advertises it (a longer one
-    /// is rejected all the same), else [`super::settings::MAX_TOKENS_CEILING`].
+    /// is rejected all the same), else [`crate::config::prober::MAX_TOKENS_CEILING`].
     pub max_prompt_tokens: u32,
 }
 

@@ -22,8 +22,8 @@ use std::sync::atomic::AtomicU64;
 
 use super::labels::FinishReason;
 use super::request::{Outcome, RequestRecord};
-use super::settings::Buckets;
 use crate::config::Endpoint;
+use crate::config::prober::Buckets;
 
 /// `target, model, workload, endpoint`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

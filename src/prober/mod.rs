@@ -4,14 +4,17 @@
 //! [`request`] (the single-request engine, shared with the one-shot experiments),
 //! [`http1`] (its own HTTP/1.1 client for plain-TCP targets), [`sse`] (the incremental SSE splitter), [`event`] (borrowed extraction from event JSON),
 //! [`discovery`] (`/v1/models`, `/tokenize`), [`prompt`] (prompt construction),
-//! [`settings`] (config sections and validation), [`metrics`] (families and per-workload
-//! handles), [`load`] (closed and open loops), [`canary`] (context-length canary),
+//! [`metrics`] (families and per-workload handles), [`load`] (closed and open loops), [`canary`] (context-length canary),
 //! [`health`] (self-health), [`target`] (one target's life).
 //!
 //! Task layout: one supervisor follows the configuration (reloads included) and runs one task
 //! per target; a target task discovers the model, then runs one runner per workload (which
 //! owns its closed-loop workers or open-loop scheduler) and the canary. Measuring tasks hand
 //! plain-data [`request::RequestRecord`]s to [`metrics::WorkloadMetrics::record`].
+//!
+//! The prober's config sections (`[prober]`, workloads, canary) are plain data in
+//! [`crate::config::prober`], re-exported here: the prober depends on the config, never the
+//! other way round.
 
 pub mod arrivals;
 pub mod canary;
@@ -24,14 +27,10 @@ pub mod load;
 pub mod metrics;
 pub mod prompt;
 pub mod request;
-pub mod settings;
 pub mod sse;
 pub mod target;
 
-pub use settings::{
-    CanaryConfig, ProberConfig, WorkloadConfig, apply_load_args, describe_workloads, validate,
-    validate_target,
-};
+pub use crate::config::prober::{CanaryConfig, ProberConfig, WorkloadConfig};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,7 +69,7 @@ impl Prober {
     }
 
     /// Starts the supervisor and the self-health task on `ctx.tracker`.
-    pub fn spawn(self, ctx: &crate::daemon::RunContext) {
+    pub fn spawn(self, ctx: &crate::runtime::RunContext) {
         let slot = ctx.readiness.register("prober");
         if ctx.config.borrow().targets.is_empty() {
             slot.mark_ready();
@@ -113,7 +112,7 @@ struct RunningTarget {
 async fn supervise(
     mut cfg_rx: watch::Receiver<Arc<Config>>,
     deps: TargetDeps,
-    slot: crate::exporter::readiness::ReadySlot,
+    slot: crate::runtime::ReadySlot,
 ) {
     let initial = cfg_rx.borrow_and_update().clone();
     let group = ReadyGroup {

@@ -27,12 +27,13 @@
 //! time from the send to the first output event (headers included); `request` bounds the whole
 //! request. One timer is armed per request and moved once, not one per chunk.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::event::{self, ErrorInfo};
 use super::http1;
@@ -161,6 +162,17 @@ pub struct Timeouts {
     pub first_token: Duration,
     /// Send to the end of the response.
     pub request: Duration,
+}
+
+impl Timeouts {
+    /// The per-request time limits of `[prober]`.
+    pub fn from_config(p: &crate::config::prober::ProberConfig) -> Self {
+        Self {
+            connect: p.connect_timeout,
+            first_token: p.first_token_timeout,
+            request: p.request_timeout,
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -367,8 +379,7 @@ impl std::fmt::Debug for Conn<'_> {
     }
 }
 
-/// Default cap on the bytes read from one response.
-pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+pub use crate::config::prober::DEFAULT_MAX_RESPONSE_BYTES;
 /// Cap on the bytes of one SSE event (vLLM's are well under 1 KiB, a few KiB with logprobs).
 const MAX_EVENT_BYTES: usize = 256 * 1024;
 /// Cap on the ITL gaps kept for one request (1 MiB), however many events a server sends; the
@@ -544,6 +555,10 @@ pub async fn execute(
 }
 
 /// [`execute`] with cancellation, a byte cap and an event observer.
+///
+/// Phases: [`send_request`] (to the response headers), then one of [`read_error_body`] (a
+/// non-2xx status), [`read_json_body`] (a whole JSON answer) or [`read_stream`] (SSE). Every
+/// wait in every phase goes through [`Limits::race`], the one deadline and cancel path.
 pub async fn execute_with<O: ChunkObserver>(
     conn: &Conn<'_>,
     req: &ProbeRequest,
@@ -558,258 +573,333 @@ pub async fn execute_with<O: ChunkObserver>(
     let intended_ns = sent_ns.saturating_sub(behind.as_nanos() as u64);
     let mut rec = RequestRecord::new(intended_ns, sent_ns);
 
-    let bearer = match conn.authorization {
-        Some(value) => match HeaderValue::from_str(value) {
-            Ok(mut v) => {
-                v.set_sensitive(true);
-                Some((value, v))
-            }
-            Err(_) => {
-                rec.outcome = Outcome::ClientError;
-                rec.error = Some("the API key is not a valid header value".into());
-                return rec;
-            }
-        },
-        None => None,
+    let Ok(bearer) = bearer_header(conn.authorization) else {
+        rec.outcome = Outcome::ClientError;
+        rec.error = Some("the API key is not a valid header value".into());
+        return rec;
     };
     let pool = conn.client.pool(conn.base_url);
 
     let t = conn.timeouts;
     let first_limit = t.first_token.min(t.request);
-    let first_is_request = t.request <= t.first_token;
-    let request_deadline = tokio::time::Instant::from_std(sent_instant + t.request);
     let sleep =
         tokio::time::sleep_until(tokio::time::Instant::from_std(sent_instant + first_limit));
     tokio::pin!(sleep);
-    let mut in_request_phase = first_is_request;
     let never = CancellationToken::new();
     let cancelled = conn.cancel.unwrap_or(&never).cancelled();
     tokio::pin!(cancelled);
-    let ns_since = |ns: u64| Duration::from_nanos(ns.saturating_sub(intended_ns));
-    let timeout_outcome = |in_request: bool| {
-        if in_request {
-            Outcome::TimeoutRequest
-        } else {
-            Outcome::TimeoutFirstToken
-        }
+    let mut limits = Limits {
+        sleep,
+        cancelled,
+        in_request: t.request <= t.first_token,
+        request_deadline: tokio::time::Instant::from_std(sent_instant + t.request),
     };
 
-    // Phase 1: headers.
-    let send = async {
-        match &pool {
-            Some(pool) => {
-                let head = http1::RequestHead {
-                    path: req.endpoint.path(),
-                    authorization: bearer.as_ref().map(|(k, _)| *k),
-                };
-                pool.send(head, &body)
-                    .await
-                    .map(Response::Own)
-                    .map_err(|e| {
-                        let outcome = match e {
-                            http1::SendError::ConnectTimeout(_) => Outcome::TimeoutConnect,
-                            http1::SendError::BadHead(_) => Outcome::Malformed,
-                            _ => Outcome::Connect,
-                        };
-                        (outcome, event::short(&e.to_string()))
-                    })
-            }
-            None => {
-                let url = format!("{}{}", conn.base_url, req.endpoint.path());
-                let mut builder = conn
-                    .client
-                    .http
-                    .post(&url)
-                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                    .body(body.clone());
-                if let Some((_, v)) = &bearer {
-                    builder = builder.header(AUTHORIZATION, v.clone());
-                }
-                match builder.send().await {
-                    Ok(resp) => Ok(Response::Reqwest {
-                        resp,
-                        held: bytes::Bytes::new(),
-                    }),
-                    Err(e) => {
-                        let outcome = if e.is_connect() && e.is_timeout() {
-                            Outcome::TimeoutConnect
-                        } else if e.is_timeout() {
-                            timeout_outcome(in_request_phase)
-                        } else {
-                            Outcome::Connect
-                        };
-                        Err((outcome, error_chain(&e)))
-                    }
-                }
-            }
+    let sending = send_request(conn, pool.as_deref(), req, &body, bearer, limits.in_request);
+    let mut resp = match limits.race(sending).await {
+        Ok(Ok(r)) => r,
+        Ok(Err((outcome, msg))) => {
+            return finish(rec, outcome, Some(&msg), since(intended_ns, monotonic_ns()));
         }
-    };
-    let resp = tokio::select! {
-        biased;
-        _ = &mut cancelled => {
-            return finish(rec, Outcome::Cancelled, Some("shutdown before response headers"), ns_since(monotonic_ns()));
-        }
-        _ = &mut sleep => {
-            let o = timeout_outcome(in_request_phase);
-            return finish(rec, o, Some("no response headers in time"), ns_since(monotonic_ns()));
-        }
-        r = send => r,
-    };
-    let mut resp = match resp {
-        Ok(r) => r,
-        Err((outcome, msg)) => {
-            return finish(rec, outcome, Some(&msg), ns_since(monotonic_ns()));
+        Err(stop) => {
+            let (outcome, msg) = stop.failure(Waiting::Headers);
+            return finish(rec, outcome, Some(msg), since(intended_ns, monotonic_ns()));
         }
     };
     let headers_ns = match &resp {
         Response::Own(r) => r.head_ns(),
         Response::Reqwest { .. } => monotonic_ns(),
     };
-    rec.ttfb = Some(ns_since(headers_ns));
+    rec.ttfb = Some(since(intended_ns, headers_ns));
     let status = resp.status();
     rec.http_status = Some(status);
 
-    // Phase 2a: a non-2xx status: read (a capped part of) the error body and classify.
     if !(200..300).contains(&status) {
-        let mut buf: Vec<u8> = Vec::new();
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut cancelled => break,
-                _ = &mut sleep => break,
-                c = resp.chunk() => match c {
-                    Ok(Some((b, _))) => {
-                        rec.response_bytes += b.len() as u64;
-                        let room = (MAX_ERROR_BODY as usize).saturating_sub(buf.len());
-                        buf.extend_from_slice(&b[..b.len().min(room)]);
-                        if rec.response_bytes >= MAX_ERROR_BODY { break; }
-                    }
-                    _ => break,
-                }
-            }
-        }
-        let info = event::parse_error_body(&buf);
-        let outcome = Outcome::from_status(status, info.as_ref());
-        let msg = match &info {
-            Some(i) => format!("HTTP {status}: {}", event::short(&i.message)),
-            None => format!(
-                "HTTP {status}: {}",
-                event::short(String::from_utf8_lossy(&buf).trim())
-            ),
+        return read_error_body(rec, &mut resp, &mut limits, status, intended_ns).await;
+    }
+    if !resp.is_event_stream() {
+        let probe = Probe {
+            conn,
+            req,
+            intended_ns,
         };
-        return finish(rec, outcome, Some(&msg), ns_since(monotonic_ns()));
+        return read_json_body(rec, &mut resp, &mut limits, &probe).await;
+    }
+    let probe = Probe {
+        conn,
+        req,
+        intended_ns,
+    };
+    read_stream(rec, &mut resp, &mut limits, &probe, observer).await
+}
+
+/// What the body phases need of the request being measured.
+#[derive(Clone, Copy)]
+struct Probe<'c, 'a> {
+    conn: &'c Conn<'a>,
+    req: &'c ProbeRequest,
+    /// The intended start, on [`monotonic_ns`]'s clock: latencies are measured from it.
+    intended_ns: u64,
+}
+
+/// The time from the intended start (`intended_ns`) to `ns`.
+fn since(intended_ns: u64, ns: u64) -> Duration {
+    Duration::from_nanos(ns.saturating_sub(intended_ns))
+}
+
+/// The `Authorization` value, as given (for our HTTP/1.1 client) and as a sensitive header (for
+/// reqwest); `Err` when it is not a valid header value.
+fn bearer_header(authorization: Option<&str>) -> Result<Option<(&str, HeaderValue)>, ()> {
+    let Some(value) = authorization else {
+        return Ok(None);
+    };
+    let mut v = HeaderValue::from_str(value).map_err(|_| ())?;
+    v.set_sensitive(true);
+    Ok(Some((value, v)))
+}
+
+/// Why a phase stopped waiting before its own work ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The request's cancel token (shutdown grace over).
+    Cancelled,
+    /// The deadline in force passed: the first-token one, or (`in_request`) the whole request's.
+    Timeout { in_request: bool },
+}
+
+/// What a phase was waiting for, for the message of a [`Stop`].
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    Headers,
+    Body,
+    Stream,
+}
+
+impl Stop {
+    /// The outcome and message of a request that stopped while `waiting`.
+    fn failure(self, waiting: Waiting) -> (Outcome, &'static str) {
+        let outcome = match self {
+            Stop::Cancelled => Outcome::Cancelled,
+            Stop::Timeout { in_request: true } => Outcome::TimeoutRequest,
+            Stop::Timeout { in_request: false } => Outcome::TimeoutFirstToken,
+        };
+        let message = match (self, waiting) {
+            (Stop::Cancelled, Waiting::Headers) => "shutdown before response headers",
+            (Stop::Cancelled, Waiting::Body) => "shutdown mid-response",
+            (Stop::Cancelled, Waiting::Stream) => "shutdown mid-stream",
+            (Stop::Timeout { .. }, Waiting::Headers) => "no response headers in time",
+            (Stop::Timeout { .. }, Waiting::Body) => "response not complete in time",
+            (Stop::Timeout { in_request: true }, Waiting::Stream) => "stream not complete in time",
+            (Stop::Timeout { in_request: false }, Waiting::Stream) => "no output event in time",
+        };
+        (outcome, message)
+    }
+}
+
+/// One request's deadline and cancellation: until the first output event the first-token
+/// deadline is in force (or the request deadline, when it is the earlier), then the whole
+/// request's.
+struct Limits<'a, 'c> {
+    sleep: Pin<&'a mut tokio::time::Sleep>,
+    cancelled: Pin<&'a mut WaitForCancellationFuture<'c>>,
+    /// Whether the request deadline (not the first-token one) is in force.
+    in_request: bool,
+    request_deadline: tokio::time::Instant,
+}
+
+impl Limits<'_, '_> {
+    /// Runs `fut` until it ends, the request is cancelled, or the deadline in force passes,
+    /// whichever is first (cancellation checked first, then the deadline).
+    async fn race<F: Future>(&mut self, fut: F) -> Result<F::Output, Stop> {
+        let in_request = self.in_request;
+        tokio::select! {
+            biased;
+            _ = self.cancelled.as_mut() => Err(Stop::Cancelled),
+            _ = self.sleep.as_mut() => Err(Stop::Timeout { in_request }),
+            v = fut => Ok(v),
+        }
     }
 
-    let is_sse = resp.is_event_stream();
-
-    // Phase 2b: a whole JSON body (stream off, or a server that ignored `stream`).
-    if !is_sse {
-        let mut buf: Vec<u8> = Vec::new();
-        let mut outcome = None;
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut cancelled => { outcome = Some((Outcome::Cancelled, "shutdown mid-response".to_string())); break; }
-                _ = &mut sleep => {
-                    if in_request_phase {
-                        outcome = Some((Outcome::TimeoutRequest, "response not complete in time".to_string()));
-                        break;
-                    }
-                    in_request_phase = true;
-                    sleep.as_mut().reset(request_deadline);
-                }
-                c = resp.chunk() => match c {
-                    Ok(Some((b, _))) => {
-                        rec.response_bytes += b.len() as u64;
-                        if rec.response_bytes > conn.max_response_bytes {
-                            outcome = Some((Outcome::Malformed, format!("response larger than {} bytes", conn.max_response_bytes)));
-                            break;
-                        }
-                        buf.extend_from_slice(b);
-                    }
-                    Ok(None) => break,
-                    Err(e) => { outcome = Some(e); break; }
-                }
-            }
+    /// The first output has come: from now on only the request deadline applies.
+    fn enter_request_phase(&mut self) {
+        if !self.in_request {
+            self.in_request = true;
+            self.sleep.as_mut().reset(self.request_deadline);
         }
-        let end = ns_since(monotonic_ns());
-        if let Some((o, m)) = outcome {
-            return finish(rec, o, Some(&m), end);
-        }
-        return match event::parse(&buf) {
-            Err(e) => finish(rec, Outcome::Malformed, Some(&e.0), end),
-            Ok(ev) => {
-                rec.prompt_tokens = ev.prompt_tokens;
-                rec.output_tokens = ev.completion_tokens;
-                rec.finish_reason = ev.finish_reason;
-                if let Some(err) = ev.error {
-                    let m = format!("error in a 200 response: {}", event::short(&err.message));
-                    return finish(rec, Outcome::StreamError, Some(&m), end);
-                }
-                rec.output_events = u32::from(ev.content);
-                if is_empty(req, &rec) {
-                    return finish(rec, Outcome::Empty, Some(EMPTY_MESSAGE), end);
-                }
-                finish(rec, Outcome::Ok, None, end)
-            }
-        };
     }
+}
 
-    // Phase 2c: the SSE stream.
+/// Phase 1: sends the request on our HTTP/1.1 client (`pool`) or reqwest, up to the response
+/// headers. `in_request` classifies a reqwest timeout.
+async fn send_request<'p>(
+    conn: &Conn<'_>,
+    pool: Option<&'p http1::Pool>,
+    req: &ProbeRequest,
+    body: &bytes::Bytes,
+    bearer: Option<(&str, HeaderValue)>,
+    in_request: bool,
+) -> Result<Response<'p>, (Outcome, String)> {
+    if let Some(pool) = pool {
+        let head = http1::RequestHead {
+            path: req.endpoint.path(),
+            authorization: bearer.as_ref().map(|(k, _)| *k),
+        };
+        return pool.send(head, body).await.map(Response::Own).map_err(|e| {
+            let outcome = match e {
+                http1::SendError::ConnectTimeout(_) => Outcome::TimeoutConnect,
+                http1::SendError::BadHead(_) => Outcome::Malformed,
+                _ => Outcome::Connect,
+            };
+            (outcome, event::short(&e.to_string()))
+        });
+    }
+    let url = format!("{}{}", conn.base_url, req.endpoint.path());
+    let mut builder = conn
+        .client
+        .http
+        .post(&url)
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .body(body.clone());
+    if let Some((_, v)) = bearer {
+        builder = builder.header(AUTHORIZATION, v);
+    }
+    match builder.send().await {
+        Ok(resp) => Ok(Response::Reqwest {
+            resp,
+            held: bytes::Bytes::new(),
+        }),
+        Err(e) => {
+            let outcome = if e.is_connect() && e.is_timeout() {
+                Outcome::TimeoutConnect
+            } else if e.is_timeout() && in_request {
+                Outcome::TimeoutRequest
+            } else if e.is_timeout() {
+                Outcome::TimeoutFirstToken
+            } else {
+                Outcome::Connect
+            };
+            Err((outcome, error_chain(&e)))
+        }
+    }
+}
+
+/// Phase 2a: a non-2xx status. Reads (a capped part of) the error body, until it ends, the
+/// cap, cancellation or the deadline, and classifies the answer.
+async fn read_error_body(
+    mut rec: RequestRecord,
+    resp: &mut Response<'_>,
+    limits: &mut Limits<'_, '_>,
+    status: u16,
+    intended_ns: u64,
+) -> RequestRecord {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Ok(Ok(Some((b, _)))) = limits.race(resp.chunk()).await {
+        rec.response_bytes += b.len() as u64;
+        let room = (MAX_ERROR_BODY as usize).saturating_sub(buf.len());
+        buf.extend_from_slice(&b[..b.len().min(room)]);
+        if rec.response_bytes >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    let info = event::parse_error_body(&buf);
+    let outcome = Outcome::from_status(status, info.as_ref());
+    let msg = match &info {
+        Some(i) => format!("HTTP {status}: {}", event::short(&i.message)),
+        None => format!(
+            "HTTP {status}: {}",
+            event::short(String::from_utf8_lossy(&buf).trim())
+        ),
+    };
+    finish(rec, outcome, Some(&msg), since(intended_ns, monotonic_ns()))
+}
+
+/// Phase 2b: a whole JSON body (stream off, or a server that ignored `stream`). The
+/// first-token deadline passing while it arrives only puts the request deadline in force.
+async fn read_json_body(
+    mut rec: RequestRecord,
+    resp: &mut Response<'_>,
+    limits: &mut Limits<'_, '_>,
+    probe: &Probe<'_, '_>,
+) -> RequestRecord {
+    let Probe { conn, req, .. } = *probe;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut failure = None;
+    loop {
+        match limits.race(resp.chunk()).await {
+            Err(Stop::Timeout { in_request: false }) => limits.enter_request_phase(),
+            Err(stop) => {
+                let (o, m) = stop.failure(Waiting::Body);
+                failure = Some((o, m.to_string()));
+                break;
+            }
+            Ok(Ok(Some((b, _)))) => {
+                rec.response_bytes += b.len() as u64;
+                if rec.response_bytes > conn.max_response_bytes {
+                    failure = Some((Outcome::Malformed, too_large(conn)));
+                    break;
+                }
+                buf.extend_from_slice(b);
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let end = since(probe.intended_ns, monotonic_ns());
+    if let Some((o, m)) = failure {
+        return finish(rec, o, Some(&m), end);
+    }
+    match event::parse(&buf) {
+        Err(e) => finish(rec, Outcome::Malformed, Some(&e.0), end),
+        Ok(ev) => {
+            rec.prompt_tokens = ev.prompt_tokens;
+            rec.output_tokens = ev.completion_tokens;
+            rec.finish_reason = ev.finish_reason;
+            if let Some(err) = ev.error {
+                let m = format!("error in a 200 response: {}", event::short(&err.message));
+                return finish(rec, Outcome::StreamError, Some(&m), end);
+            }
+            rec.output_events = u32::from(ev.content);
+            if is_empty(req, &rec) {
+                return finish(rec, Outcome::Empty, Some(EMPTY_MESSAGE), end);
+            }
+            finish(rec, Outcome::Ok, None, end)
+        }
+    }
+}
+
+fn too_large(conn: &Conn<'_>) -> String {
+    format!("response larger than {} bytes", conn.max_response_bytes)
+}
+
+/// Phase 2c: the SSE stream, event by event, to its end or its first failure; then the
+/// stream's verdict ([`stream_verdict`]).
+async fn read_stream<O: ChunkObserver>(
+    mut rec: RequestRecord,
+    resp: &mut Response<'_>,
+    limits: &mut Limits<'_, '_>,
+    probe: &Probe<'_, '_>,
+    observer: &mut O,
+) -> RequestRecord {
+    let conn = probe.conn;
     let mut parser = SseParser::new(MAX_EVENT_BYTES);
     let mut st = StreamState::default();
     let mut failure: Option<(Outcome, String)> = None;
     let mut end_ns = 0u64;
     loop {
-        let chunk = tokio::select! {
-            biased;
-            _ = &mut cancelled => { failure = Some((Outcome::Cancelled, "shutdown mid-stream".into())); break; }
-            _ = &mut sleep => {
-                if in_request_phase {
-                    failure = Some((Outcome::TimeoutRequest, "stream not complete in time".into()));
-                } else {
-                    failure = Some((Outcome::TimeoutFirstToken, "no output event in time".into()));
-                }
+        let (bytes, recv_ns) = match limits.race(resp.chunk()).await {
+            Err(stop) => {
+                let (o, m) = stop.failure(Waiting::Stream);
+                failure = Some((o, m.to_string()));
                 break;
             }
-            c = resp.chunk() => c,
-        };
-        match chunk {
-            Ok(Some((bytes, recv_ns))) => {
-                rec.response_bytes += bytes.len() as u64;
-                if rec.response_bytes > conn.max_response_bytes {
-                    failure = Some((
-                        Outcome::Malformed,
-                        format!("response larger than {} bytes", conn.max_response_bytes),
-                    ));
-                    break;
-                }
-                let had_first = st.first_ns.is_some();
-                let fed = parser.feed(bytes, recv_ns, &mut |data, ns| {
-                    st.on_event(data, ns, observer, &mut rec)
-                });
-                match fed {
-                    Err(SseError::TooLong) => {
-                        failure = Some((
-                            Outcome::Malformed,
-                            format!("an SSE event longer than {MAX_EVENT_BYTES} bytes"),
-                        ));
-                        break;
-                    }
-                    Ok(false) => {
-                        if let Some(f) = st.failure.take() {
-                            failure = Some(f);
-                            break;
-                        }
-                    }
-                    Ok(true) => {}
-                }
-                if !had_first && st.first_ns.is_some() && !in_request_phase {
-                    in_request_phase = true;
-                    sleep.as_mut().reset(request_deadline);
-                }
+            Ok(Err(e)) => {
+                failure = Some(e);
+                break;
             }
-            Ok(None) => {
+            Ok(Ok(None)) => {
                 end_ns = monotonic_ns();
                 let cut = parser.finish(&mut |data, ns| st.on_event(data, ns, observer, &mut rec));
                 if let Some(f) = st.failure.take() {
@@ -822,24 +912,64 @@ pub async fn execute_with<O: ChunkObserver>(
                 }
                 break;
             }
-            Err(e) => {
-                failure = Some(e);
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        rec.response_bytes += bytes.len() as u64;
+        if rec.response_bytes > conn.max_response_bytes {
+            failure = Some((Outcome::Malformed, too_large(conn)));
+            break;
+        }
+        let had_first = st.first_ns.is_some();
+        let fed = parser.feed(bytes, recv_ns, &mut |data, ns| {
+            st.on_event(data, ns, observer, &mut rec)
+        });
+        match fed {
+            Err(SseError::TooLong) => {
+                failure = Some((
+                    Outcome::Malformed,
+                    format!("an SSE event longer than {MAX_EVENT_BYTES} bytes"),
+                ));
                 break;
             }
+            Ok(false) => {
+                if let Some(f) = st.failure.take() {
+                    failure = Some(f);
+                    break;
+                }
+            }
+            Ok(true) => {}
+        }
+        if !had_first && st.first_ns.is_some() {
+            limits.enter_request_phase();
         }
     }
     if end_ns == 0 {
         end_ns = monotonic_ns();
     }
-    // E2E ends at `[DONE]` when there is one (the close of the body follows it).
-    let e2e = ns_since(st.done_ns.unwrap_or(end_ns));
+    stream_verdict(rec, &st, probe, failure, end_ns)
+}
+
+/// The outcome of a read stream: its failure if any, else `truncated` without a finish reason
+/// or `[DONE]`, `empty` without output, else `ok`. E2E ends at `[DONE]` when there is one (the
+/// close of the body follows it), else at `end_ns`.
+fn stream_verdict(
+    rec: RequestRecord,
+    st: &StreamState,
+    probe: &Probe<'_, '_>,
+    failure: Option<(Outcome, String)>,
+    end_ns: u64,
+) -> RequestRecord {
+    let Probe {
+        req, intended_ns, ..
+    } = *probe;
+    let e2e = since(intended_ns, st.done_ns.unwrap_or(end_ns));
     if let Some((o, m)) = failure {
-        return finish_stream(rec, &st, o, Some(&m), e2e, intended_ns);
+        return finish_stream(rec, st, o, Some(&m), e2e, intended_ns);
     }
     if !st.done && rec.finish_reason.is_none() {
         return finish_stream(
             rec,
-            &st,
+            st,
             Outcome::Truncated,
             Some("stream ended without a finish reason or [DONE]"),
             e2e,
@@ -849,14 +979,14 @@ pub async fn execute_with<O: ChunkObserver>(
     if is_empty(req, &rec) {
         return finish_stream(
             rec,
-            &st,
+            st,
             Outcome::Empty,
             Some(EMPTY_MESSAGE),
             e2e,
             intended_ns,
         );
     }
-    finish_stream(rec, &st, Outcome::Ok, None, e2e, intended_ns)
+    finish_stream(rec, st, Outcome::Ok, None, e2e, intended_ns)
 }
 
 const EMPTY_MESSAGE: &str = "a 200 response with no generated output (no token-bearing event)";

@@ -16,10 +16,10 @@ use super::load::{HealthCounters, TargetShared, WorkloadSpec, run_workload};
 use super::metrics::{ProbeLabels, ProberMetrics, WorkloadMetrics};
 use super::prompt::{PromptBuilder, SharedPrefix};
 use super::request::{Endpoint, build_client};
-use super::settings::{Load, ProberConfig, effective_workloads};
 use crate::config::TargetConfig;
-use crate::exporter::StatusBoard;
-use crate::exporter::readiness::ReadySlot;
+use crate::config::prober::{CanaryConfig, Load, ProberConfig, effective_workloads};
+use crate::runtime::ReadySlot;
+use crate::runtime::StatusBoard;
 
 /// The settings a target task runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +78,7 @@ pub struct TargetDeps {
     /// The shutdown grace is over: in-flight requests end as `cancelled`.
     pub abort: CancellationToken,
     /// `/readyz`: blocked while a target is not discovered.
-    pub readiness: crate::exporter::Readiness,
+    pub readiness: crate::runtime::Readiness,
 }
 
 /// The `/readyz` condition of a target not (yet) discovered.
@@ -101,28 +101,16 @@ pub async fn run_target(
     deps.metrics.target_configured(&label);
     deps.readiness
         .block(readiness_key(&label), "model discovery not attempted yet");
-    let wait_for_end = |stop: CancellationToken, shutdown: CancellationToken| async move {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = shutdown.cancelled() => {}
-        }
-    };
 
     let authorization = match t.authorization() {
         Ok(k) => k,
         Err(e) => {
             let msg = format!("{e:#}");
             tracing::error!(target = %label, error = %msg, "cannot read the API key; not probing this target");
-            deps.metrics.discovery_failed(&label, "config");
-            deps.readiness
-                .block(readiness_key(&label), format!("not probed (config): {msg}"));
-            deps.status.update(&label, |s| s.last_error = Some(msg));
-            ready.done();
-            wait_for_end(stop, deps.shutdown.clone()).await;
-            return;
+            return not_probed(&deps, &label, msg, ready, stop).await;
         }
     };
-    let timeouts = run.prober.timeouts();
+    let timeouts = super::request::Timeouts::from_config(&run.prober);
     let pool: usize = effective_workloads(t)
         .iter()
         .map(|w| match w.load() {
@@ -136,114 +124,33 @@ pub async fn run_target(
         Err(e) => {
             let msg = format!("cannot build an HTTP client: {e}");
             tracing::error!(target = %label, error = %msg);
-            deps.metrics.discovery_failed(&label, "config");
-            deps.readiness
-                .block(readiness_key(&label), format!("not probed (config): {msg}"));
-            deps.status.update(&label, |s| s.last_error = Some(msg));
-            ready.done();
-            wait_for_end(stop, deps.shutdown.clone()).await;
-            return;
+            return not_probed(&deps, &label, msg, ready, stop).await;
         }
     };
 
     // Discovery, retried with backoff while the target is down.
     let discovery_timeout = timeouts.connect + Duration::from_secs(10);
-    let mut backoff = run.prober.discovery_retry_min;
-    let mut attempts = 0u32;
-    let info = loop {
-        match discovery::discover_model(
-            client.http(),
-            &base_url,
-            authorization.as_ref().map(|s| s.expose()),
-            t.model.as_deref(),
-            discovery_timeout,
-        )
-        .await
-        {
-            Ok(m) => break m,
-            Err(e) => {
-                attempts += 1;
-                let msg = format!("model discovery: {e}");
-                deps.metrics.discovery_failed(&label, e.reason());
-                deps.readiness.block(
-                    readiness_key(&label),
-                    format!("model discovery failed ({}): {e}", e.reason()),
-                );
-                if attempts == 1 || attempts.is_power_of_two() {
-                    tracing::warn!(target = %label, error = %msg, retry_in = ?backoff, "target not ready; retrying");
-                }
-                deps.status.update(&label, |s| s.last_error = Some(msg));
-                ready.done();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => return,
-                    _ = deps.shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(run.prober.discovery_retry_max);
-            }
-        }
+    let discovering = Discovering {
+        client: client.http(),
+        base_url: &base_url,
+        authorization: authorization.as_ref().map(|s| s.expose()),
+        label: &label,
+        timeout: discovery_timeout,
+    };
+    let Some(info) = discover(&discovering, t, &run.prober, &deps, &mut ready, &stop).await else {
+        return;
     };
     ready.done();
     if deps.shutdown.is_cancelled() || stop.is_cancelled() {
         // Shutdown started while discovery was in flight: start nothing new.
         return;
     }
-    tracing::info!(target = %label, model = %info.id, max_model_len = ?info.max_model_len, "target discovered");
-    deps.metrics.set_discovered(&label, true);
-    deps.readiness.unblock(&readiness_key(&label));
-    deps.status.update(&label, |s| {
-        s.model = Some(info.id.clone());
-        s.last_error = None;
-    });
+    mark_discovered(&deps, &label, &info);
 
-    let wants_chat = effective_workloads(t)
-        .iter()
-        .any(|w| w.endpoint.unwrap_or(t.endpoint) == Endpoint::Chat);
-    let prompts = match PromptBuilder::calibrate_with(
-        client.http(),
-        &base_url,
-        authorization.as_ref().map(|s| s.expose()),
-        &info.id,
-        wants_chat,
-        discovery_timeout,
-    )
-    .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::info!(target = %label, error = %e, "no /tokenize: prompts are text, lengths estimated at one word per token");
-            PromptBuilder::uncalibrated()
-        }
-    };
+    let prompts = calibrate_prompts(&discovering, t, &info.id).await;
 
     if let Some(limit) = info.max_model_len {
-        for (i, w) in effective_workloads(t).iter().enumerate() {
-            let longest = w.prompt_tokens.max().unwrap_or(u32::MAX);
-            if u64::from(longest) + u64::from(w.max_tokens) > u64::from(limit) {
-                tracing::warn!(
-                    target = %label,
-                    workload = %w.label(i),
-                    limit,
-                    "prompt_tokens + max_tokens can exceed the server's max_model_len; those requests will count as context_length"
-                );
-                if longest > limit.saturating_add(1) {
-                    tracing::warn!(
-                        target = %label,
-                        workload = %w.label(i),
-                        limit,
-                        longest,
-                        "prompts longer than max_model_len + 1 are clamped to max_model_len + 1 tokens (they are rejected all the same)"
-                    );
-                }
-            }
-        }
-        deps.metrics
-            .canary_max_model_len
-            .get_or_create(&super::metrics::CanaryLabels {
-                target: label.clone(),
-                model: info.id.clone(),
-            })
-            .set(i64::from(limit));
+        warn_over_max_model_len(&label, t, &info, limit, &deps.metrics);
     }
 
     let shared = Arc::new(TargetShared {
@@ -272,28 +179,132 @@ pub async fn run_target(
         info.max_model_len,
     ));
 
-    let mut workloads: HashMap<String, RunningWorkload> = HashMap::new();
-    let mut current = run;
+    follow_config(&shared, &deps, run, cfg_rx, &canary_tx, &stop).await;
+    canary_stop.cancel();
+}
+
+/// A target that cannot be probed at all (its API key or its client): counted, shown and kept
+/// not ready until the target is removed or the daemon stops.
+async fn not_probed(
+    deps: &TargetDeps,
+    label: &str,
+    msg: String,
+    mut ready: ReadyOnce,
+    stop: CancellationToken,
+) {
+    deps.metrics.discovery_failed(label, "config");
+    deps.readiness
+        .block(readiness_key(label), format!("not probed (config): {msg}"));
+    deps.status.update(label, |s| s.last_error = Some(msg));
+    ready.done();
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = deps.shutdown.cancelled() => {}
+    }
+}
+
+/// A discovered target: logged, counted, ready (as far as this target goes) and shown.
+fn mark_discovered(deps: &TargetDeps, label: &str, info: &discovery::ModelInfo) {
+    tracing::info!(target = %label, model = %info.id, max_model_len = ?info.max_model_len, "target discovered");
+    deps.metrics.set_discovered(label, true);
+    deps.readiness.unblock(&readiness_key(label));
+    deps.status.update(label, |s| {
+        s.model = Some(info.id.clone());
+        s.last_error = None;
+    });
+}
+
+/// Where and how a target's model is discovered.
+struct Discovering<'a> {
+    client: &'a reqwest::Client,
+    base_url: &'a str,
+    authorization: Option<&'a str>,
+    label: &'a str,
+    timeout: Duration,
+}
+
+/// Discovers the target's model, retrying with backoff while the target is down; `None` when
+/// the target is removed or shutdown starts first.
+async fn discover(
+    d: &Discovering<'_>,
+    t: &TargetConfig,
+    prober: &ProberConfig,
+    deps: &TargetDeps,
+    ready: &mut ReadyOnce,
+    stop: &CancellationToken,
+) -> Option<discovery::ModelInfo> {
+    let mut backoff = prober.discovery_retry_min;
+    let mut attempts = 0u32;
     loop {
-        reconcile(&shared, &deps, &current, &mut workloads, &stop);
-        canary_tx.send_if_modified(|c| {
-            let changed = *c != current.target.canary;
-            *c = current.target.canary.clone();
-            changed
-        });
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = deps.shutdown.cancelled() => break,
-            r = cfg_rx.changed() => {
-                if r.is_err() { break; }
-                current = cfg_rx.borrow_and_update().clone();
+        match discovery::discover_model(
+            d.client,
+            d.base_url,
+            d.authorization,
+            t.model.as_deref(),
+            d.timeout,
+        )
+        .await
+        {
+            Ok(m) => return Some(m),
+            Err(e) => {
+                attempts += 1;
+                let msg = format!("model discovery: {e}");
+                deps.metrics.discovery_failed(d.label, e.reason());
+                deps.readiness.block(
+                    readiness_key(d.label),
+                    format!("model discovery failed ({}): {e}", e.reason()),
+                );
+                if attempts == 1 || attempts.is_power_of_two() {
+                    tracing::warn!(target = %d.label, error = %msg, retry_in = ?backoff, "target not ready; retrying");
+                }
+                deps.status.update(d.label, |s| s.last_error = Some(msg));
+                ready.done();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return None,
+                    _ = deps.shutdown.cancelled() => return None,
+                }
+                backoff = (backoff * 2).min(prober.discovery_retry_max);
             }
         }
     }
-    canary_stop.cancel();
-    for (_, w) in workloads.drain() {
-        w.stop.cancel();
+}
+
+/// Warns about workloads whose prompts can exceed the server's `max_model_len`, and exports it.
+fn warn_over_max_model_len(
+    label: &str,
+    t: &TargetConfig,
+    info: &discovery::ModelInfo,
+    limit: u32,
+    metrics: &ProberMetrics,
+) {
+    for (i, w) in effective_workloads(t).iter().enumerate() {
+        let longest = w.prompt_tokens.max().unwrap_or(u32::MAX);
+        if u64::from(longest) + u64::from(w.max_tokens) > u64::from(limit) {
+            tracing::warn!(
+                target = %label,
+                workload = %w.label(i),
+                limit,
+                "prompt_tokens + max_tokens can exceed the server's max_model_len; those requests will count as context_length"
+            );
+            if longest > limit.saturating_add(1) {
+                tracing::warn!(
+                    target = %label,
+                    workload = %w.label(i),
+                    limit,
+                    longest,
+                    "prompts longer than max_model_len + 1 are clamped to max_model_len + 1 tokens (they are rejected all the same)"
+                );
+            }
+        }
     }
+    metrics
+        .canary_max_model_len
+        .get_or_create(&super::metrics::CanaryLabels {
+            target: label.to_string(),
+            model: info.id.clone(),
+        })
+        .set(i64::from(limit));
 }
 
 struct RunningWorkload {
@@ -324,8 +335,10 @@ fn reconcile(
         };
         let max_prompt_tokens = shared
             .max_model_len
-            .map_or(super::settings::MAX_TOKENS_CEILING, |l| l.saturating_add(1))
-            .min(super::settings::MAX_TOKENS_CEILING);
+            .map_or(crate::config::prober::MAX_TOKENS_CEILING, |l| {
+                l.saturating_add(1)
+            })
+            .min(crate::config::prober::MAX_TOKENS_CEILING);
         let spec = Arc::new(WorkloadSpec {
             max_prompt_tokens,
             max_in_flight: w.max_in_flight.unwrap_or(run.prober.max_in_flight),
@@ -393,4 +406,61 @@ fn seed_of(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The prompt builder for the target's model: calibrated with the server's `/tokenize` when it
+/// has one, else uncalibrated (text prompts, one word per token).
+async fn calibrate_prompts(d: &Discovering<'_>, t: &TargetConfig, model: &str) -> PromptBuilder {
+    let wants_chat = effective_workloads(t)
+        .iter()
+        .any(|w| w.endpoint.unwrap_or(t.endpoint) == Endpoint::Chat);
+    match PromptBuilder::calibrate_with(
+        d.client,
+        d.base_url,
+        d.authorization,
+        model,
+        wants_chat,
+        d.timeout,
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(target = %d.label, error = %e, "no /tokenize: prompts are text, lengths estimated at one word per token");
+            PromptBuilder::uncalibrated()
+        }
+    }
+}
+
+/// Runs the target's workloads and canary as its configuration says, following every reload,
+/// until the target is removed or shutdown starts; then stops its workloads.
+async fn follow_config(
+    shared: &Arc<TargetShared>,
+    deps: &TargetDeps,
+    run: Arc<TargetRun>,
+    mut cfg_rx: watch::Receiver<Arc<TargetRun>>,
+    canary_tx: &watch::Sender<CanaryConfig>,
+    stop: &CancellationToken,
+) {
+    let mut workloads: HashMap<String, RunningWorkload> = HashMap::new();
+    let mut current = run;
+    loop {
+        reconcile(shared, deps, &current, &mut workloads, stop);
+        canary_tx.send_if_modified(|c| {
+            let changed = *c != current.target.canary;
+            *c = current.target.canary.clone();
+            changed
+        });
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = deps.shutdown.cancelled() => break,
+            r = cfg_rx.changed() => {
+                if r.is_err() { break; }
+                current = cfg_rx.borrow_and_update().clone();
+            }
+        }
+    }
+    for (_, w) in workloads.drain() {
+        w.stop.cancel();
+    }
 }

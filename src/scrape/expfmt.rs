@@ -604,8 +604,7 @@ impl<'a> Parser<'a> {
     }
 
     fn sample_line(&mut self, line: &'a str) {
-        let b = line.as_bytes();
-        let name_end = scan_name(b, 0);
+        let name_end = scan_name(line.as_bytes(), 0);
         if name_end == 0 {
             let line_no = self.line_no;
             self.exp.error(ErrorKind::Syntax, line_no);
@@ -620,84 +619,33 @@ impl<'a> Parser<'a> {
             }
         };
         let label_start = self.exp.labels.len();
+        if let Err(kind) = self.sample_parts(line, name_end, fi, suffix, label_start) {
+            // A damaged line leaves none of its labels behind.
+            self.exp.labels.truncate(label_start);
+            self.damage(fi, kind);
+        }
+    }
+
+    /// The rest of a sample line after its name (labels, value, timestamp, exemplar), checked
+    /// and pushed as a sample of family `fi`; the labels go from `label_start` on.
+    fn sample_parts(
+        &mut self,
+        line: &'a str,
+        name_end: usize,
+        fi: u32,
+        suffix: Suffix,
+        label_start: usize,
+    ) -> Result<(), ErrorKind> {
+        let b = line.as_bytes();
+        let name = &line[..name_end];
         let mut i = name_end;
         if b.get(i) == Some(&b'{') {
-            match parse_labels(line, i + 1, &mut self.exp.labels) {
-                Ok(end) => i = end,
-                Err(kind) => {
-                    self.exp.labels.truncate(label_start);
-                    self.damage(fi, kind);
-                    return;
-                }
-            }
+            i = parse_labels(line, i + 1, &mut self.exp.labels)?;
         }
         let label_end = self.exp.labels.len();
-        // Value.
-        let ws = skip_ws(b, i);
-        if ws == i {
-            self.exp.labels.truncate(label_start);
-            self.damage(fi, ErrorKind::Syntax);
-            return;
-        }
-        let (vtok, after) = token(line, ws);
-        let Some(value) = parse_value(vtok) else {
-            self.exp.labels.truncate(label_start);
-            self.damage(fi, ErrorKind::Value);
-            return;
-        };
-        let mut i = skip_ws(b, after);
-        let mut timestamp = None;
-        let mut exemplar = None;
-        if i < b.len() && b[i] != b'#' {
-            let (ttok, after) = token(line, i);
-            match parse_value(ttok) {
-                Some(t) if t.is_finite() => timestamp = Some(t),
-                _ => {
-                    self.exp.labels.truncate(label_start);
-                    self.damage(fi, ErrorKind::Timestamp);
-                    return;
-                }
-            }
-            i = skip_ws(b, after);
-        }
-        if i < b.len() {
-            if b[i] == b'#' {
-                match parse_exemplar(line, i + 1, &mut self.exp.labels) {
-                    Ok(ex) => exemplar = Some(ex),
-                    Err(kind) => {
-                        self.exp.labels.truncate(label_start);
-                        self.damage(fi, kind);
-                        return;
-                    }
-                }
-            } else {
-                self.exp.labels.truncate(label_start);
-                self.damage(fi, ErrorKind::Syntax);
-                return;
-            }
-        }
-        // Duplicate label names, duplicate series.
-        let labels = &self.exp.labels[label_start..label_end];
-        for (j, l) in labels.iter().enumerate() {
-            if labels[..j].iter().any(|o| o.name == l.name) {
-                self.exp.labels.truncate(label_start);
-                self.damage(fi, ErrorKind::Label);
-                return;
-            }
-        }
-        let h = series_hash(name, labels);
+        let (value, timestamp, exemplar) = self.value_and_tail(line, i)?;
+        self.check_series(name, label_start, label_end)?;
         let idx = self.exp.samples.len() as u32;
-        if let Some(&prev) = self.series.get(&h) {
-            let p = &self.exp.samples[prev as usize];
-            let pl = &self.exp.labels[p.labels.0 as usize..p.labels.1 as usize];
-            if p.name == name && same_label_set(pl, labels) {
-                self.exp.labels.truncate(label_start);
-                self.damage(fi, ErrorKind::DuplicateSeries);
-                return;
-            }
-        } else {
-            self.series.insert(h, idx);
-        }
         self.exp.samples.push(Sample {
             name,
             suffix,
@@ -707,6 +655,69 @@ impl<'a> Parser<'a> {
             exemplar,
         });
         self.exp.families[fi as usize].samples.1 = idx + 1;
+        Ok(())
+    }
+
+    /// From `i` (after the name and labels): whitespace, the value, an optional timestamp and
+    /// an optional exemplar (`# {…} value [timestamp]`, its labels appended to the label store).
+    fn value_and_tail(
+        &mut self,
+        line: &'a str,
+        i: usize,
+    ) -> Result<(f64, Option<f64>, Option<Exemplar>), ErrorKind> {
+        let b = line.as_bytes();
+        let ws = skip_ws(b, i);
+        if ws == i {
+            return Err(ErrorKind::Syntax);
+        }
+        let (vtok, after) = token(line, ws);
+        let value = parse_value(vtok).ok_or(ErrorKind::Value)?;
+        let mut i = skip_ws(b, after);
+        let mut timestamp = None;
+        if i < b.len() && b[i] != b'#' {
+            let (ttok, after) = token(line, i);
+            match parse_value(ttok) {
+                Some(t) if t.is_finite() => timestamp = Some(t),
+                _ => return Err(ErrorKind::Timestamp),
+            }
+            i = skip_ws(b, after);
+        }
+        let mut exemplar = None;
+        if i < b.len() {
+            if b[i] != b'#' {
+                return Err(ErrorKind::Syntax);
+            }
+            exemplar = Some(parse_exemplar(line, i + 1, &mut self.exp.labels)?);
+        }
+        Ok((value, timestamp, exemplar))
+    }
+
+    /// Duplicate label names in one sample, or a series already seen: an error. Records a new
+    /// series (by hash) otherwise.
+    fn check_series(
+        &mut self,
+        name: &'a str,
+        label_start: usize,
+        label_end: usize,
+    ) -> Result<(), ErrorKind> {
+        let labels = &self.exp.labels[label_start..label_end];
+        for (j, l) in labels.iter().enumerate() {
+            if labels[..j].iter().any(|o| o.name == l.name) {
+                return Err(ErrorKind::Label);
+            }
+        }
+        let h = series_hash(name, labels);
+        if let Some(&prev) = self.series.get(&h) {
+            let p = &self.exp.samples[prev as usize];
+            let pl = &self.exp.labels[p.labels.0 as usize..p.labels.1 as usize];
+            if p.name == name && same_label_set(pl, labels) {
+                return Err(ErrorKind::DuplicateSeries);
+            }
+        } else {
+            let idx = self.exp.samples.len() as u32;
+            self.series.insert(h, idx);
+        }
+        Ok(())
     }
 }
 

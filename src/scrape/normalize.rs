@@ -852,79 +852,11 @@ fn label_num(exp: &Exposition<'_>, fam: &Family<'_>, sample: usize, name: &str) 
 }
 
 fn add_capacity(lk: &Lookup<'_, '_>, engine: Engine, out: &mut ServerSeries) {
-    let exp = lk.exp;
-    // (engine_index, model if known, tokens)
-    let mut caps: Vec<(String, Option<String>, f64, &'static str)> = Vec::new();
+    let mut caps: Vec<Capacity> = Vec::new();
     match engine {
-        Engine::Vllm => {
-            if let Some(f) = lk.family("vllm:cache_config_info") {
-                for (i, s) in exp.family_samples(f).iter().enumerate() {
-                    let blocks = label_num(exp, f, i, "num_gpu_blocks");
-                    let bs = label_num(exp, f, i, "block_size");
-                    if let (Some(b), Some(bs)) = (blocks, bs) {
-                        let idx = exp.label(s, "engine").unwrap_or("0").to_string();
-                        let model = exp.label(s, "model_name").map(str::to_string);
-                        caps.push((idx, model, b * bs, "vllm:cache_config_info"));
-                    }
-                }
-            }
-        }
-        Engine::Sglang => {
-            if let Some(f) = lk.family("sglang:max_total_num_tokens") {
-                for s in exp.family_samples(f) {
-                    let idx = exp.label(s, "dp_rank").unwrap_or("0").to_string();
-                    let model = exp.label(s, "model_name").map(str::to_string);
-                    caps.push((idx, model, s.value, "sglang:max_total_num_tokens"));
-                }
-            } else if let Some(f) = lk.family("sglang:cache_config_info") {
-                for (i, s) in exp.family_samples(f).iter().enumerate() {
-                    if let (Some(p), Some(n)) = (
-                        label_num(exp, f, i, "page_size"),
-                        label_num(exp, f, i, "num_pages"),
-                    ) {
-                        let idx = exp.label(s, "dp_rank").unwrap_or("0").to_string();
-                        let model = exp.label(s, "model_name").map(str::to_string);
-                        caps.push((idx, model, p * n, "sglang:cache_config_info"));
-                    }
-                }
-            }
-        }
-        Engine::Trtllm => {
-            let single = |name: &str,
-                          filter: Option<(&str, &str)>|
-             -> Option<(f64, Option<String>)> {
-                let f = lk.family(name)?;
-                exp.family_samples(f)
-                    .iter()
-                    .find(|s| filter.is_none_or(|(k, v)| exp.label(s, k) == Some(v)))
-                    .map(|s| {
-                        let model = exp.label(s, "model_name").or_else(|| exp.label(s, "model"));
-                        (s.value, model.map(str::to_string))
-                    })
-            };
-            if let (Some((m, model)), Some((t, _))) = (
-                single("trtllm_kv_cache_max_blocks", None),
-                single("trtllm_kv_cache_tokens_per_block", None),
-            ) {
-                caps.push(("0".into(), model, m * t, "trtllm_kv_cache_max_blocks"));
-            } else if let (Some((m, model)), Some((t, _))) = (
-                single(
-                    "nv_trt_llm_kv_cache_block_metrics",
-                    Some(("kv_cache_block_type", "max")),
-                ),
-                single(
-                    "nv_trt_llm_kv_cache_block_metrics",
-                    Some(("kv_cache_block_type", "tokens_per")),
-                ),
-            ) {
-                caps.push((
-                    "0".into(),
-                    model,
-                    m * t,
-                    "nv_trt_llm_kv_cache_block_metrics",
-                ));
-            }
-        }
+        Engine::Vllm => vllm_capacity(lk, &mut caps),
+        Engine::Sglang => sglang_capacity(lk, &mut caps),
+        Engine::Trtllm => trtllm_capacity(lk, &mut caps),
         _ => {}
     }
     for (idx, model, tokens, src) in caps {
@@ -962,6 +894,85 @@ fn add_capacity(lk: &Lookup<'_, '_>, engine: Engine, out: &mut ServerSeries) {
             );
             out.sources.entry(Concept::KvCacheHeadroom).or_insert(src);
         }
+    }
+}
+
+/// One engine's KV-cache capacity: (engine index, model if known, tokens, source family).
+type Capacity = (String, Option<String>, f64, &'static str);
+
+/// vLLM: `num_gpu_blocks × block_size` of `vllm:cache_config_info`.
+fn vllm_capacity(lk: &Lookup<'_, '_>, caps: &mut Vec<Capacity>) {
+    let exp = lk.exp;
+    if let Some(f) = lk.family("vllm:cache_config_info") {
+        for (i, s) in exp.family_samples(f).iter().enumerate() {
+            let blocks = label_num(exp, f, i, "num_gpu_blocks");
+            let bs = label_num(exp, f, i, "block_size");
+            if let (Some(b), Some(bs)) = (blocks, bs) {
+                let idx = exp.label(s, "engine").unwrap_or("0").to_string();
+                let model = exp.label(s, "model_name").map(str::to_string);
+                caps.push((idx, model, b * bs, "vllm:cache_config_info"));
+            }
+        }
+    }
+}
+
+/// SGLang: `sglang:max_total_num_tokens`, else `page_size × num_pages` of its cache config.
+fn sglang_capacity(lk: &Lookup<'_, '_>, caps: &mut Vec<Capacity>) {
+    let exp = lk.exp;
+    if let Some(f) = lk.family("sglang:max_total_num_tokens") {
+        for s in exp.family_samples(f) {
+            let idx = exp.label(s, "dp_rank").unwrap_or("0").to_string();
+            let model = exp.label(s, "model_name").map(str::to_string);
+            caps.push((idx, model, s.value, "sglang:max_total_num_tokens"));
+        }
+    } else if let Some(f) = lk.family("sglang:cache_config_info") {
+        for (i, s) in exp.family_samples(f).iter().enumerate() {
+            if let (Some(p), Some(n)) = (
+                label_num(exp, f, i, "page_size"),
+                label_num(exp, f, i, "num_pages"),
+            ) {
+                let idx = exp.label(s, "dp_rank").unwrap_or("0").to_string();
+                let model = exp.label(s, "model_name").map(str::to_string);
+                caps.push((idx, model, p * n, "sglang:cache_config_info"));
+            }
+        }
+    }
+}
+
+/// TensorRT-LLM: max blocks × tokens per block, under either generation's names.
+fn trtllm_capacity(lk: &Lookup<'_, '_>, caps: &mut Vec<Capacity>) {
+    let exp = lk.exp;
+    let single = |name: &str, filter: Option<(&str, &str)>| -> Option<(f64, Option<String>)> {
+        let f = lk.family(name)?;
+        exp.family_samples(f)
+            .iter()
+            .find(|s| filter.is_none_or(|(k, v)| exp.label(s, k) == Some(v)))
+            .map(|s| {
+                let model = exp.label(s, "model_name").or_else(|| exp.label(s, "model"));
+                (s.value, model.map(str::to_string))
+            })
+    };
+    if let (Some((m, model)), Some((t, _))) = (
+        single("trtllm_kv_cache_max_blocks", None),
+        single("trtllm_kv_cache_tokens_per_block", None),
+    ) {
+        caps.push(("0".into(), model, m * t, "trtllm_kv_cache_max_blocks"));
+    } else if let (Some((m, model)), Some((t, _))) = (
+        single(
+            "nv_trt_llm_kv_cache_block_metrics",
+            Some(("kv_cache_block_type", "max")),
+        ),
+        single(
+            "nv_trt_llm_kv_cache_block_metrics",
+            Some(("kv_cache_block_type", "tokens_per")),
+        ),
+    ) {
+        caps.push((
+            "0".into(),
+            model,
+            m * t,
+            "nv_trt_llm_kv_cache_block_metrics",
+        ));
     }
 }
 

@@ -23,7 +23,7 @@
 
 use std::collections::HashSet;
 
-use super::expfmt::{Exposition, MetricType, Suffix, group_histograms};
+use super::expfmt::{Exposition, Family, MetricType, Suffix, group_histograms};
 
 /// How a pass-through family is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +131,10 @@ fn clean_help(h: &str) -> String {
 /// Builds the pass-through families of one body.
 pub fn build(exp: &Exposition<'_>, target: &str, max_series: usize) -> PassThrough {
     let mut out = PassThrough::default();
-    let mut budget = max_series;
+    let mut budget = Budget {
+        left: max_series,
+        dropped: 0,
+    };
     // Names of counter/histogram/summary families, to spot Python's `x_created` gauges.
     let with_created: HashSet<&str> = exp
         .families
@@ -156,142 +159,199 @@ pub fn build(exp: &Exposition<'_>, target: &str, max_series: usize) -> PassThrou
         }
         let help = clean_help(f.help.as_deref().unwrap_or(""));
         let samples = exp.family_samples(f);
-        let mut fams: Vec<PassFamily> = Vec::new();
-        match f.typ {
+        let fams = match f.typ {
             MetricType::Histogram => {
-                let Ok(series) = group_histograms(exp, f) else {
+                let Some(pf) = histogram_family(exp, f, help, target, &mut budget) else {
                     continue;
                 };
-                let mut pf = PassFamily {
-                    name: f.name.to_string(),
-                    help,
-                    typ: PassType::Histogram,
-                    series: Vec::new(),
-                };
-                for h in series {
-                    let cost = h.buckets.len() + 2;
-                    if cost > budget {
-                        out.dropped_series += 1;
-                        continue;
-                    }
-                    budget -= cost;
-                    let mut prev = 0.0f64;
-                    let buckets = h
-                        .buckets
-                        .iter()
-                        .map(|(le, c)| {
-                            let d = (c - prev).max(0.0).round() as u64;
-                            prev = prev.max(*c);
-                            (*le, d)
-                        })
-                        .collect();
-                    let count = h
-                        .count
-                        .or(h.buckets.last().map(|b| b.1))
-                        .unwrap_or(0.0)
-                        .max(0.0)
-                        .round() as u64;
-                    pf.series.push(PassSeries {
-                        labels: relabel(target, &h.labels),
-                        value: PassValue::Histogram {
-                            buckets,
-                            sum: h.sum.unwrap_or(0.0),
-                            count,
-                        },
-                    });
-                }
-                fams.push(pf);
+                vec![pf]
             }
             MetricType::Counter | MetricType::Gauge | MetricType::Info
                 if uniform_names(samples) =>
             {
-                let all_total = samples
-                    .iter()
-                    .filter(|s| s.suffix != Suffix::Created)
-                    .all(|s| s.name.ends_with("_total"));
-                let (name, typ) = match f.typ {
-                    MetricType::Counter if all_total => (
-                        samples
-                            .iter()
-                            .find(|s| s.suffix != Suffix::Created)
-                            .map(|s| s.name.strip_suffix("_total").unwrap_or(s.name))
-                            .unwrap_or(f.base_name())
-                            .to_string(),
-                        PassType::Counter,
-                    ),
-                    MetricType::Counter => (f.name.to_string(), PassType::Unknown),
-                    MetricType::Info => (f.name.to_string(), PassType::Info),
-                    _ => (f.name.to_string(), PassType::Gauge),
-                };
-                let mut pf = PassFamily {
-                    name,
-                    help,
-                    typ,
-                    series: Vec::new(),
-                };
-                for s in samples.iter().filter(|s| s.suffix != Suffix::Created) {
-                    if budget == 0 {
-                        out.dropped_series += 1;
-                        continue;
-                    }
-                    budget -= 1;
-                    pf.series.push(PassSeries {
-                        labels: relabel(target, &labels_of(exp, s)),
-                        value: PassValue::Scalar(s.value),
-                    });
-                }
-                fams.push(pf);
+                vec![typed_family(exp, f, help, target, &mut budget)]
             }
-            _ => {
-                // One untyped family per sample name keeps every name exactly.
-                for s in samples.iter().filter(|s| s.suffix != Suffix::Created) {
-                    if budget == 0 {
-                        out.dropped_series += 1;
-                        continue;
-                    }
-                    budget -= 1;
-                    let series = PassSeries {
-                        labels: relabel(target, &labels_of(exp, s)),
-                        value: PassValue::Scalar(s.value),
-                    };
-                    match fams.iter_mut().find(|p| p.name == s.name) {
-                        Some(p) => p.series.push(series),
-                        None => fams.push(PassFamily {
-                            name: s.name.to_string(),
-                            help: help.clone(),
-                            typ: PassType::Unknown,
-                            series: vec![series],
-                        }),
-                    }
-                }
-            }
-        }
-        for mut pf in fams {
-            // Renaming `target` can make two upstream series one (`{target="x"}` and
-            // `{exported_target="x"}`): keep the first.
-            let mut keys: HashSet<Vec<(String, String)>> = HashSet::new();
-            let before = pf.series.len();
-            pf.series.retain(|s| {
-                let mut k = s.labels.clone();
-                k.sort();
-                keys.insert(k)
-            });
-            out.dropped_series += (before - pf.series.len()) as u64;
-            if pf.series.is_empty() {
-                continue;
-            }
-            // Two upstream families that would encode under one name: keep the first.
-            let exported = match pf.typ {
-                PassType::Counter => format!("{}_total", pf.name),
-                PassType::Info => format!("{}_info", pf.name),
-                _ => pf.name.clone(),
-            };
-            if !seen_names.insert(exported) {
-                out.dropped_series += pf.series.len() as u64;
-                continue;
-            }
-            out.families.push(pf);
+            _ => untyped_families(exp, f, help, target, &mut budget),
+        };
+        for pf in fams {
+            admit(&mut out, &mut seen_names, pf);
         }
     }
+    out.dropped_series += budget.dropped;
     out
+}
+
+/// The pass-through's series budget: what is left, and how many series it refused.
+struct Budget {
+    left: usize,
+    dropped: u64,
+}
+
+impl Budget {
+    /// Takes `cost` series from the budget, or counts one dropped series when it has not that
+    /// many left.
+    fn take(&mut self, cost: usize) -> bool {
+        if cost > self.left {
+            self.dropped += 1;
+            return false;
+        }
+        self.left -= cost;
+        true
+    }
+}
+
+/// A histogram family, bucket counts made per-bucket again; `None` when its series cannot be
+/// grouped.
+fn histogram_family(
+    exp: &Exposition<'_>,
+    f: &Family<'_>,
+    help: String,
+    target: &str,
+    budget: &mut Budget,
+) -> Option<PassFamily> {
+    let series = group_histograms(exp, f).ok()?;
+    let mut pf = PassFamily {
+        name: f.name.to_string(),
+        help,
+        typ: PassType::Histogram,
+        series: Vec::new(),
+    };
+    for h in series {
+        if !budget.take(h.buckets.len() + 2) {
+            continue;
+        }
+        let mut prev = 0.0f64;
+        let buckets = h
+            .buckets
+            .iter()
+            .map(|(le, c)| {
+                let d = (c - prev).max(0.0).round() as u64;
+                prev = prev.max(*c);
+                (*le, d)
+            })
+            .collect();
+        let count = h
+            .count
+            .or(h.buckets.last().map(|b| b.1))
+            .unwrap_or(0.0)
+            .max(0.0)
+            .round() as u64;
+        pf.series.push(PassSeries {
+            labels: relabel(target, &h.labels),
+            value: PassValue::Histogram {
+                buckets,
+                sum: h.sum.unwrap_or(0.0),
+                count,
+            },
+        });
+    }
+    Some(pf)
+}
+
+/// A counter, gauge or info family whose samples all share one name: kept typed (a counter
+/// whose samples do not end in `_total` becomes untyped).
+fn typed_family(
+    exp: &Exposition<'_>,
+    f: &Family<'_>,
+    help: String,
+    target: &str,
+    budget: &mut Budget,
+) -> PassFamily {
+    let samples = exp.family_samples(f);
+    let all_total = samples
+        .iter()
+        .filter(|s| s.suffix != Suffix::Created)
+        .all(|s| s.name.ends_with("_total"));
+    let (name, typ) = match f.typ {
+        MetricType::Counter if all_total => (
+            samples
+                .iter()
+                .find(|s| s.suffix != Suffix::Created)
+                .map(|s| s.name.strip_suffix("_total").unwrap_or(s.name))
+                .unwrap_or(f.base_name())
+                .to_string(),
+            PassType::Counter,
+        ),
+        MetricType::Counter => (f.name.to_string(), PassType::Unknown),
+        MetricType::Info => (f.name.to_string(), PassType::Info),
+        _ => (f.name.to_string(), PassType::Gauge),
+    };
+    let mut pf = PassFamily {
+        name,
+        help,
+        typ,
+        series: Vec::new(),
+    };
+    for s in samples.iter().filter(|s| s.suffix != Suffix::Created) {
+        if !budget.take(1) {
+            continue;
+        }
+        pf.series.push(PassSeries {
+            labels: relabel(target, &labels_of(exp, s)),
+            value: PassValue::Scalar(s.value),
+        });
+    }
+    pf
+}
+
+/// Any other family: one untyped family per sample name keeps every name exactly.
+fn untyped_families(
+    exp: &Exposition<'_>,
+    f: &Family<'_>,
+    help: String,
+    target: &str,
+    budget: &mut Budget,
+) -> Vec<PassFamily> {
+    let mut fams: Vec<PassFamily> = Vec::new();
+    for s in exp
+        .family_samples(f)
+        .iter()
+        .filter(|s| s.suffix != Suffix::Created)
+    {
+        if !budget.take(1) {
+            continue;
+        }
+        let series = PassSeries {
+            labels: relabel(target, &labels_of(exp, s)),
+            value: PassValue::Scalar(s.value),
+        };
+        match fams.iter_mut().find(|p| p.name == s.name) {
+            Some(p) => p.series.push(series),
+            None => fams.push(PassFamily {
+                name: s.name.to_string(),
+                help: help.clone(),
+                typ: PassType::Unknown,
+                series: vec![series],
+            }),
+        }
+    }
+    fams
+}
+
+/// Adds a family to the pass-through unless it is left empty or its exported name is taken.
+fn admit(out: &mut PassThrough, seen_names: &mut HashSet<String>, mut pf: PassFamily) {
+    // Renaming `target` can make two upstream series one (`{target="x"}` and
+    // `{exported_target="x"}`): keep the first.
+    let mut keys: HashSet<Vec<(String, String)>> = HashSet::new();
+    let before = pf.series.len();
+    pf.series.retain(|s| {
+        let mut k = s.labels.clone();
+        k.sort();
+        keys.insert(k)
+    });
+    out.dropped_series += (before - pf.series.len()) as u64;
+    if pf.series.is_empty() {
+        return;
+    }
+    // Two upstream families that would encode under one name: keep the first.
+    let exported = match pf.typ {
+        PassType::Counter => format!("{}_total", pf.name),
+        PassType::Info => format!("{}_info", pf.name),
+        _ => pf.name.clone(),
+    };
+    if !seen_names.insert(exported) {
+        out.dropped_series += pf.series.len() as u64;
+        return;
+    }
+    out.families.push(pf);
 }

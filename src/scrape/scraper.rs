@@ -9,7 +9,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 
 use super::expfmt::{self, ErrorKind, Format};
 use super::export::{FailReason, Health, TargetView, WindowConcept};
-use super::normalize::{self, Concept, Engine, Hist, Key};
+use super::normalize::{self, Concept, Engine, Hist, Key, ServerSeries};
 use super::passthrough;
 
 /// `Accept` sent to the server: the 0.0.4 text format first (every engine speaks it), then
@@ -85,65 +85,8 @@ pub async fn fetch(
             kinds: vec![],
             message: format!("GET {url_shown}: {}", error_chain(&e)),
         })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let note = if status.is_redirection() {
-                " (a redirect to another origin is not followed)"
-            } else {
-                ""
-            };
-            return Err(Failure {
-                reason: FailReason::HttpStatus,
-                kinds: vec![],
-                message: format!("GET {url_shown}: HTTP {status}{note}"),
-            });
-        }
-        let ct = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        if let Some(ct) = &ct
-            && expect_exposition
-            && !content_type_ok(ct)
-        {
-            return Err(Failure {
-                reason: FailReason::Parse,
-                kinds: vec![(ErrorKind::ContentType, 1)],
-                message: format!(
-                    "GET {url_shown}: content type {ct:?} is not a metrics exposition"
-                ),
-            });
-        }
-        if let Some(len) = resp.content_length()
-            && len > max
-        {
-            return Err(too_large(url_shown, max));
-        }
-        let cap = resp.content_length().unwrap_or(64 * 1024).min(max) as usize;
-        let mut body = Vec::with_capacity(cap);
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    if (body.len() + chunk.len()) as u64 > max {
-                        return Err(too_large(url_shown, max));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(Failure {
-                        reason: if e.is_timeout() {
-                            FailReason::Timeout
-                        } else {
-                            FailReason::Body
-                        },
-                        kinds: vec![(ErrorKind::Truncated, 1)],
-                        message: format!("GET {url_shown}: reading the body: {}", error_chain(&e)),
-                    });
-                }
-            }
-        }
+        let ct = check_head(&resp, url_shown, expect_exposition, max)?;
+        let body = read_body(&mut resp, url_shown, max).await?;
         Ok(Fetched {
             body,
             format: Format::from_content_type(ct.as_deref()),
@@ -160,6 +103,83 @@ pub async fn fetch(
             ),
         }),
     }
+}
+
+/// Checks a response head: a 2xx status, a content type that can be an exposition (when
+/// `expect_exposition`), a declared length within `max`. Returns the content type.
+fn check_head(
+    resp: &reqwest::Response,
+    url_shown: &str,
+    expect_exposition: bool,
+    max: u64,
+) -> Result<Option<String>, Failure> {
+    let status = resp.status();
+    if !status.is_success() {
+        let note = if status.is_redirection() {
+            " (a redirect to another origin is not followed)"
+        } else {
+            ""
+        };
+        return Err(Failure {
+            reason: FailReason::HttpStatus,
+            kinds: vec![],
+            message: format!("GET {url_shown}: HTTP {status}{note}"),
+        });
+    }
+    let ct = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(ct) = &ct
+        && expect_exposition
+        && !content_type_ok(ct)
+    {
+        return Err(Failure {
+            reason: FailReason::Parse,
+            kinds: vec![(ErrorKind::ContentType, 1)],
+            message: format!("GET {url_shown}: content type {ct:?} is not a metrics exposition"),
+        });
+    }
+    if let Some(len) = resp.content_length()
+        && len > max
+    {
+        return Err(too_large(url_shown, max));
+    }
+    Ok(ct)
+}
+
+/// Reads a body of at most `max` bytes (after gzip decoding).
+async fn read_body(
+    resp: &mut reqwest::Response,
+    url_shown: &str,
+    max: u64,
+) -> Result<Vec<u8>, Failure> {
+    let cap = resp.content_length().unwrap_or(64 * 1024).min(max) as usize;
+    let mut body = Vec::with_capacity(cap);
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if (body.len() + chunk.len()) as u64 > max {
+                    return Err(too_large(url_shown, max));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(Failure {
+                    reason: if e.is_timeout() {
+                        FailReason::Timeout
+                    } else {
+                        FailReason::Body
+                    },
+                    kinds: vec![(ErrorKind::Truncated, 1)],
+                    message: format!("GET {url_shown}: reading the body: {}", error_chain(&e)),
+                });
+            }
+        }
+    }
+    Ok(body)
 }
 
 fn too_large(url: &str, max: u64) -> Failure {
@@ -362,19 +382,51 @@ impl TargetScraper {
             .and_then(|f| exp.family_samples(f).first())
             .map(|s| s.value.to_bits());
         drop(exp);
-        let engine_changed = self.state.engine != Some(server.engine);
+        self.follow_identity(server.engine, start_time);
+        let window = self.window_means(&server);
+        self.refresh_version().await;
+        self.record_success(t0, samples, &kinds);
+        TargetView {
+            target: self.run.label.clone(),
+            health: self.state.health.clone(),
+            info: Some((
+                server.engine.as_str(),
+                self.state
+                    .version
+                    .clone()
+                    .unwrap_or_else(|| "unknown".to_string()),
+            )),
+            server: Some(server),
+            window,
+            passthrough: pass,
+            passthrough_enabled: self.run.passthrough,
+        }
+    }
+
+    /// Forgets the version and the previous histogram window when the upstream's engine
+    /// changed or it restarted (a new `process_start_time_seconds`).
+    fn follow_identity(&mut self, engine: Engine, start_time: Option<u64>) {
+        let engine_changed = self.state.engine != Some(engine);
         let restarted = start_time.is_some() && start_time != self.state.start_time;
         if engine_changed || restarted {
             if self.state.engine.is_some() && engine_changed {
-                tracing::info!(target_label = %self.run.label, engine = server.engine.as_str(), "upstream engine changed");
+                tracing::info!(target_label = %self.run.label, engine = engine.as_str(), "upstream engine changed");
             }
             self.state.version = None;
             self.state.version_checked = None;
             self.state.prev_hist = None;
         }
-        self.state.engine = Some(server.engine);
+        self.state.engine = Some(engine);
         self.state.start_time = start_time;
-        // Client/server join: delta sum / delta count since the previous good scrape.
+    }
+
+    /// The client/server join: per windowed concept, model and engine index, delta sum / delta
+    /// count of the server's histogram since the previous good scrape; keeps this scrape's
+    /// histograms for the next.
+    fn window_means(
+        &mut self,
+        server: &ServerSeries,
+    ) -> BTreeMap<(WindowConcept, String, String), f64> {
         let mut window = BTreeMap::new();
         if let Some((e, prev)) = &self.state.prev_hist
             && *e == server.engine
@@ -404,14 +456,18 @@ impl TargetScraper {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         ));
-        self.refresh_version().await;
+        window
+    }
+
+    /// A good scrape: health, parse-problem counts and the last error.
+    fn record_success(&mut self, t0: Instant, samples: u64, kinds: &[(ErrorKind, u32)]) {
         let h = &mut self.state.health;
         h.up = true;
         h.duration_seconds = t0.elapsed().as_secs_f64();
         h.last_success = Some(crate::clock::unix_seconds());
         h.samples = Some(samples);
         h.scrapes_ok += 1;
-        for (k, n) in &kinds {
+        for (k, n) in kinds {
             *h.parse_errors.entry(*k).or_insert(0) += u64::from(*n);
         }
         self.last_error = if kinds.is_empty() {
@@ -426,21 +482,6 @@ impl TargetScraper {
                     .join(", ")
             ))
         };
-        TargetView {
-            target: self.run.label.clone(),
-            health: self.state.health.clone(),
-            info: Some((
-                server.engine.as_str(),
-                self.state
-                    .version
-                    .clone()
-                    .unwrap_or_else(|| "unknown".to_string()),
-            )),
-            server: Some(server),
-            window,
-            passthrough: pass,
-            passthrough_enabled: self.run.passthrough,
-        }
     }
 
     async fn refresh_version(&mut self) {

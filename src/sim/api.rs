@@ -230,52 +230,8 @@ pub fn parse(
     served_model: &str,
     max_model_len: u32,
 ) -> Result<GenRequest, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        let off = error_offset(body, &e);
-        ApiError::validation(
-            "json_invalid",
-            &format!("body.{off}"),
-            "JSON decode error",
-            "'<dict of 0 items>'",
-            Some("{'error': 'Expecting value'}"),
-        )
-    })?;
-    let Value::Object(m) = v else {
-        return Err(ApiError::validation(
-            "model_attributes_type",
-            "body",
-            "Input should be a valid dictionary or object to extract fields from",
-            &python_repr(&v),
-            None,
-        ));
-    };
-    let required = match kind {
-        Kind::Completion => "prompt",
-        Kind::Chat => "messages",
-    };
-    if kind == Kind::Completion && m.get("prompt").is_none_or(Value::is_null) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
-            "BadRequestError",
-            Some("prompt"),
-        ));
-    }
-    if m.get(required).is_none_or(Value::is_null) {
-        return Err(ApiError::validation(
-            "missing",
-            &format!("body.{required}"),
-            "Field required",
-            &format!("'<dict of {} items>'", m.len()),
-            None,
-        ));
-    }
-    match m.get("model") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == served_model => {}
-        Some(Value::String(s)) => return Err(ApiError::unknown_model(s, served_model)),
-        Some(v) => return Err(type_error("model", v, "a valid string", "string_type")),
-    }
+    let m = parse_object(body)?;
+    check_fields(kind, &m, served_model)?;
     let stream = get_bool(&m, "stream")?;
     let ignore_eos = get_bool(&m, "ignore_eos")?;
     let (include_usage, continuous_usage) = match m.get("stream_options") {
@@ -309,11 +265,99 @@ pub fn parse(
         requested = Some(mct);
     }
 
-    // Prompt → token ids, with vLLM's limits: text longer than 49 chars per allowed token is
-    // refused before tokenizing; tokenization stops at max_model_len + 1.
-    let limit = max_model_len as usize + 1;
-    let char_limit = 49u64 * u64::from(max_model_len);
-    let check_chars = |chars: u64| -> Result<(), ApiError> {
+    let lim = PromptLimits { max_model_len };
+    let mut prompt: Vec<u32> = Vec::new();
+    let text_prompt = match kind {
+        Kind::Completion => completion_prompt(&m, lim, &mut prompt)?,
+        Kind::Chat => {
+            chat_prompt(&m, lim, &mut prompt)?;
+            true
+        }
+    };
+    let effective = check_lengths(kind, &prompt, text_prompt, requested, max_model_len)?;
+    Ok(GenRequest {
+        kind,
+        prompt,
+        max_tokens: effective as u32,
+        stream,
+        include_usage,
+        continuous_usage,
+        ignore_eos,
+    })
+}
+
+/// The body as a JSON object, with FastAPI's errors for invalid JSON and for a non-object.
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        let off = error_offset(body, &e);
+        ApiError::validation(
+            "json_invalid",
+            &format!("body.{off}"),
+            "JSON decode error",
+            "'<dict of 0 items>'",
+            Some("{'error': 'Expecting value'}"),
+        )
+    })?;
+    let Value::Object(m) = v else {
+        return Err(ApiError::validation(
+            "model_attributes_type",
+            "body",
+            "Input should be a valid dictionary or object to extract fields from",
+            &python_repr(&v),
+            None,
+        ));
+    };
+    Ok(m)
+}
+
+/// The required field (`prompt` or `messages`) is there, and `model`, if given, is ours.
+fn check_fields(kind: Kind, m: &Map<String, Value>, served_model: &str) -> Result<(), ApiError> {
+    let required = match kind {
+        Kind::Completion => "prompt",
+        Kind::Chat => "messages",
+    };
+    if kind == Kind::Completion && m.get("prompt").is_none_or(Value::is_null) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
+            "BadRequestError",
+            Some("prompt"),
+        ));
+    }
+    if m.get(required).is_none_or(Value::is_null) {
+        return Err(ApiError::validation(
+            "missing",
+            &format!("body.{required}"),
+            "Field required",
+            &format!("'<dict of {} items>'", m.len()),
+            None,
+        ));
+    }
+    match m.get("model") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == served_model => {}
+        Some(Value::String(s)) => return Err(ApiError::unknown_model(s, served_model)),
+        Some(v) => return Err(type_error("model", v, "a valid string", "string_type")),
+    }
+    Ok(())
+}
+
+/// vLLM's prompt limits: text longer than 49 chars per allowed token is refused before
+/// tokenizing; tokenization stops at max_model_len + 1.
+#[derive(Debug, Clone, Copy)]
+struct PromptLimits {
+    max_model_len: u32,
+}
+
+impl PromptLimits {
+    /// Tokens encoded at most.
+    fn tokens(self) -> usize {
+        self.max_model_len as usize + 1
+    }
+
+    fn check_chars(self, chars: u64) -> Result<(), ApiError> {
+        let max_model_len = self.max_model_len;
+        let char_limit = 49u64 * u64::from(max_model_len);
         if chars > char_limit {
             return Err(ApiError::bad_param(
                 &format!(
@@ -324,101 +368,121 @@ pub fn parse(
             ));
         }
         Ok(())
+    }
+}
+
+/// A completion's `prompt` (text, or token ids) into `prompt`; whether it was text.
+fn completion_prompt(
+    m: &Map<String, Value>,
+    lim: PromptLimits,
+    prompt: &mut Vec<u32>,
+) -> Result<bool, ApiError> {
+    let mut text = true;
+    let p = &m["prompt"];
+    let single = match p {
+        Value::Array(a) if a.len() == 1 && !a[0].is_number() => &a[0],
+        other => other,
     };
-    let mut prompt: Vec<u32> = Vec::new();
-    let mut text_prompt = true;
-    match kind {
-        Kind::Completion => {
-            let p = &m["prompt"];
-            let single = match p {
-                Value::Array(a) if a.len() == 1 && !a[0].is_number() => &a[0],
-                other => other,
-            };
-            match single {
-                Value::String(s) => {
-                    check_chars(s.chars().count() as u64)?;
-                    tokenizer::encode_prompt(s, limit, &mut prompt);
-                }
-                Value::Array(a) if a.iter().all(Value::is_number) => {
-                    text_prompt = false;
-                    for t in a {
-                        match t.as_u64() {
-                            Some(id) if id < u64::from(tokenizer::VOCAB_SIZE) => {
-                                prompt.push(id as u32)
-                            }
-                            _ => {
-                                return Err(ApiError::bad_param(
-                                    &format!(
-                                        "Token id {t} is out of vocabulary (vocab size {}).",
-                                        tokenizer::VOCAB_SIZE
-                                    ),
-                                    "prompt",
-                                    t,
-                                ));
-                            }
-                        }
-                    }
-                }
-                v => {
-                    return Err(type_error(
-                        "prompt",
-                        v,
-                        "a valid string or a list of token ids (one prompt)",
-                        "string_type",
-                    ));
-                }
-            }
+    match single {
+        Value::String(s) => {
+            lim.check_chars(s.chars().count() as u64)?;
+            tokenizer::encode_prompt(s, lim.tokens(), prompt);
         }
-        Kind::Chat => {
-            let Value::Array(msgs) = &m["messages"] else {
-                return Err(type_error(
-                    "messages",
-                    &m["messages"],
-                    "a valid list",
-                    "list_type",
-                ));
-            };
-            let mut chars = 0u64;
-            let mut texts = Vec::with_capacity(msgs.len());
-            for (i, msg) in msgs.iter().enumerate() {
-                let content = msg.get("content").unwrap_or(&Value::Null);
-                let mut t = String::new();
-                match content {
-                    Value::String(s) => t.push_str(s),
-                    Value::Array(parts) => {
-                        for part in parts {
-                            if let Some(s) = part.get("text").and_then(Value::as_str) {
-                                t.push_str(s);
-                                t.push(' ');
-                            }
-                        }
-                    }
-                    Value::Null => {}
-                    v => {
-                        return Err(type_error(
-                            &format!("messages.{i}.content"),
-                            v,
-                            "a valid string",
-                            "string_type",
+        Value::Array(a) if a.iter().all(Value::is_number) => {
+            text = false;
+            for t in a {
+                match t.as_u64() {
+                    Some(id) if id < u64::from(tokenizer::VOCAB_SIZE) => prompt.push(id as u32),
+                    _ => {
+                        return Err(ApiError::bad_param(
+                            &format!(
+                                "Token id {t} is out of vocabulary (vocab size {}).",
+                                tokenizer::VOCAB_SIZE
+                            ),
+                            "prompt",
+                            t,
                         ));
                     }
                 }
-                if msg.get("role").and_then(Value::as_str).is_none() {
-                    return Err(ApiError::validation(
-                        "missing",
-                        &format!("body.messages.{i}.role"),
-                        "Field required",
-                        &python_repr(msg),
-                        None,
-                    ));
-                }
-                chars += t.chars().count() as u64;
-                texts.push(t);
             }
-            check_chars(chars)?;
-            tokenizer::encode_chat(texts.iter().map(String::as_str), limit, &mut prompt);
+        }
+        v => {
+            return Err(type_error(
+                "prompt",
+                v,
+                "a valid string or a list of token ids (one prompt)",
+                "string_type",
+            ));
         }
     }
+    Ok(text)
+}
+
+/// A chat's `messages` (their text content, joined by the chat template) into `prompt`.
+fn chat_prompt(
+    m: &Map<String, Value>,
+    lim: PromptLimits,
+    prompt: &mut Vec<u32>,
+) -> Result<(), ApiError> {
+    let Value::Array(msgs) = &m["messages"] else {
+        return Err(type_error(
+            "messages",
+            &m["messages"],
+            "a valid list",
+            "list_type",
+        ));
+    };
+    let mut chars = 0u64;
+    let mut texts = Vec::with_capacity(msgs.len());
+    for (i, msg) in msgs.iter().enumerate() {
+        let content = msg.get("content").unwrap_or(&Value::Null);
+        let mut t = String::new();
+        match content {
+            Value::String(s) => t.push_str(s),
+            Value::Array(parts) => {
+                for part in parts {
+                    if let Some(s) = part.get("text").and_then(Value::as_str) {
+                        t.push_str(s);
+                        t.push(' ');
+                    }
+                }
+            }
+            Value::Null => {}
+            v => {
+                return Err(type_error(
+                    &format!("messages.{i}.content"),
+                    v,
+                    "a valid string",
+                    "string_type",
+                ));
+            }
+        }
+        if msg.get("role").and_then(Value::as_str).is_none() {
+            return Err(ApiError::validation(
+                "missing",
+                &format!("body.messages.{i}.role"),
+                "Field required",
+                &python_repr(msg),
+                None,
+            ));
+        }
+        chars += t.chars().count() as u64;
+        texts.push(t);
+    }
+    lim.check_chars(chars)?;
+    tokenizer::encode_chat(texts.iter().map(String::as_str), lim.tokens(), prompt);
+    Ok(())
+}
+
+/// The prompt within `max_model_len`, and the effective `max_tokens` (at least 1, within the
+/// room the prompt leaves).
+fn check_lengths(
+    kind: Kind,
+    prompt: &[u32],
+    text_prompt: bool,
+    requested: Option<i64>,
+    max_model_len: u32,
+) -> Result<i64, ApiError> {
     let plen = prompt.len() as u64;
     let max_len = u64::from(max_model_len);
     if plen > max_len {
@@ -462,15 +526,7 @@ pub fn parse(
             0,
         ));
     }
-    Ok(GenRequest {
-        kind,
-        prompt,
-        max_tokens: effective as u32,
-        stream,
-        include_usage,
-        continuous_usage,
-        ignore_eos,
-    })
+    Ok(effective)
 }
 
 /// The per-response constants of a reply.

@@ -451,16 +451,28 @@ impl Engine {
     pub fn schedule(&mut self, now_ns: u64) -> StepPlan {
         let mut plan = StepPlan::default();
         let mut budget = self.cfg.max_num_batched_tokens;
-        let bs = self.cfg.block_size;
+        self.schedule_running(&mut plan, &mut budget);
+        self.admit_waiting(&mut plan, &mut budget, now_ns);
+        let c = &self.cfg;
+        plan.duration = c.step_base
+            + c.prefill_per_token * plan.prefill_tokens
+            + c.decode_per_seq * plan.decode_seqs;
+        if plan.is_empty() {
+            plan.duration = Duration::ZERO;
+        }
+        plan
+    }
 
-        // Running sequences first, in arrival order.
+    /// Running sequences first, in arrival order: each gets the tokens it needs within the
+    /// budget, preempting the newest when blocks run out.
+    fn schedule_running(&mut self, plan: &mut StepPlan, budget: &mut u32) {
         let mut i = 0;
-        while i < self.running.len() && budget > 0 {
+        while i < self.running.len() && *budget > 0 {
             let (need, have) = {
                 let s = &self.running[i];
                 (s.total_len() - s.num_computed, s.blocks.len() as u32)
             };
-            let n = need.min(budget);
+            let n = need.min(*budget);
             if n == 0 {
                 i += 1;
                 continue;
@@ -494,13 +506,17 @@ impl Engine {
             }
             s.scheduled = n;
             s.num_computed += n;
-            budget -= n;
+            *budget -= n;
             i += 1;
         }
+    }
 
-        // Then waiting ones, unless we had to preempt.
+    /// Then waiting ones, unless this step had to preempt: admitted in arrival order while the
+    /// budget, `max_num_seqs` and free blocks allow, reusing cached prefix blocks.
+    fn admit_waiting(&mut self, plan: &mut StepPlan, budget: &mut u32, now_ns: u64) {
+        let bs = self.cfg.block_size;
         while plan.preempted == 0
-            && budget > 0
+            && *budget > 0
             && (self.running.len() as u32) < self.cfg.max_num_seqs
             && !self.waiting.is_empty()
         {
@@ -524,7 +540,7 @@ impl Engine {
                 (hits, ref0, total)
             };
             let hit_tokens = hit_blocks.len() as u32 * bs;
-            let n = (total - hit_tokens).min(budget);
+            let n = (total - hit_tokens).min(*budget);
             let want = self.blocks_for(hit_tokens + n);
             let extra = want - hit_blocks.len() as u32;
             if self.pool.num_free() < extra + hit_ref0 {
@@ -552,18 +568,9 @@ impl Engine {
             s.prefill_kv_computed += n;
             s.scheduled = n;
             plan.prefill_tokens += n;
-            budget -= n;
+            *budget -= n;
             self.running.push(s);
         }
-
-        let c = &self.cfg;
-        plan.duration = c.step_base
-            + c.prefill_per_token * plan.prefill_tokens
-            + c.decode_per_seq * plan.decode_seqs;
-        if plan.is_empty() {
-            plan.duration = Duration::ZERO;
-        }
-        plan
     }
 
     /// Ends the step planned last at `end_ns`: samples a token for every sequence whose context

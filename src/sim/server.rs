@@ -498,18 +498,7 @@ async fn generate(st: Arc<Shared>, kind: Kind, body: Bytes) -> Response {
     };
     let id = st.next_id.fetch_add(1, Ordering::Relaxed);
     let text_seed = mix64(st.cfg.seed ^ id.wrapping_mul(0x1000_0001));
-    let stop_after = if req.ignore_eos || st.cfg.eos_probability <= 0.0 {
-        None
-    } else {
-        let u = unit(text_seed ^ 0xe05);
-        let p = st.cfg.eos_probability.min(1.0);
-        let k = if p >= 1.0 {
-            1.0
-        } else {
-            ((1.0 - u).ln() / (1.0 - p).ln()).ceil().max(1.0)
-        };
-        (k < f64::from(req.max_tokens)).then_some(k as u32)
-    };
+    let stop_after = stop_after(&st, &req, text_seed);
     let reply = Reply {
         kind,
         id: format!(
@@ -548,7 +537,6 @@ async fn generate(st: Arc<Shared>, kind: Kind, body: Bytes) -> Response {
             }
         }
         None => {
-            let (tx, rx) = mpsc::unbounded_channel();
             let engine_req = EngineRequest {
                 id,
                 prompt: req.prompt,
@@ -556,46 +544,9 @@ async fn generate(st: Arc<Shared>, kind: Kind, body: Bytes) -> Response {
                 stop_after,
                 arrival_ns,
             };
-            let mut core = st.core();
-            if let Some(limit) = st.cfg.max_queued_requests
-                && core.engine.num_waiting() >= limit as usize
-            {
-                core.engine.count_rejection();
-                return ApiError::queue_full(limit).into_response();
-            }
-            core.senders.insert(id, tx);
-            match faults.slow_first_token {
-                None => {
-                    core.engine.add(engine_req);
-                    drop(core);
-                    st.notify.notify_one();
-                }
-                Some(d) => {
-                    // Slow first token: the request reaches the engine late, so the engine's
-                    // own TTFT and queue-time histograms show the delay too, while the
-                    // response headers go out at once as vLLM's do.
-                    drop(core);
-                    let st2 = st.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = tokio::time::sleep(d) => {}
-                            _ = st2.token.cancelled() => return,
-                        }
-                        let mut core = st2.core();
-                        if core.senders.contains_key(&id) {
-                            core.engine.add(engine_req);
-                        }
-                        drop(core);
-                        st2.notify.notify_one();
-                    });
-                }
-            }
-            Source::Engine {
-                rx,
-                handle: EngineHandle {
-                    shared: st.clone(),
-                    id,
-                },
+            match enqueue(&st, engine_req, faults.slow_first_token) {
+                Ok(source) => source,
+                Err(QueueFull(limit)) => return ApiError::queue_full(limit).into_response(),
             }
         }
     };
@@ -616,6 +567,78 @@ async fn generate(st: Arc<Shared>, kind: Kind, body: Bytes) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Where an EOS-enabled request stops early (geometric in `eos_probability`, seeded by the
+/// request); `None`: it runs to `max_tokens`.
+fn stop_after(st: &Shared, req: &api::GenRequest, text_seed: u64) -> Option<u32> {
+    if req.ignore_eos || st.cfg.eos_probability <= 0.0 {
+        None
+    } else {
+        let u = unit(text_seed ^ 0xe05);
+        let p = st.cfg.eos_probability.min(1.0);
+        let k = if p >= 1.0 {
+            1.0
+        } else {
+            ((1.0 - u).ln() / (1.0 - p).ln()).ceil().max(1.0)
+        };
+        (k < f64::from(req.max_tokens)).then_some(k as u32)
+    }
+}
+
+/// The engine's waiting queue is full (at this many requests).
+struct QueueFull(u32);
+
+/// Hands a request to the engine (after `slow_first_token`, when set); its outputs arrive on
+/// the returned source. Refused when the queue holds `max_queued_requests` already.
+fn enqueue(
+    st: &Arc<Shared>,
+    engine_req: EngineRequest,
+    slow_first_token: Option<Duration>,
+) -> Result<Source, QueueFull> {
+    let id = engine_req.id;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut core = st.core();
+    if let Some(limit) = st.cfg.max_queued_requests
+        && core.engine.num_waiting() >= limit as usize
+    {
+        core.engine.count_rejection();
+        return Err(QueueFull(limit));
+    }
+    core.senders.insert(id, tx);
+    match slow_first_token {
+        None => {
+            core.engine.add(engine_req);
+            drop(core);
+            st.notify.notify_one();
+        }
+        Some(d) => {
+            // Slow first token: the request reaches the engine late, so the engine's
+            // own TTFT and queue-time histograms show the delay too, while the
+            // response headers go out at once as vLLM's do.
+            drop(core);
+            let st2 = st.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = st2.token.cancelled() => return,
+                }
+                let mut core = st2.core();
+                if core.senders.contains_key(&id) {
+                    core.engine.add(engine_req);
+                }
+                drop(core);
+                st2.notify.notify_one();
+            });
+        }
+    }
+    Ok(Source::Engine {
+        rx,
+        handle: EngineHandle {
+            shared: st.clone(),
+            id,
+        },
+    })
 }
 
 async fn unary(st: Arc<Shared>, reply: Reply, mut source: Source) -> Response {

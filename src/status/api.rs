@@ -27,35 +27,9 @@ impl StatusHistory {
         };
         let ring = &shared.ring;
         let latest = shared.latest.as_ref();
-        // Per group: {"series": {name: [..]}, "latest": {name: v}}.
-        let mut groups: BTreeMap<Group, (Obj, Obj)> = BTreeMap::new();
-        for ((g, name), values) in ring.series() {
-            let arr: Vec<Value> = values.iter().map(|v| num(*v)).collect();
-            groups
-                .entry(g.clone())
-                .or_default()
-                .0
-                .insert(name.clone(), Value::Array(arr));
-        }
-        if let Some(s) = latest {
-            for (g, vals) in &s.latest {
-                let e = &mut groups.entry(g.clone()).or_default().1;
-                for (k, v) in vals {
-                    e.insert(k.clone(), num(*v));
-                }
-            }
-        }
-        let traffic_names: Vec<String> = groups
-            .keys()
-            .filter_map(|g| match g {
-                Group::Traffic(t) => Some(t.clone()),
-                _ => None,
-            })
-            .collect();
-        let mut take = |g: &Group| -> (Value, Value) {
-            let (series, latest) = groups.remove(g).unwrap_or_default();
-            (Value::Object(series), Value::Object(latest))
-        };
+        let mut groups = Groups::of(ring, latest);
+        let traffic_names = groups.traffic_names();
+        let mut take = |g: &Group| groups.take(g);
 
         let sample_ts = latest.map(|s| s.ts);
         let targets: Vec<Value> = self
@@ -78,6 +52,48 @@ impl StatusHistory {
             })
             .collect();
 
+        let gpu = self.gpu_json(latest, &mut take);
+        let (p_series, p_latest) = take(&Group::Prober);
+        let tap_targets: Vec<Value> = if self.tap_enabled {
+            traffic_names
+                .into_iter()
+                .map(|t| {
+                    let (series, latest_v) = take(&Group::Traffic(t.clone()));
+                    json!({"name": t, "latest": latest_v, "series": series})
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+
+        json!({
+            "version": VERSION,
+            "generated_at": num(super::unix_now()),
+            "interval_seconds": num(self.interval.as_secs_f64()),
+            "window_seconds": num(WINDOW_SECONDS),
+            "capacity": CAPACITY,
+            "seq": ring.seq(),
+            "sample_timestamp": sample_ts.map_or(Value::Null, num),
+            "timestamps": ring.timestamps().iter().map(|v| num(*v)).collect::<Vec<_>>(),
+            "targets": targets,
+            "gpu": gpu,
+            "prober": {"latest": p_latest, "series": p_series},
+            "tap": {"enabled": self.tap_enabled, "targets": tap_targets},
+            "memory": {
+                "series": ring.series().len(),
+                "max_series": MAX_SERIES,
+                "dropped_series": ring.dropped_series(),
+                "approx_bytes": ring.approx_bytes(),
+            },
+        })
+    }
+
+    /// `"gpu"`: the state, `gpu_up`, and each GPU's identity, latest values and series.
+    fn gpu_json(
+        &self,
+        latest: Option<&super::collect::Sample>,
+        take: &mut impl FnMut(&Group) -> (Value, Value),
+    ) -> Value {
         let gpu_up = latest.and_then(|s| s.gpu_up);
         let gpu_meta = latest.map(|s| s.gpus.clone()).unwrap_or_default();
         let state = if !self.gpu_enabled {
@@ -104,51 +120,61 @@ impl StatusHistory {
                 })
             })
             .collect();
-
-        let (p_series, p_latest) = take(&Group::Prober);
-        let tap_targets: Vec<Value> = if self.tap_enabled {
-            traffic_names
-                .into_iter()
-                .map(|t| {
-                    let (series, latest_v) = take(&Group::Traffic(t.clone()));
-                    json!({"name": t, "latest": latest_v, "series": series})
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-
         json!({
-            "version": VERSION,
-            "generated_at": num(super::unix_now()),
-            "interval_seconds": num(self.interval.as_secs_f64()),
-            "window_seconds": num(WINDOW_SECONDS),
-            "capacity": CAPACITY,
-            "seq": ring.seq(),
-            "sample_timestamp": sample_ts.map_or(Value::Null, num),
-            "timestamps": ring.timestamps().iter().map(|v| num(*v)).collect::<Vec<_>>(),
-            "targets": targets,
-            "gpu": {
-                "state": state,
-                "up": gpu_up.map_or(Value::Null, num),
-                "devices": devices,
-            },
-            "prober": {"latest": p_latest, "series": p_series},
-            "tap": {"enabled": self.tap_enabled, "targets": tap_targets},
-            "memory": {
-                "series": ring.series().len(),
-                "max_series": MAX_SERIES,
-                "dropped_series": ring.dropped_series(),
-                "approx_bytes": ring.approx_bytes(),
-            },
+            "state": state,
+            "up": gpu_up.map_or(Value::Null, num),
+            "devices": devices,
         })
+    }
+}
+
+/// Per group: `{"series": {name: [..]}, "latest": {name: v}}`, taken out one group at a time.
+struct Groups(BTreeMap<Group, (Obj, Obj)>);
+
+impl Groups {
+    fn of(ring: &super::ring::Ring, latest: Option<&super::collect::Sample>) -> Self {
+        let mut groups: BTreeMap<Group, (Obj, Obj)> = BTreeMap::new();
+        for ((g, name), values) in ring.series() {
+            let arr: Vec<Value> = values.iter().map(|v| num(*v)).collect();
+            groups
+                .entry(g.clone())
+                .or_default()
+                .0
+                .insert(name.clone(), Value::Array(arr));
+        }
+        if let Some(s) = latest {
+            for (g, vals) in &s.latest {
+                let e = &mut groups.entry(g.clone()).or_default().1;
+                for (k, v) in vals {
+                    e.insert(k.clone(), num(*v));
+                }
+            }
+        }
+        Self(groups)
+    }
+
+    /// The targets of the tap's traffic groups.
+    fn traffic_names(&self) -> Vec<String> {
+        self.0
+            .keys()
+            .filter_map(|g| match g {
+                Group::Traffic(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A group's series and latest values (empty objects when it has none).
+    fn take(&mut self, g: &Group) -> (Value, Value) {
+        let (series, latest) = self.0.remove(g).unwrap_or_default();
+        (Value::Object(series), Value::Object(latest))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exporter::StatusBoard;
+    use crate::runtime::StatusBoard;
     use std::time::Duration;
 
     #[test]

@@ -173,115 +173,59 @@ impl Collector {
             ts,
             ..Sample::default()
         };
-        let mut seen_h: HashSet<(Group, &'static str)> = HashSet::new();
-        let mut seen_c: HashSet<(Group, String)> = HashSet::new();
-        let fam = |name: &str| -> Option<&Family<'_>> {
-            exp.families
-                .iter()
-                .find(|f| !f.damaged && (f.name == name || f.base_name() == name))
-        };
+        let mut seen = Seen::default();
+        self.sample_targets(&exp, ts, &mut out, &mut seen);
+        self.sample_gpus(&exp, &mut out);
+        self.sample_prober(&exp, ts, &mut out, &mut seen);
+        self.sample_traffic(&exp, ts, &mut out, &mut seen);
+        // Forget window state of series that are gone.
+        self.hists.retain(|k, _| seen.h.contains(k));
+        self.counters.retain(|k, _| seen.c.contains(k));
+        out
+    }
 
-        // --- Targets: probe, canary, server side.
-        let mut targets: HashSet<String> = HashSet::new();
-        for f in exp.families.iter().filter(|f| !f.damaged) {
-            if f.name.starts_with("vllm_sentinel_probe_")
-                || f.name.starts_with("vllm_sentinel_target_")
-                || f.name.starts_with("vllm_sentinel_server_")
-                || f.name.starts_with("vllm_sentinel_upstream_")
-                || f.name.starts_with("vllm_sentinel_canary_")
-            {
-                for s in exp.family_samples(f) {
-                    if let Some(t) = exp.label(s, "target") {
-                        targets.insert(t.to_string());
-                    }
-                }
-            }
-        }
-        let by_target = |name: &str, extra: &str, how: Reduce| -> Agg<'_> {
-            fam(name).map_or_else(BTreeMap::new, |f| reduce(&exp, f, "target", extra, how))
-        };
-        let requests = by_target("vllm_sentinel_probe_requests", "outcome", Reduce::Sum);
-        let in_flight = by_target("vllm_sentinel_probe_in_flight", "", Reduce::Sum);
-        let discovered = by_target("vllm_sentinel_target_discovered", "", Reduce::Max);
-        let up = by_target("vllm_sentinel_upstream_up", "", Reduce::Max);
-        let concurrency = by_target("vllm_sentinel_probe_target_concurrency", "", Reduce::Sum);
-        let rate = by_target("vllm_sentinel_probe_target_rate", "", Reduce::Sum);
-        let mml = by_target("vllm_sentinel_canary_max_model_len_tokens", "", Reduce::Max);
-        let served = by_target(
-            "vllm_sentinel_canary_max_prompt_served_tokens",
-            "",
-            Reduce::Max,
-        );
-        let honoured = by_target("vllm_sentinel_canary_limit_honoured", "", Reduce::Min);
-        // Several engines (data parallel): the fullest cache, the sum of requests, the
-        // slowest window mean.
-        let kv = by_target("vllm_sentinel_server_kv_cache_usage_ratio", "", Reduce::Max);
-        let running = by_target("vllm_sentinel_server_requests_running", "", Reduce::Sum);
-        let waiting = by_target("vllm_sentinel_server_requests_waiting", "", Reduce::Sum);
-        let w_ttft = by_target(
-            "vllm_sentinel_server_window_mean_ttft_seconds",
-            "",
-            Reduce::Max,
-        );
-        let w_queue = by_target(
-            "vllm_sentinel_server_window_mean_queue_seconds",
-            "",
-            Reduce::Max,
-        );
-        let w_prefill = by_target(
-            "vllm_sentinel_server_window_mean_prefill_seconds",
-            "",
-            Reduce::Max,
-        );
-        let probe_h: Vec<(&'static str, HashMap<String, Hist>)> = [
-            ("ttft_seconds", "vllm_sentinel_probe_ttft_seconds"),
-            ("itl_seconds", "vllm_sentinel_probe_itl_seconds"),
-            ("e2e_seconds", "vllm_sentinel_probe_e2e_seconds"),
-        ]
-        .into_iter()
-        .map(|(short, name)| (short, hist_by(&exp, fam(name), "target")))
-        .collect();
-
-        let mut names: Vec<String> = targets.into_iter().collect();
-        names.sort();
+    /// Targets: probe, canary, server side.
+    fn sample_targets(&mut self, exp: &Exposition<'_>, ts: f64, out: &mut Sample, seen: &mut Seen) {
+        let a = TargetAggs::read(exp);
+        let names = target_names(exp);
         for t in &names {
             let g = Group::Target(t.clone());
             let one = |m: &Agg<'_>| m.get(&(t.clone(), String::new())).copied();
-            for ((tt, outcome), v) in requests.iter().filter(|((tt, _), _)| tt == t) {
+            for ((tt, outcome), v) in a.requests.iter().filter(|((tt, _), _)| tt == t) {
                 let _ = tt;
                 out.put(&g, &format!("requests_total.{outcome}"), *v, false);
                 // `ok` and `context_length` are always charted; other outcomes once they happen.
                 if *v > 0.0 || outcome == "ok" || outcome == "context_length" {
-                    let r = self.rate(&g, &format!("requests.{outcome}"), ts, *v, &mut seen_c);
+                    let r = self.rate(&g, &format!("requests.{outcome}"), ts, *v, &mut seen.c);
                     out.put(&g, &format!("requests_per_second.{outcome}"), r, true);
                 }
             }
             for (name, m, chart) in [
-                ("in_flight", &in_flight, true),
-                ("discovered", &discovered, false),
-                ("upstream_up", &up, false),
-                ("target_concurrency", &concurrency, false),
-                ("target_rate", &rate, false),
-                ("max_model_len_tokens", &mml, false),
-                ("max_prompt_served_tokens", &served, false),
-                ("limit_honoured", &honoured, false),
-                ("kv_cache_usage_ratio", &kv, true),
-                ("requests_running", &running, true),
-                ("requests_waiting", &waiting, true),
-                ("server_window_mean_ttft_seconds", &w_ttft, true),
-                ("server_window_mean_queue_seconds", &w_queue, true),
-                ("server_window_mean_prefill_seconds", &w_prefill, true),
+                ("in_flight", &a.in_flight, true),
+                ("discovered", &a.discovered, false),
+                ("upstream_up", &a.up, false),
+                ("target_concurrency", &a.concurrency, false),
+                ("target_rate", &a.rate, false),
+                ("max_model_len_tokens", &a.mml, false),
+                ("max_prompt_served_tokens", &a.served, false),
+                ("limit_honoured", &a.honoured, false),
+                ("kv_cache_usage_ratio", &a.kv, true),
+                ("requests_running", &a.running, true),
+                ("requests_waiting", &a.waiting, true),
+                ("server_window_mean_ttft_seconds", &a.w_ttft, true),
+                ("server_window_mean_queue_seconds", &a.w_queue, true),
+                ("server_window_mean_prefill_seconds", &a.w_prefill, true),
             ] {
                 if let Some(v) = one(m) {
                     out.put(&g, name, v, chart);
                 }
             }
-            for (short, per_target) in &probe_h {
+            for (short, per_target) in &a.probe_h {
                 if let Some(h) = per_target.get(t) {
-                    self.quantiles(&mut out, &g, short, ts, h.clone(), &mut seen_h);
+                    self.quantiles(out, &g, short, ts, h.clone(), &mut seen.h);
                 }
             }
-            let unreachable = one(&up) == Some(0.0) || one(&discovered) == Some(0.0);
+            let unreachable = one(&a.up) == Some(0.0) || one(&a.discovered) == Some(0.0);
             if unreachable {
                 let since = *self.unreachable_since.entry(t.clone()).or_insert(ts);
                 out.unreachable_since.insert(t.clone(), since);
@@ -290,9 +234,11 @@ impl Collector {
             }
         }
         self.unreachable_since.retain(|t, _| names.contains(t));
+    }
 
-        // --- GPUs.
-        out.gpu_up = fam("vllm_sentinel_gpu_up")
+    /// GPUs: the main gauges per GPU, and the active throttle reasons.
+    fn sample_gpus(&mut self, exp: &Exposition<'_>, out: &mut Sample) {
+        out.gpu_up = family(exp, "vllm_sentinel_gpu_up")
             .and_then(|f| exp.family_samples(f).first().map(|s| s.value));
         let gpu_fields = [
             ("memory_used_bytes", "vllm_sentinel_gpu_memory_used_bytes"),
@@ -306,7 +252,7 @@ impl Collector {
             ),
         ];
         for (short, name) in gpu_fields {
-            let Some(f) = fam(name) else { continue };
+            let Some(f) = family(exp, name) else { continue };
             for s in exp.family_samples(f) {
                 let Some(idx) = exp.label(s, "gpu") else {
                     continue;
@@ -317,7 +263,7 @@ impl Collector {
                 out.put(&Group::Gpu(idx.to_string()), short, s.value, true);
             }
         }
-        if let Some(f) = fam("vllm_sentinel_gpu_clock_event_active") {
+        if let Some(f) = family(exp, "vllm_sentinel_gpu_clock_event_active") {
             let mut active: BTreeMap<String, f64> = BTreeMap::new();
             for s in exp.family_samples(f) {
                 let (Some(idx), Some(reason)) = (exp.label(s, "gpu"), exp.label(s, "reason"))
@@ -339,15 +285,21 @@ impl Collector {
                 out.put(&Group::Gpu(idx), "throttle_reasons_active", n, true);
             }
         }
+    }
 
-        // --- The prober's own health and the process.
+    /// The prober's own health and the process.
+    fn sample_prober(&mut self, exp: &Exposition<'_>, ts: f64, out: &mut Sample, seen: &mut Seen) {
         let g = Group::Prober;
-        if let Some(h) =
-            hist_by(&exp, fam("vllm_sentinel_prober_runtime_lag_seconds"), "").remove("")
+        if let Some(h) = hist_by(
+            exp,
+            family(exp, "vllm_sentinel_prober_runtime_lag_seconds"),
+            "",
+        )
+        .remove("")
         {
-            self.quantiles(&mut out, &g, "runtime_lag_seconds", ts, h, &mut seen_h);
+            self.quantiles(out, &g, "runtime_lag_seconds", ts, h, &mut seen.h);
         }
-        if let Some(f) = fam("vllm_sentinel_prober_saturated") {
+        if let Some(f) = family(exp, "vllm_sentinel_prober_saturated") {
             let v = exp
                 .family_samples(f)
                 .iter()
@@ -355,33 +307,35 @@ impl Collector {
                 .fold(f64::NAN, f64::max);
             out.put(&g, "saturated", v, true);
         }
-        if let Some(f) = fam("vllm_sentinel_probe_dropped_arrivals") {
+        if let Some(f) = family(exp, "vllm_sentinel_probe_dropped_arrivals") {
             let v: f64 = exp.family_samples(f).iter().map(|s| s.value).sum();
             out.put(&g, "dropped_arrivals_total", v, false);
-            let r = self.rate(&g, "dropped_arrivals", ts, v, &mut seen_c);
+            let r = self.rate(&g, "dropped_arrivals", ts, v, &mut seen.c);
             out.put(&g, "dropped_arrivals_per_second", r, true);
         }
-        if let Some(s) = fam("process_resident_memory_bytes")
+        if let Some(s) = family(exp, "process_resident_memory_bytes")
             .and_then(|f| exp.family_samples(f).first().copied())
         {
             out.put(&g, "resident_memory_bytes", s.value, true);
         }
         if let Some(s) =
-            fam("process_cpu_seconds").and_then(|f| exp.family_samples(f).first().copied())
+            family(exp, "process_cpu_seconds").and_then(|f| exp.family_samples(f).first().copied())
         {
             out.put(&g, "cpu_seconds_total", s.value, false);
-            let r = self.rate(&g, "cpu", ts, s.value, &mut seen_c);
+            let r = self.rate(&g, "cpu", ts, s.value, &mut seen.c);
             out.put(&g, "cpu_cores", r, true);
         }
+    }
 
-        // --- Tap (users' traffic).
-        if let Some(f) = fam("vllm_sentinel_traffic_requests") {
-            let m = reduce(&exp, f, "target", "outcome", Reduce::Sum);
+    /// The tap (users' traffic).
+    fn sample_traffic(&mut self, exp: &Exposition<'_>, ts: f64, out: &mut Sample, seen: &mut Seen) {
+        if let Some(f) = family(exp, "vllm_sentinel_traffic_requests") {
+            let m = reduce(exp, f, "target", "outcome", Reduce::Sum);
             for ((t, outcome), v) in m {
                 let g = Group::Traffic(t);
                 out.put(&g, &format!("requests_total.{outcome}"), v, false);
                 if v > 0.0 {
-                    let r = self.rate(&g, &format!("requests.{outcome}"), ts, v, &mut seen_c);
+                    let r = self.rate(&g, &format!("requests.{outcome}"), ts, v, &mut seen.c);
                     out.put(&g, &format!("requests_per_second.{outcome}"), r, true);
                 }
             }
@@ -390,20 +344,15 @@ impl Collector {
             ("ttft_seconds", "vllm_sentinel_traffic_ttft_seconds"),
             ("e2e_seconds", "vllm_sentinel_traffic_e2e_seconds"),
         ] {
-            for (t, h) in hist_by(&exp, fam(name), "target") {
-                self.quantiles(&mut out, &Group::Traffic(t), short, ts, h, &mut seen_h);
+            for (t, h) in hist_by(exp, family(exp, name), "target") {
+                self.quantiles(out, &Group::Traffic(t), short, ts, h, &mut seen.h);
             }
         }
-        if let Some(f) = fam("vllm_sentinel_traffic_in_flight") {
-            for ((t, _), v) in reduce(&exp, f, "target", "", Reduce::Sum) {
+        if let Some(f) = family(exp, "vllm_sentinel_traffic_in_flight") {
+            for ((t, _), v) in reduce(exp, f, "target", "", Reduce::Sum) {
                 out.put(&Group::Traffic(t), "in_flight", v, true);
             }
         }
-
-        // Forget window state of series that are gone.
-        self.hists.retain(|k, _| seen_h.contains(k));
-        self.counters.retain(|k, _| seen_c.contains(k));
-        out
     }
 
     fn rate(
@@ -468,6 +417,130 @@ enum Reduce {
     Sum,
     Max,
     Min,
+}
+
+/// The series keys a sample touched: window state of any other is forgotten.
+#[derive(Default)]
+struct Seen {
+    h: HashSet<(Group, &'static str)>,
+    c: HashSet<(Group, String)>,
+}
+
+/// The first undamaged family named `name` (or with that base name).
+fn family<'e, 'a>(exp: &'e Exposition<'a>, name: &str) -> Option<&'e Family<'a>> {
+    exp.families
+        .iter()
+        .find(|f| !f.damaged && (f.name == name || f.base_name() == name))
+}
+
+/// Every target named by a probe, target, server, upstream or canary series, sorted.
+fn target_names(exp: &Exposition<'_>) -> Vec<String> {
+    let mut targets: HashSet<String> = HashSet::new();
+    for f in exp.families.iter().filter(|f| !f.damaged) {
+        if f.name.starts_with("vllm_sentinel_probe_")
+            || f.name.starts_with("vllm_sentinel_target_")
+            || f.name.starts_with("vllm_sentinel_server_")
+            || f.name.starts_with("vllm_sentinel_upstream_")
+            || f.name.starts_with("vllm_sentinel_canary_")
+        {
+            for s in exp.family_samples(f) {
+                if let Some(t) = exp.label(s, "target") {
+                    targets.insert(t.to_string());
+                }
+            }
+        }
+    }
+    let mut names: Vec<String> = targets.into_iter().collect();
+    names.sort();
+    names
+}
+
+/// The per-target reductions of one sample.
+struct TargetAggs {
+    requests: Agg<'static>,
+    in_flight: Agg<'static>,
+    discovered: Agg<'static>,
+    up: Agg<'static>,
+    concurrency: Agg<'static>,
+    rate: Agg<'static>,
+    mml: Agg<'static>,
+    served: Agg<'static>,
+    honoured: Agg<'static>,
+    kv: Agg<'static>,
+    running: Agg<'static>,
+    waiting: Agg<'static>,
+    w_ttft: Agg<'static>,
+    w_queue: Agg<'static>,
+    w_prefill: Agg<'static>,
+    probe_h: Vec<(&'static str, HashMap<String, Hist>)>,
+}
+
+impl TargetAggs {
+    fn read(exp: &Exposition<'_>) -> Self {
+        let by_target = |name: &str, extra: &str, how: Reduce| -> Agg<'static> {
+            family(exp, name).map_or_else(BTreeMap::new, |f| reduce(exp, f, "target", extra, how))
+        };
+        let requests = by_target("vllm_sentinel_probe_requests", "outcome", Reduce::Sum);
+        let in_flight = by_target("vllm_sentinel_probe_in_flight", "", Reduce::Sum);
+        let discovered = by_target("vllm_sentinel_target_discovered", "", Reduce::Max);
+        let up = by_target("vllm_sentinel_upstream_up", "", Reduce::Max);
+        let concurrency = by_target("vllm_sentinel_probe_target_concurrency", "", Reduce::Sum);
+        let rate = by_target("vllm_sentinel_probe_target_rate", "", Reduce::Sum);
+        let mml = by_target("vllm_sentinel_canary_max_model_len_tokens", "", Reduce::Max);
+        let served = by_target(
+            "vllm_sentinel_canary_max_prompt_served_tokens",
+            "",
+            Reduce::Max,
+        );
+        let honoured = by_target("vllm_sentinel_canary_limit_honoured", "", Reduce::Min);
+        // Several engines (data parallel): the fullest cache, the sum of requests, the
+        // slowest window mean.
+        let kv = by_target("vllm_sentinel_server_kv_cache_usage_ratio", "", Reduce::Max);
+        let running = by_target("vllm_sentinel_server_requests_running", "", Reduce::Sum);
+        let waiting = by_target("vllm_sentinel_server_requests_waiting", "", Reduce::Sum);
+        let w_ttft = by_target(
+            "vllm_sentinel_server_window_mean_ttft_seconds",
+            "",
+            Reduce::Max,
+        );
+        let w_queue = by_target(
+            "vllm_sentinel_server_window_mean_queue_seconds",
+            "",
+            Reduce::Max,
+        );
+        let w_prefill = by_target(
+            "vllm_sentinel_server_window_mean_prefill_seconds",
+            "",
+            Reduce::Max,
+        );
+        let probe_h: Vec<(&'static str, HashMap<String, Hist>)> = [
+            ("ttft_seconds", "vllm_sentinel_probe_ttft_seconds"),
+            ("itl_seconds", "vllm_sentinel_probe_itl_seconds"),
+            ("e2e_seconds", "vllm_sentinel_probe_e2e_seconds"),
+        ]
+        .into_iter()
+        .map(|(short, name)| (short, hist_by(exp, family(exp, name), "target")))
+        .collect();
+
+        Self {
+            requests,
+            in_flight,
+            discovered,
+            up,
+            concurrency,
+            rate,
+            mml,
+            served,
+            honoured,
+            kv,
+            running,
+            waiting,
+            w_ttft,
+            w_queue,
+            w_prefill,
+            probe_h,
+        }
+    }
 }
 
 /// Values of a gauge or counter family reduced over every label but `by` and `extra` (when not

@@ -31,7 +31,7 @@ use prometheus_client::registry::Registry;
 pub use collect::GpuState;
 pub use ring::{CAPACITY, MAX_SERIES};
 
-use crate::exporter::StatusBoard;
+use crate::runtime::StatusBoard;
 
 /// What the handlers read: the ring and the newest sample.
 #[derive(Debug, Default)]
@@ -97,7 +97,7 @@ impl StatusHistory {
     }
 
     /// Samples `registry` every interval until `ctx.token` is cancelled.
-    pub fn spawn(&self, registry: Arc<Registry>, ctx: &crate::daemon::RunContext) {
+    pub fn spawn(&self, registry: Arc<Registry>, ctx: &crate::runtime::RunContext) {
         let this = self.clone();
         let token = ctx.token.clone();
         ctx.tracker.spawn(async move {

@@ -5,7 +5,7 @@
 //! The shell carries a server-rendered target table (readable without JavaScript); `status.js`
 //! polls `api/v1/status` and draws the charts (hand-written SVG, no library).
 
-use crate::exporter::{Readiness, StatusBoard};
+use crate::runtime::{Readiness, StatusBoard};
 
 pub const JS: &str = include_str!("assets/status.js");
 pub const CSS: &str = include_str!("assets/status.css");

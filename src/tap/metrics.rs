@@ -19,9 +19,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::config::Endpoint;
+use crate::config::prober::Buckets;
 use crate::prober::metrics::Hist;
 use crate::prober::request::{Outcome, RequestRecord};
-use crate::prober::settings::Buckets;
 
 /// How a measured request through the tap ended: the prober's classification
 /// ([`Outcome`], from the same functions), or one of the three endings only a proxy sees.

@@ -54,7 +54,6 @@ pub mod metrics;
 pub mod models;
 pub mod proxy;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,136 +63,17 @@ use http_body_util::{BodyExt, Either, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::tap::{DEFAULT_TAP_LISTEN, TapConfig};
 use crate::config::{Config, TargetConfig};
 pub use metrics::{TrafficMetrics, TrafficOutcome};
 pub use models::ModelSet;
 use proxy::Shared;
 
-/// The default address of the tap.
-pub const DEFAULT_TAP_LISTEN: &str = "0.0.0.0:9472";
 /// How long a pooled upstream connection may sit idle (under uvicorn's 5 s keep-alive).
 const POOL_IDLE: Duration = Duration::from_secs(4);
-
-/// `[tap]`: the measuring reverse proxy (docs/config.md).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TapConfig {
-    /// Run the tap (`--tap-listen` turns it on).
-    pub enabled: bool,
-    /// Address the tap listens on.
-    pub listen: SocketAddr,
-    /// Name (label) of the target to forward to; default: the first target.
-    pub target: Option<String>,
-    /// Upstream TCP connect timeout (504 past it).
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Request sent to upstream response headers (504 past it). vLLM sends the headers of a
-    /// non-streamed completion only when it is complete, so this bounds whole non-streamed
-    /// requests too.
-    #[serde(with = "humantime_serde")]
-    pub header_timeout: Duration,
-    /// Longest silence between two upstream body reads; past it the response is cut.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// A client must send its request headers within this (else the connection is closed).
-    #[serde(with = "humantime_serde")]
-    pub client_header_timeout: Duration,
-    /// Most bytes of a request body held to read the model (and of a non-streamed response
-    /// body held to read `usage`); the rest streams through unheld.
-    pub max_body_bytes: u64,
-    /// How often the upstream's `/v1/models` is re-read (the `model` label's bound).
-    #[serde(with = "humantime_serde")]
-    pub models_refresh: Duration,
-}
-
-impl Default for TapConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            listen: DEFAULT_TAP_LISTEN
-                .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9472))),
-            target: None,
-            connect_timeout: Duration::from_secs(5),
-            header_timeout: Duration::from_secs(600),
-            idle_timeout: Duration::from_secs(300),
-            client_header_timeout: Duration::from_secs(30),
-            max_body_bytes: 1024 * 1024,
-            models_refresh: Duration::from_secs(60),
-        }
-    }
-}
-
-impl TapConfig {
-    /// The target the tap forwards to (validated to exist when the tap is enabled).
-    pub fn upstream<'a>(&self, cfg: &'a Config) -> Option<&'a TargetConfig> {
-        match &self.target {
-            Some(name) => cfg.targets.iter().find(|t| &t.label() == name),
-            None => cfg.targets.first(),
-        }
-    }
-}
-
-/// Checks `[tap]`; errors name the key.
-pub fn validate(cfg: &Config, errors: &mut Vec<String>) {
-    let t = &cfg.tap;
-    if !t.enabled {
-        return;
-    }
-    match t.upstream(cfg) {
-        None if cfg.targets.is_empty() => errors
-            .push("tap: the tap needs a target to forward to (--target URL or [[targets]])".into()),
-        None => errors.push(format!(
-            "tap.target: no target named {:?}",
-            t.target.as_deref().unwrap_or_default()
-        )),
-        Some(up) if !up.url.starts_with("http://") => errors.push(format!(
-            "tap.target: the tap forwards to plain http:// upstreams only; target {} is {}",
-            up.label(),
-            up.url
-        )),
-        Some(_) => {}
-    }
-    if t.listen == cfg.server.listen {
-        errors.push(format!("tap.listen: {} is also server.listen", t.listen));
-    }
-    for (k, d) in [
-        ("connect_timeout", t.connect_timeout),
-        ("header_timeout", t.header_timeout),
-        ("idle_timeout", t.idle_timeout),
-        ("client_header_timeout", t.client_header_timeout),
-        ("models_refresh", t.models_refresh),
-    ] {
-        if d.is_zero() {
-            errors.push(format!("tap.{k}: must be more than 0"));
-        }
-    }
-    if !(1024..=64 * 1024 * 1024).contains(&t.max_body_bytes) {
-        errors.push("tap.max_body_bytes: must be 1024 to 67108864".into());
-    }
-}
-
-/// A one-line summary for `check-config`.
-pub fn describe(cfg: &Config) -> String {
-    let t = &cfg.tap;
-    if !t.enabled {
-        return "tap: disabled".into();
-    }
-    format!(
-        "tap: {} -> {} (connect {}, headers {}, idle {}, hold {} bytes)",
-        t.listen,
-        t.upstream(cfg)
-            .map_or("(no target)".to_string(), |u| u.url.clone()),
-        humantime::format_duration(t.connect_timeout),
-        humantime::format_duration(t.header_timeout),
-        humantime::format_duration(t.idle_timeout),
-        t.max_body_bytes
-    )
-}
 
 /// The tap's registered families, before it starts.
 #[derive(Debug, Clone)]
@@ -216,7 +96,7 @@ impl Tap {
 
     /// Starts the tap on `listener` when `[tap]` is enabled (settings are read once: a reload
     /// does not change a running tap).
-    pub fn spawn(self, listener: Option<TcpListener>, ctx: &crate::daemon::RunContext) {
+    pub fn spawn(self, listener: Option<TcpListener>, ctx: &crate::runtime::RunContext) {
         let cfg = ctx.config.borrow().clone();
         let (Some(listener), Some(up)) = (listener, cfg.tap.upstream(&cfg)) else {
             return;

@@ -115,45 +115,10 @@ pub async fn handle(
     let sent =
         tokio::time::timeout(shared.header_timeout, shared.client.request(upstream_req)).await;
     let resp = match sent {
-        Err(_) => {
-            shared.metrics.upstream_error(&shared.target, "timeout");
-            tracker.no_response(TrafficOutcome::UpstreamTimeout, "upstream_timeout");
-            return Ok(json_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!(
-                    "vllm-sentinel tap: no response headers from the upstream within {}",
-                    humantime::format_duration(shared.header_timeout)
-                ),
-                "GatewayTimeout",
-            ));
-        }
+        Err(_) => return Ok(header_timeout(&shared, &mut tracker)),
         Ok(Err(e)) => {
-            if body_error.load(Ordering::Relaxed) {
-                tracker.no_response(TrafficOutcome::ClientDisconnected, "client_disconnected");
-                return Ok(json_error(
-                    StatusCode::BAD_REQUEST,
-                    "vllm-sentinel tap: the request body could not be read",
-                    "BadRequestError",
-                ));
-            }
-            let timed_out = is_timeout(&e);
-            let detail = error_chain(&e);
-            if timed_out {
-                shared.metrics.upstream_error(&shared.target, "timeout");
-                tracker.no_response(TrafficOutcome::UpstreamTimeout, "upstream_timeout");
-                return Ok(json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("vllm-sentinel tap: upstream connect timed out ({detail})"),
-                    "GatewayTimeout",
-                ));
-            }
-            shared.metrics.upstream_error(&shared.target, "unreachable");
-            tracker.no_response(TrafficOutcome::UpstreamUnreachable, "upstream_unreachable");
-            return Ok(json_error(
-                StatusCode::BAD_GATEWAY,
-                &format!("vllm-sentinel tap: upstream unreachable ({detail})"),
-                "BadGateway",
-            ));
+            let body_failed = body_error.load(Ordering::Relaxed);
+            return Ok(send_failed(&shared, &mut tracker, &e, body_failed));
         }
         Ok(Ok(r)) => r,
     };
@@ -163,15 +128,7 @@ pub async fn handle(
     let status = parts.status.as_u16();
     tracker.status = Some(status);
     if let Some(ep) = endpoint {
-        let sse = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("text/event-stream")
-            });
+        let sse = is_event_stream(&parts.headers);
         tracker.measure = Some(Measure::new(
             start_ns,
             headers_ns,
@@ -246,6 +203,67 @@ pub fn json_error(status: StatusCode, message: &str, kind: &str) -> Response<Cli
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// No response headers from the upstream within `tap.header_timeout`: 504.
+fn header_timeout(shared: &Shared, tracker: &mut Tracker) -> Response<ClientBody> {
+    shared.metrics.upstream_error(&shared.target, "timeout");
+    tracker.no_response(TrafficOutcome::UpstreamTimeout, "upstream_timeout");
+    json_error(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!(
+            "vllm-sentinel tap: no response headers from the upstream within {}",
+            humantime::format_duration(shared.header_timeout)
+        ),
+        "GatewayTimeout",
+    )
+}
+
+/// Forwarding failed before a response head: the client's body broke (400), the upstream
+/// connect timed out (504) or the upstream is unreachable (502).
+fn send_failed(
+    shared: &Shared,
+    tracker: &mut Tracker,
+    e: &hyper_util::client::legacy::Error,
+    body_failed: bool,
+) -> Response<ClientBody> {
+    if body_failed {
+        tracker.no_response(TrafficOutcome::ClientDisconnected, "client_disconnected");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "vllm-sentinel tap: the request body could not be read",
+            "BadRequestError",
+        );
+    }
+    let detail = error_chain(e);
+    if is_timeout(e) {
+        shared.metrics.upstream_error(&shared.target, "timeout");
+        tracker.no_response(TrafficOutcome::UpstreamTimeout, "upstream_timeout");
+        return json_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!("vllm-sentinel tap: upstream connect timed out ({detail})"),
+            "GatewayTimeout",
+        );
+    }
+    shared.metrics.upstream_error(&shared.target, "unreachable");
+    tracker.no_response(TrafficOutcome::UpstreamUnreachable, "upstream_unreachable");
+    json_error(
+        StatusCode::BAD_GATEWAY,
+        &format!("vllm-sentinel tap: upstream unreachable ({detail})"),
+        "BadGateway",
+    )
+}
+
+/// Whether a response is an SSE stream (`Content-Type: text/event-stream`, any case).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
 }
 
 fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {

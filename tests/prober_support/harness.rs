@@ -9,9 +9,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use vllm_sentinel::config::Config;
-use vllm_sentinel::daemon::RunContext;
 use vllm_sentinel::exporter::{Readiness, StatusBoard, encode};
 use vllm_sentinel::prober::Prober;
+use vllm_sentinel::runtime::RunContext;
 
 pub struct Harness {
     pub reg: Registry,

@@ -18,8 +18,8 @@ use super::super::report::SweepLevel;
 use super::Load;
 use super::gate::{Admit, Gate};
 use super::summary::summarize_level;
+use crate::config::prober::Arrival;
 use crate::prober::arrivals::Schedule;
-use crate::prober::settings::Arrival;
 
 /// One request with its times, seconds after the level started.
 #[derive(Debug, Clone)]

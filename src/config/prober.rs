@@ -1,12 +1,13 @@
 //! The prober's configuration sections (`[prober]`, `[[targets.workloads]]`,
-//! `[targets.canary]`) and their validation. docs/prober.md describes every key.
+//! `[targets.canary]`) and their validation: plain data, so [`crate::config`] can assemble and
+//! check them without depending on the prober that runs them. docs/prober.md describes every key.
 
 use std::time::Duration;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Endpoint, TargetConfig};
+use super::{Endpoint, TargetConfig};
 
 /// `[prober]`: settings for every target.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,7 +54,7 @@ impl Default for ProberConfig {
             connect_timeout: Duration::from_secs(5),
             first_token_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),
-            max_response_bytes: super::request::DEFAULT_MAX_RESPONSE_BYTES,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             error_backoff: Duration::from_secs(1),
             discovery_retry_min: Duration::from_secs(1),
             discovery_retry_max: Duration::from_secs(30),
@@ -65,16 +66,8 @@ impl Default for ProberConfig {
     }
 }
 
-impl ProberConfig {
-    /// The per-request time limits.
-    pub fn timeouts(&self) -> super::request::Timeouts {
-        super::request::Timeouts {
-            connect: self.connect_timeout,
-            first_token: self.first_token_timeout,
-            request: self.request_timeout,
-        }
-    }
-}
+/// Default cap on the bytes read from one response.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// `[prober.buckets]`: upper bounds in seconds, strictly increasing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -382,131 +375,149 @@ pub fn validate_target(
         if !names.insert(label.clone()) {
             errors.push(format!("{k}.name: duplicate workload {label:?}"));
         }
-        if w.concurrency.is_some() && w.rate.is_some() {
-            errors.push(format!("{k}: set concurrency or rate, not both"));
+        check_workload_load(&k, w, errors);
+        check_workload_ceilings(&k, w, errors);
+        check_workload_shape(&k, w, errors);
+    }
+    check_canary(key, &t.canary, errors);
+}
+
+/// A workload's loop: closed (`concurrency`) or open (`rate`, `max_in_flight`).
+fn check_workload_load(k: &str, w: &WorkloadConfig, errors: &mut Vec<String>) {
+    if w.concurrency.is_some() && w.rate.is_some() {
+        errors.push(format!("{k}: set concurrency or rate, not both"));
+    }
+    if let Some(c) = w.concurrency
+        && !(1..=100_000).contains(&c)
+    {
+        errors.push(format!("{k}.concurrency: must be 1 to 100000"));
+    }
+    if let Some(r) = w.rate
+        && !(r.is_finite() && r > 0.0 && r <= 100_000.0)
+    {
+        errors.push(format!(
+            "{k}.rate: must be > 0 and at most 100000 requests/s"
+        ));
+    }
+    if w.max_in_flight == Some(0) {
+        errors.push(format!("{k}.max_in_flight: must be at least 1"));
+    }
+    if w.max_in_flight.is_some() && w.rate.is_none() {
+        errors.push(format!(
+            "{k}.max_in_flight: only applies to an open loop (set rate)"
+        ));
+    }
+    if let Some(m) = w.max_in_flight
+        && m > MAX_IN_FLIGHT_CEILING
+    {
+        errors.push(format!(
+            "{k}.max_in_flight: at most {MAX_IN_FLIGHT_CEILING}"
+        ));
+    }
+}
+
+/// Every token count of a workload against [`MAX_TOKENS_CEILING`].
+fn check_workload_ceilings(k: &str, w: &WorkloadConfig, errors: &mut Vec<String>) {
+    match w.prompt_tokens {
+        Length::Fixed(n) => check_tokens(&format!("{k}.prompt_tokens"), Some(f64::from(n)), errors),
+        Length::Uniform { min, max } => {
+            check_tokens(
+                &format!("{k}.prompt_tokens.min"),
+                Some(f64::from(min)),
+                errors,
+            );
+            check_tokens(
+                &format!("{k}.prompt_tokens.max"),
+                Some(f64::from(max)),
+                errors,
+            );
         }
-        if let Some(c) = w.concurrency
-            && !(1..=100_000).contains(&c)
-        {
-            errors.push(format!("{k}.concurrency: must be 1 to 100000"));
-        }
-        if let Some(r) = w.rate
-            && !(r.is_finite() && r > 0.0 && r <= 100_000.0)
-        {
-            errors.push(format!(
-                "{k}.rate: must be > 0 and at most 100000 requests/s"
-            ));
-        }
-        if w.max_in_flight == Some(0) {
-            errors.push(format!("{k}.max_in_flight: must be at least 1"));
-        }
-        if w.max_in_flight.is_some() && w.rate.is_none() {
-            errors.push(format!(
-                "{k}.max_in_flight: only applies to an open loop (set rate)"
-            ));
-        }
-        if let Some(m) = w.max_in_flight
-            && m > MAX_IN_FLIGHT_CEILING
-        {
-            errors.push(format!(
-                "{k}.max_in_flight: at most {MAX_IN_FLIGHT_CEILING}"
-            ));
-        }
-        match w.prompt_tokens {
-            Length::Fixed(n) => {
-                check_tokens(&format!("{k}.prompt_tokens"), Some(f64::from(n)), errors)
-            }
-            Length::Uniform { min, max } => {
-                check_tokens(
-                    &format!("{k}.prompt_tokens.min"),
-                    Some(f64::from(min)),
-                    errors,
-                );
-                check_tokens(
-                    &format!("{k}.prompt_tokens.max"),
-                    Some(f64::from(max)),
-                    errors,
-                );
-            }
-            Length::Normal {
-                mean,
-                stddev,
-                min,
-                max,
-            } => {
-                check_tokens(&format!("{k}.prompt_tokens.mean"), Some(mean), errors);
-                check_tokens(&format!("{k}.prompt_tokens.stddev"), Some(stddev), errors);
-                check_tokens(
-                    &format!("{k}.prompt_tokens.min"),
-                    min.map(f64::from),
-                    errors,
-                );
-                check_tokens(
-                    &format!("{k}.prompt_tokens.max"),
-                    max.map(f64::from),
-                    errors,
-                );
-            }
-        }
-        check_tokens(
-            &format!("{k}.max_tokens"),
-            Some(f64::from(w.max_tokens)),
-            errors,
-        );
-        check_tokens(
-            &format!("{k}.shared_prefix_tokens"),
-            Some(f64::from(w.shared_prefix_tokens)),
-            errors,
-        );
-        match w.prompt_tokens {
-            Length::Fixed(0) => errors.push(format!("{k}.prompt_tokens: must be at least 1")),
-            Length::Uniform { min, max } if min == 0 || min > max => errors.push(format!(
-                "{k}.prompt_tokens: need 1 <= min <= max (got min {min}, max {max})"
-            )),
-            Length::Normal {
-                mean,
-                stddev,
-                min,
-                max,
-            } => {
-                if !(mean.is_finite() && mean >= 1.0) {
-                    errors.push(format!("{k}.prompt_tokens.mean: must be at least 1"));
-                }
-                if !(stddev.is_finite() && stddev >= 0.0) {
-                    errors.push(format!("{k}.prompt_tokens.stddev: must be >= 0"));
-                }
-                if let (Some(a), Some(b)) = (min, max)
-                    && a > b
-                {
-                    errors.push(format!("{k}.prompt_tokens: min {a} is above max {b}"));
-                }
-            }
-            _ => {}
-        }
-        if w.max_tokens == 0 {
-            errors.push(format!("{k}.max_tokens: must be at least 1"));
-        }
-        if let Some(tp) = w.temperature
-            && !(tp.is_finite() && tp >= 0.0)
-        {
-            errors.push(format!("{k}.temperature: must be >= 0"));
-        }
-        if w.shared_prefix_tokens > 0 && w.shared_prefix_tokens >= w.prompt_tokens.min() {
-            errors.push(format!(
-                "{k}.shared_prefix_tokens: {} must be below the shortest prompt ({} tokens)",
-                w.shared_prefix_tokens,
-                w.prompt_tokens.min()
-            ));
-        }
-        for b in BODY_KEYS_OWNED {
-            if w.extra_body.contains_key(*b) {
-                errors.push(format!(
-                    "{k}.extra_body.{b}: set by the prober; it cannot be overridden"
-                ));
-            }
+        Length::Normal {
+            mean,
+            stddev,
+            min,
+            max,
+        } => {
+            check_tokens(&format!("{k}.prompt_tokens.mean"), Some(mean), errors);
+            check_tokens(&format!("{k}.prompt_tokens.stddev"), Some(stddev), errors);
+            check_tokens(
+                &format!("{k}.prompt_tokens.min"),
+                min.map(f64::from),
+                errors,
+            );
+            check_tokens(
+                &format!("{k}.prompt_tokens.max"),
+                max.map(f64::from),
+                errors,
+            );
         }
     }
-    let c = &t.canary;
+    check_tokens(
+        &format!("{k}.max_tokens"),
+        Some(f64::from(w.max_tokens)),
+        errors,
+    );
+    check_tokens(
+        &format!("{k}.shared_prefix_tokens"),
+        Some(f64::from(w.shared_prefix_tokens)),
+        errors,
+    );
+}
+
+/// A workload's prompt length distribution, `max_tokens`, `temperature`, shared prefix and
+/// `extra_body`.
+fn check_workload_shape(k: &str, w: &WorkloadConfig, errors: &mut Vec<String>) {
+    match w.prompt_tokens {
+        Length::Fixed(0) => errors.push(format!("{k}.prompt_tokens: must be at least 1")),
+        Length::Uniform { min, max } if min == 0 || min > max => errors.push(format!(
+            "{k}.prompt_tokens: need 1 <= min <= max (got min {min}, max {max})"
+        )),
+        Length::Normal {
+            mean,
+            stddev,
+            min,
+            max,
+        } => {
+            if !(mean.is_finite() && mean >= 1.0) {
+                errors.push(format!("{k}.prompt_tokens.mean: must be at least 1"));
+            }
+            if !(stddev.is_finite() && stddev >= 0.0) {
+                errors.push(format!("{k}.prompt_tokens.stddev: must be >= 0"));
+            }
+            if let (Some(a), Some(b)) = (min, max)
+                && a > b
+            {
+                errors.push(format!("{k}.prompt_tokens: min {a} is above max {b}"));
+            }
+        }
+        _ => {}
+    }
+    if w.max_tokens == 0 {
+        errors.push(format!("{k}.max_tokens: must be at least 1"));
+    }
+    if let Some(tp) = w.temperature
+        && !(tp.is_finite() && tp >= 0.0)
+    {
+        errors.push(format!("{k}.temperature: must be >= 0"));
+    }
+    if w.shared_prefix_tokens > 0 && w.shared_prefix_tokens >= w.prompt_tokens.min() {
+        errors.push(format!(
+            "{k}.shared_prefix_tokens: {} must be below the shortest prompt ({} tokens)",
+            w.shared_prefix_tokens,
+            w.prompt_tokens.min()
+        ));
+    }
+    for b in BODY_KEYS_OWNED {
+        if w.extra_body.contains_key(*b) {
+            errors.push(format!(
+                "{k}.extra_body.{b}: set by the prober; it cannot be overridden"
+            ));
+        }
+    }
+}
+
+/// `targets[i].canary`.
+fn check_canary(key: &str, c: &CanaryConfig, errors: &mut Vec<String>) {
     if c.enabled && c.interval < Duration::from_secs(1) {
         errors.push(format!("{key}.canary.interval: must be at least 1s"));
     }

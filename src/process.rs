@@ -1,6 +1,7 @@
 //! The standard `process_*` metrics (CPU seconds, resident memory, start time, open fds, threads),
 //! read from `/proc/self` at scrape time. prometheus-client has no process collector, and the
-//! prober's self-health needs the CPU figure, so this small reader is our own.
+//! prober's self-health needs the CPU figure, so this small reader is our own. A leaf module
+//! (it names nothing else in the crate), shared by the exporter and the prober.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
