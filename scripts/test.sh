@@ -33,7 +33,8 @@ fi
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
 step "disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free where target/ is built"
 
-# The tests run in the dev profile (no LTO: two dozen test binaries link in seconds); the
+# The tests run in the dev profile (no LTO: the lib's unit tests and one integration-test binary,
+# tests/it/, link in seconds); the
 # product binary that the real-vLLM tier runs is the release build users get.
 step "cargo build --release --bin vllm-sentinel"
 cargo build --release --locked --bin vllm-sentinel

@@ -2,7 +2,7 @@
 //!
 //! The crate is organised one module per concern, in layers: a module names (`crate::…`) only
 //! modules of a lower layer, or of its own layer where the table says so, so the graph of
-//! top-level modules has no cycle (`tests/architecture.rs` checks it and prints any cycle).
+//! top-level modules has no cycle (`tests/it/architecture.rs` checks it and prints any cycle).
 //!
 //! | layer | module | concern |
 //! |---|---|---|

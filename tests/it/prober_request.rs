@@ -1,8 +1,7 @@
 //! The single-request engine against a raw fake replaying real vLLM captures and every
 //! wire-level failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod prober_support;
+use crate::prober_support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,6 @@
 //! The exporter's HTTP server as the daemon runs it (`daemon::serve_on` on 127.0.0.1:0, no
 //! targets, no GPU): the lifecycle gate of `POST /-/reload`, connection limits and timeouts, and
 //! `/metrics` through the shutdown grace.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

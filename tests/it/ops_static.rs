@@ -2,7 +2,6 @@
 //! unit tests, compose stack, Dockerfile, Kubernetes manifests): `scripts/ops/test-static.sh`.
 //! The script installs what it needs (promtool, PyYAML in a venv outside the repository) and
 //! fails loudly when it cannot.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::Command;

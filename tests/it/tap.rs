@@ -5,7 +5,6 @@
 //! Loopback only. Ordering is established with the sockets themselves (a test writes the next
 //! upstream chunk only after the client has read the previous one), never with sleeps; every
 //! blocking wait has a generous deadline that only turns a hang into a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,8 +1,7 @@
 //! The prober as the daemon runs it: discovery, workloads, canary, failure classes, reload and
 //! shutdown, against raw fakes replaying real vLLM captures.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod prober_support;
+use crate::prober_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,7 +2,6 @@
 //! keeps in `shared/fixtures/vllm-0.32.0-cpu/`, so the tests read them from the clone itself.
 //! Where `shared/` sits beside the checkout, every copy must still equal its original byte for
 //! byte; where it does not, there is nothing to compare and the test says so.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,6 @@
 //! without that trust, the request fails with a certificate error that says so.
 //!
 //! Loopback only; the CA and the server certificate are made here (rcgen), never fetched.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 use std::sync::Arc;

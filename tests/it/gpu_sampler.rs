@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The GPU sampler against the fake source: every field, unsupported fields, no driver, hangs,
 //! driver failure and recovery, devices appearing and disappearing, Xid events, processes.
 

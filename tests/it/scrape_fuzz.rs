@@ -18,9 +18,8 @@
 //!
 //! A failing input is written to `target/scrape-fuzz-crash-<seed>-<iteration>.txt`; keep it in
 //! `tests/data/scrape/regressions/`, where [`regressions_stay_fixed`] replays every file.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod scrape_support;
+use crate::scrape_support;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

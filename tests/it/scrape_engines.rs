@@ -1,9 +1,8 @@
 //! Hand-written bodies (tests/data/scrape/, from the reference's name lists) for vLLM before
 //! 0.12 in multiprocess mode, SGLang, TGI, llama.cpp and TensorRT-LLM normalise to the same
 //! concepts; concepts an engine lacks are absent.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod scrape_support;
+use crate::scrape_support;
 
 use scrape_support::*;
 use vllm_sentinel::scrape::expfmt::{self, Format};

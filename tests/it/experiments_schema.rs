@@ -5,7 +5,6 @@
 //! `const`, `minimum`, `$ref` to `#/$defs`, `anyOf`, `allOf` with `if`/`then`) — which keeps
 //! the dev-dependencies small. The schema is strict (`additionalProperties: false`), so a field
 //! added to the report without the schema, or the reverse, fails here.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,9 +1,8 @@
 //! The scraper against a scripted server on 127.0.0.1:0: up/down, series removal, timeout,
 //! body cap, content types, HTML, truncation, garbage, duplicates, engine switches, gzip, auth,
 //! pass-through, and the full loop with readiness, status and reloads.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod scrape_support;
+use crate::scrape_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The daemon on a machine without NVML: one warning, `vllm_sentinel_gpu_up 0`, ready, and the
 //! rest of `/metrics` served.
 

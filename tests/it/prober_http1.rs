@@ -1,8 +1,7 @@
 //! The prober's own HTTP/1.1 client: every framing a server may use, every way it can break
 //! HTTP/1.1, keep-alive reuse and stale connections, and parity with reqwest on the same bytes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod prober_support;
+use crate::prober_support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

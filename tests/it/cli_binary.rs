@@ -1,7 +1,6 @@
 //! The real binary, as a user runs it: `demo` starts, serves live metrics that a Prometheus text
 //! parser and `promtool check metrics` accept, and shuts down cleanly on SIGTERM; bad flags and a
 //! port in use fail with one clear line before anything starts.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

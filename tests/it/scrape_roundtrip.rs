@@ -1,6 +1,5 @@
 //! Round trips: our own /metrics (prometheus-client's encoders) parses back to what was
 //! registered, and generated bodies parse back to the model they were rendered from.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

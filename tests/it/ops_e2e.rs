@@ -7,7 +7,6 @@
 //!   two simulated H200s).
 //!
 //! Both install Prometheus when missing (Debian's `prometheus` package) and bound every wait.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::Command;

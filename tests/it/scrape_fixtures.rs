@@ -1,7 +1,6 @@
 //! The real vLLM 0.32.0 bodies parse completely and normalise to what the raw text says.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod scrape_support;
+use crate::scrape_support;
 
 use scrape_support::*;
 use vllm_sentinel::scrape::expfmt::{self, Format, MetricType, Suffix};

@@ -5,7 +5,6 @@
 //! (`SIM_BENCH_STREAMS`, default 1000; a reference at a tenth of the streams is measured in the
 //! same run; `SIM_BENCH_BIN` overrides the simulator binary).
 //! Results and method: docs/bench-sim.md.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

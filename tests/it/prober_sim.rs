@@ -1,9 +1,8 @@
 //! The prober against the built-in simulator and its fault injection (`POST /sim/faults`):
 //! every fault lands in its outcome class, the daemon keeps measuring, and the canary sees the
 //! simulator's context limit.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod prober_support;
+use crate::prober_support;
 
 use prober_support::harness::{Harness, parse_config, start_prober};
 use prober_support::metric;

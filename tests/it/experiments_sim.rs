@@ -1,7 +1,6 @@
 //! `bench`, `sweep` and `kv-scale` end to end against the built-in simulator on 127.0.0.1:0:
 //! the knee where the simulator's `max_num_seqs` puts it, the exact `max_model_len` boundary, a
 //! KV capacity equal to the simulator's, errors, and an interrupted run's partial report.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -3,7 +3,6 @@
 //! daemon's workloads call) and once through the experiments' HTTP target gives the same
 //! per-request record — outcome, status, token counts, finish reason. Timings differ from run
 //! to run and are not compared.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

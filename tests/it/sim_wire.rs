@@ -2,7 +2,6 @@
 //! `tests/data/vllm-0.32.0-cpu/` (copies of the shared fixtures): SSE framing and JSON key order, error
 //! bodies and statuses, plain endpoints, `/metrics` families, engine behaviour seen through
 //! HTTP, fixed-timing stamps, and every fault mode.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -1,7 +1,6 @@
 //! Every config validation rule has a bad-config case in `tests/data/config/bad-*.toml`; each file's
 //! first line is `# expect: <text the error must contain>`. Good configs (`good-*.toml` and the
 //! documented example `examples/vllm-sentinel.toml`) must load.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
