@@ -25,8 +25,7 @@ pub fn reqwest(e: &reqwest::Error) -> String {
         _ if e.is_connect() => "connect error",
         _ if e.is_timeout() => "timed out",
         _ if e.is_body() => "error reading the body",
-        _ if e.is_decode() => "error decoding the body",
-        _ if e.is_request() => "error sending the request",
+        _ if e.is_request() => "request error",
         _ => "HTTP error",
     });
     append_sources(&mut s, e.source());

@@ -1098,30 +1098,10 @@ fn finish(
     rec
 }
 
-/// The error and its sources, without the URL (which could hold credentials).
+/// The error and its causes, without the URL (which could hold credentials), shortened for a
+/// record.
 fn error_chain(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut s = String::new();
-    let mut cur: Option<&dyn std::error::Error> = e.source();
-    let head = match () {
-        _ if e.is_connect() => "connect error",
-        _ if e.is_timeout() => "timed out",
-        _ if e.is_body() => "error reading the body",
-        _ if e.is_request() => "request error",
-        _ => "HTTP error",
-    };
-    s.push_str(head);
-    let mut depth = 0;
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-        depth += 1;
-        if depth > 4 {
-            break;
-        }
-    }
-    event::short(&s)
+    event::short(&crate::errchain::reqwest(e))
 }
 
 #[cfg(test)]

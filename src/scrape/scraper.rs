@@ -83,7 +83,7 @@ pub async fn fetch(
                 FailReason::Connect
             },
             kinds: vec![],
-            message: format!("GET {url_shown}: {}", error_chain(&e)),
+            message: format!("GET {url_shown}: {}", crate::errchain::reqwest(&e)),
         })?;
         let ct = check_head(&resp, url_shown, expect_exposition, max)?;
         let body = read_body(&mut resp, url_shown, max).await?;
@@ -174,7 +174,10 @@ async fn read_body(
                         FailReason::Body
                     },
                     kinds: vec![(ErrorKind::Truncated, 1)],
-                    message: format!("GET {url_shown}: reading the body: {}", error_chain(&e)),
+                    message: format!(
+                        "GET {url_shown}: reading the body: {}",
+                        crate::errchain::reqwest(&e)
+                    ),
                 });
             }
         }
@@ -188,17 +191,6 @@ fn too_large(url: &str, max: u64) -> Failure {
         kinds: vec![],
         message: format!("GET {url}: body larger than scrape.max_body_bytes ({max} bytes)"),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 /// Content types an exposition can come with: `text/plain` (0.0.4, or Python's

@@ -281,21 +281,7 @@ fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
 
 /// The error and its sources (never a URL: the connector's errors do not carry one).
 fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
-    let mut s = String::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut depth = 0;
-    while let Some(c) = cur {
-        if !s.is_empty() {
-            s.push_str(": ");
-        }
-        s.push_str(&c.to_string());
-        cur = c.source();
-        depth += 1;
-        if depth > 4 {
-            break;
-        }
-    }
-    crate::prober::event::short(&s)
+    crate::prober::event::short(&crate::errchain::chain(e))
 }
 
 /// A user's request body on its way upstream: the prefix read before forwarding (see

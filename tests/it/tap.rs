@@ -1431,3 +1431,172 @@ async fn a_slow_reader_backpressures_the_upstream_and_gets_every_byte() {
         "{text}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Idle connections
+// ---------------------------------------------------------------------------------------------
+
+/// Kills the child process when dropped (a failed assertion must not leave a daemon behind).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A request on an already open connection; returns the status line's code and the body.
+async fn request_on(s: &mut TcpStream, req: &str) -> (u16, String) {
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let end = read_until(s, &mut buf, b"\r\n\r\n").await;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    guard("response body", async {
+        while buf.len() < end + len {
+            let mut chunk = vec![0u8; 8192];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "EOF in the body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    (
+        code,
+        String::from_utf8_lossy(&buf[end..end + len]).to_string(),
+    )
+}
+
+/// 10,000 idle client connections (connected, nothing sent) do not stop the tap: a streamed
+/// request on a new connection is served and measured, idle connections picked from the start,
+/// middle and end are all served when they finally send a request, and `/metrics` answers.
+/// The tap runs as its own process (`serve --tap-listen`): the two ends of 10,000 connections
+/// would not fit in one process's descriptor limit here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_do_not_stop_the_tap() {
+    const IDLE: usize = 10_000;
+    let (sim, _sim) = start_sim().await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vllm-sentinel"))
+        .args([
+            "serve",
+            "--no-gpu",
+            "--target",
+            &sim,
+            "--listen",
+            "127.0.0.1:0",
+            "--tap-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _child = KillOnDrop(child);
+    // The bound addresses, from the start-up log lines.
+    let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let f = &v["fields"];
+            for (msg, key) in [("exporter listening", "addr"), ("tap listening", "listen")] {
+                if f["message"] == msg {
+                    let _ = tx.send((msg.to_string(), f[key].as_str().unwrap_or("").to_string()));
+                }
+            }
+        }
+    });
+    let (mut exporter, mut tap) = (None, None);
+    while exporter.is_none() || tap.is_none() {
+        let (msg, addr) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the daemon's start-up log lines");
+        let addr: SocketAddr = addr.parse().unwrap();
+        if msg == "exporter listening" {
+            exporter = Some(addr);
+        } else {
+            tap = Some(addr);
+        }
+    }
+    let (exporter, tap) = (exporter.unwrap(), tap.unwrap());
+
+    // Open the idle connections, 200 at a time.
+    let sem = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..IDLE {
+        let sem = sem.clone();
+        set.spawn(async move {
+            let _p = sem.acquire_owned().await.unwrap();
+            (i, TcpStream::connect(tap).await.unwrap())
+        });
+    }
+    let mut idle: Vec<Option<TcpStream>> = (0..IDLE).map(|_| None).collect();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(r) = set.join_next().await {
+            let (i, s) = r.unwrap();
+            idle[i] = Some(s);
+        }
+    })
+    .await
+    .expect("opening the idle connections");
+
+    // A streamed completion on a new connection is served, to its end.
+    let body = r#"{"model":"tiny","prompt":"hello","max_tokens":8,"stream":true}"#;
+    let mut c = TcpStream::connect(tap).await.unwrap();
+    c.write_all(
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut c, &mut got, b"data: [DONE]").await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // Idle connections from the start, the middle and the end are served when they speak.
+    for i in [0, IDLE / 2, IDLE - 1] {
+        let s = idle[i].as_mut().unwrap();
+        let (code, body) = request_on(s, "GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        assert_eq!(code, 200, "idle connection {i}: {body}");
+        assert!(body.contains("\"tiny\""), "idle connection {i}: {body}");
+    }
+
+    // The exporter answers, and the tap measured the stream.
+    let mut m = TcpStream::connect(exporter).await.unwrap();
+    let (code, text) = request_on(&mut m, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(
+            &text,
+            "vllm_sentinel_traffic_requests_total",
+            &["outcome=\"ok\"", "stream=\"true\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    drop(idle);
+}
