@@ -318,3 +318,25 @@ fn check_config_validates_the_web_config_without_printing_secrets() {
     assert!(!out.status.success());
     assert!(err.contains("key_file"), "{err}");
 }
+
+/// `scripts/ops/e2e-web-config.sh`: curl with and without a client certificate and a password,
+/// and a real Prometheus scraping over TLS with basic auth (`up == 1` through its API).
+#[test]
+fn curl_and_prometheus_scrape_over_tls_with_basic_auth() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/ops/e2e-web-config.sh"))
+        .args(["--binary", env!("CARGO_BIN_EXE_vllm-sentinel")])
+        .env("E2E_WEB_PASS", "e2e-pass")
+        .env("E2E_WEB_HASH", bcrypt::hash("e2e-pass", 4).unwrap())
+        .current_dir(root)
+        .output()
+        .expect("run scripts/ops/e2e-web-config.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "e2e-web-config.sh failed:\n{text}");
+    assert!(text.contains("e2e-web-config: OK"), "{text}");
+}
