@@ -79,6 +79,15 @@ pub struct ServeArgs {
     /// Allow `POST /-/reload` on the exporter port (off by default; SIGHUP always reloads). Sets `server.enable_lifecycle`.
     #[arg(long = "web.enable-lifecycle", action = clap::ArgAction::SetTrue, value_parser = BoolishValueParser::new(), env = "VLLM_SENTINEL_WEB_ENABLE_LIFECYCLE")]
     pub enable_lifecycle: bool,
+    /// TLS and HTTP Basic auth for the exporter: a YAML file in the format of Prometheus'
+    /// exporter-toolkit (`tls_server_config`, `basic_auth_users` with bcrypt hashes). Re-read on
+    /// reload and when it changes. Sets `server.web_config_file`; see docs/config.md.
+    #[arg(
+        long = "web.config.file",
+        value_name = "PATH",
+        env = "VLLM_SENTINEL_WEB_CONFIG_FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
     /// Model to request; default: the first model of the target's /v1/models.
     #[arg(long, env = "VLLM_SENTINEL_MODEL")]
     pub model: Option<String>,
@@ -123,6 +132,7 @@ impl ServeArgs {
             target: self.target.clone(),
             listen: self.listen,
             enable_lifecycle: self.enable_lifecycle,
+            web_config_file: self.web_config_file.clone(),
             model: self.model.clone(),
             endpoint: self.endpoint,
             concurrency: self.concurrency,

@@ -55,6 +55,10 @@ pub async fn serve_with_gpu(
     gpu_source: Option<Box<dyn crate::gpu::GpuSource>>,
 ) -> anyhow::Result<()> {
     let grace = cfg.server.shutdown_grace;
+    // A web config that does not load stops start-up, like a bad config file.
+    let web = exporter::web_config::WebHandle::new(exporter::web_config::WebConfig::load(
+        cfg.server.web_config_file.as_deref(),
+    )?);
     let tap_listener = crate::tap::bind(&cfg).await?;
     let linger = cfg.server.shutdown_linger;
     let (config_tx, config_rx) = watch::channel(Arc::new(cfg.clone()));
@@ -74,6 +78,7 @@ pub async fn serve_with_gpu(
         scraper,
         gpu,
         tap,
+        web_reload_failures,
     } = register_subsystems(&cfg, &mut registry, gpu_source)?;
     let registry = Arc::new(registry);
     let history = crate::status::StatusHistory::new(
@@ -92,8 +97,24 @@ pub async fn serve_with_gpu(
     let lifecycle = Arc::new(std::sync::atomic::AtomicBool::new(
         cfg.server.enable_lifecycle,
     ));
-    let reload =
-        reloader.map(|r| reload_fn(r, config_tx.clone(), ctx.status.clone(), lifecycle.clone()));
+    let reload = reloader.map(|r| {
+        reload_fn(
+            r,
+            config_tx.clone(),
+            ctx.status.clone(),
+            lifecycle.clone(),
+            (web.clone(), web_reload_failures.clone()),
+        )
+    });
+    let rx = ctx.config.clone();
+    exporter::web_config::spawn_watcher(
+        web.clone(),
+        move || rx.borrow().server.web_config_file.clone(),
+        web_reload_failures,
+        exporter::web_config::POLL,
+        ctx.token.clone(),
+        &ctx.tracker,
+    );
     if let Some(f) = reload.clone() {
         spawn_sighup(f, ctx.token.clone(), &ctx.tracker);
     }
@@ -114,6 +135,7 @@ pub async fn serve_with_gpu(
         listener,
         state,
         limits,
+        web,
         exporter_stop.clone(),
     ));
 
@@ -131,27 +153,37 @@ pub async fn serve_with_gpu(
 
 /// What `POST /-/reload` and SIGHUP run: `reloader` re-reads the configuration; a valid one
 /// updates the status board, the lifecycle switch and every subsystem (through `tx`); an invalid
-/// one is refused and the running configuration stays.
+/// one is refused and the running configuration stays. The web config file is re-read too; one
+/// that does not load refuses the whole reload (and is counted).
 fn reload_fn(
     r: Reloader,
     tx: watch::Sender<Arc<Config>>,
     status: StatusBoard,
     lifecycle: Arc<std::sync::atomic::AtomicBool>,
+    (web, web_failures): (
+        exporter::web_config::WebHandle,
+        prometheus_client::metrics::counter::Counter,
+    ),
 ) -> ReloadFn {
-    Arc::new(move || match r() {
-        Ok(new) => {
-            status.sync_targets(&status_entries(&new));
-            lifecycle.store(
-                new.server.enable_lifecycle,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            tx.send_replace(Arc::new(new));
-            tracing::info!("configuration reloaded");
-            Ok("configuration reloaded".to_string())
-        }
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "reload rejected; keeping the running configuration");
-            Err(format!("reload rejected: {e:#}"))
+    Arc::new(move || {
+        match r().and_then(|new| {
+            web.reload(new.server.web_config_file.as_deref(), &web_failures)?;
+            Ok(new)
+        }) {
+            Ok(new) => {
+                status.sync_targets(&status_entries(&new));
+                lifecycle.store(
+                    new.server.enable_lifecycle,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                tx.send_replace(Arc::new(new));
+                tracing::info!("configuration reloaded");
+                Ok("configuration reloaded".to_string())
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reload rejected; keeping the running configuration");
+                Err(format!("reload rejected: {e:#}"))
+            }
         }
     })
 }
@@ -190,6 +222,8 @@ pub(crate) struct Subsystems {
     pub scraper: crate::scrape::Scraper,
     pub gpu: crate::gpu::GpuSampler,
     pub tap: crate::tap::Tap,
+    /// `vllm_sentinel_web_config_reload_failures_total`.
+    pub web_reload_failures: prometheus_client::metrics::counter::Counter,
 }
 
 /// Registers every family `/metrics` exports (the metrics contract test, src/contract.rs,
@@ -200,6 +234,7 @@ pub(crate) fn register_subsystems(
     gpu_source: Option<Box<dyn crate::gpu::GpuSource>>,
 ) -> anyhow::Result<Subsystems> {
     exporter::register_common(registry);
+    let web_reload_failures = exporter::web_config::register(registry);
     let prober = crate::prober::Prober::new(cfg, registry).context("setting up the prober")?;
     let scraper = crate::scrape::Scraper::new(cfg, registry).context("setting up the scraper")?;
     let gpu = match gpu_source {
@@ -214,6 +249,7 @@ pub(crate) fn register_subsystems(
         scraper,
         gpu,
         tap,
+        web_reload_failures,
     })
 }
 

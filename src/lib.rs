@@ -88,7 +88,9 @@ pub async fn run_async(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig(args) => {
             let cfg = cli::load_config(&cli.global, &args.serve)?;
+            let web = exporter::web_config::WebConfig::load(cfg.server.web_config_file.as_deref())?;
             println!("{}", config::describe(&cfg));
+            println!("{}", web.describe());
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => experiments::bench::run_cli(args, shutdown::signal_token()).await,

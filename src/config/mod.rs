@@ -91,6 +91,10 @@ pub struct ServerConfig {
     /// sample of the daemon's own metrics this often, a fixed number of samples kept (`status::CAPACITY`).
     #[serde(with = "humantime_serde")]
     pub status_interval: Duration,
+    /// TLS and HTTP Basic auth of the exporter: a YAML file in the format of Prometheus'
+    /// exporter-toolkit (`--web.config.file`; docs/config.md). Reloaded with the configuration
+    /// and whenever it changes.
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +110,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 512,
             status_interval: Duration::from_secs(5),
+            web_config_file: None,
         }
     }
 }
@@ -122,6 +127,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// `--web.enable-lifecycle`: sets `server.enable_lifecycle`.
     pub enable_lifecycle: bool,
+    /// `--web.config.file`: `server.web_config_file`.
+    pub web_config_file: Option<PathBuf>,
     /// `--model`: every target's model.
     pub model: Option<String>,
     /// `--endpoint`: every target's endpoint.
@@ -191,6 +198,9 @@ pub fn apply_overrides(cfg: &mut Config, o: &Overrides) {
     }
     if o.enable_lifecycle {
         cfg.server.enable_lifecycle = true;
+    }
+    if let Some(p) = &o.web_config_file {
+        cfg.server.web_config_file = Some(p.clone());
     }
     for t in &mut cfg.targets {
         if let Some(m) = &o.model {

@@ -6,6 +6,7 @@
 //! `Content-Type` of the format written.
 
 pub mod server;
+pub mod web_config;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,13 +94,19 @@ pub async fn serve(
     listener: TcpListener,
     state: ExporterState,
     limits: server::Limits,
+    web: web_config::WebHandle,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
-    tracing::info!(%addr, "exporter listening");
-    server::serve_router(listener, router(state), limits, token)
+    let scheme = if web.get().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, scheme, "exporter listening");
+    server::serve_router(listener, router(state), limits, web, token)
         .await
         .context("exporter server failed")
 }

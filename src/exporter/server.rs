@@ -30,6 +30,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::web_config::WebHandle;
+
 /// The limits of [`serve_router`] (`[server]` keys of the same names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -237,6 +239,7 @@ pub async fn serve_router(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    web: WebHandle,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
@@ -280,8 +283,37 @@ pub async fn serve_router(
         let activity = Arc::new(Activity::new());
         let id = conns.insert(activity.clone());
         let (conns, stop, service) = (conns.clone(), stop.clone(), service.clone());
+        // TLS: the web config in force when the connection arrives; basic auth: the one in
+        // force at each request (a reload applies to open keep-alive connections too).
+        let web = web.clone();
+        let tls = web.get().tls.clone();
         tracker.spawn(async move {
-            serve_conn(stream, activity, service, limits, stop).await;
+            let io = Tracked {
+                inner: stream,
+                activity: activity.clone(),
+            };
+            match tls {
+                None => serve_conn(io, activity, service, web, limits, stop).await,
+                Some(tls) => {
+                    // The handshake counts as reading the request head: it has
+                    // `header_read_timeout`.
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    let hs = tokio::select! {
+                        r = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)) => r,
+                        _ = activity.close.cancelled() => Ok(Err(std::io::Error::other("evicted"))),
+                        _ = stop.cancelled() => Ok(Err(std::io::Error::other("stopping"))),
+                    };
+                    match hs {
+                        Ok(Ok(tls_io)) => {
+                            // The handshake's bytes are not a request head.
+                            activity.head_us.store(0, Ordering::Release);
+                            serve_conn(tls_io, activity, service, web, limits, stop).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "exporter: TLS handshake failed"),
+                        Err(_) => tracing::debug!("exporter: TLS handshake timed out"),
+                    }
+                }
+            }
             conns.remove(id);
             drop(permit);
         });
@@ -292,27 +324,38 @@ pub async fn serve_router(
     Ok(())
 }
 
-async fn serve_conn(
-    stream: TcpStream,
+async fn serve_conn<I>(
+    io: I,
     activity: Arc<Activity>,
     service: TowerToHyperService<Router>,
+    web: WebHandle,
     limits: Limits,
     stop: CancellationToken,
-) {
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let a = activity.clone();
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let guard = BusyGuard::new(a.clone());
-        let fut = hyper::service::Service::call(&service, req);
+        let service = service.clone();
+        let auth = web.get().auth.clone();
         async move {
-            let r = fut.await;
+            if let Some(auth) = auth {
+                let given = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
+                if !auth.check(given).await {
+                    drop(guard);
+                    return Ok(unauthorized());
+                }
+            }
+            let r = hyper::service::Service::call(&service, req).await;
             drop(guard);
             r
         }
     });
-    let io = TokioIo::new(Tracked {
-        inner: stream,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(io);
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(io, svc);
@@ -364,6 +407,21 @@ async fn watchdog(a: &Activity, limits: &Limits) {
             _ = a.changed.notified() => {}
         }
     }
+}
+
+/// 401 with a Basic challenge (as exporter-toolkit).
+fn unauthorized() -> axum::response::Response {
+    let mut r = axum::response::Response::new(axum::body::Body::from("Unauthorized\n"));
+    *r.status_mut() = http::StatusCode::UNAUTHORIZED;
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Basic"),
+    );
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -9,6 +9,7 @@ mod config_files;
 mod experiments_schema;
 mod experiments_sim;
 mod exporter_server;
+mod exporter_web_config;
 mod fixtures_copy;
 mod gpu_daemon;
 mod gpu_sampler;
