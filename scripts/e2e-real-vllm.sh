@@ -7,6 +7,8 @@
 #      context-length canary and real over-long requests are counted as rejections;
 #   2. a burst of long concurrent streams (a config reload) pushes the KV cache full, and the
 #      daemon shows it: waiting > 0, preemptions rising, TTFT rising; counters equal again after;
+#      the status page is loaded in Chromium during the burst (every chart of the target has
+#      data, no script error) and screenshotted (docs/examples/status-page-real-vllm.png);
 #   3. the tap (scripts/e2e/tap_checks.py): its counts equal vLLM's, over-long prompts are counted
 #      with their length ratio, responses are byte-identical to direct ones, aborts free the KV;
 #   4. `bench`, a short `sweep` and `kv-scale` run against it; kv-scale's KV usage per rung is
@@ -19,7 +21,8 @@
 #
 # Usage: scripts/e2e-real-vllm.sh [BINARY] [--update-examples]
 #   BINARY defaults to target/release/vllm-sentinel (built when missing).
-#   --update-examples copies the run's /metrics snapshots (daemon and vLLM) to docs/examples/metrics/.
+#   --update-examples copies the run's /metrics snapshots (daemon and vLLM) to docs/examples/metrics/
+#   and the status page screenshot to docs/examples/.
 # The vLLM install is cached outside the clone (scripts/vllm-cpu/setup.sh), so a second run
 # skips it. The server listens on 127.0.0.1 only and is stopped on exit, whatever happens.
 set -euo pipefail

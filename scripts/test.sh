@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of vllm-sentinel, installing what it needs:
-#   1. system packages (curl, Prometheus + promtool) when missing;
+#   1. system packages (curl, openssl, Prometheus + promtool) when missing;
 #   2. the unit and integration tests (cargo test);
 #   3. the dashboards/alerts checks: promtool unit tests, static checks, and an end-to-end run
 #      of a real Prometheus scraping the daemon against the simulator;
@@ -21,6 +21,7 @@ need_pkgs=()
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-venv)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     step "installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

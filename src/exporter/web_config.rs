@@ -750,3 +750,14 @@ mod tests {
         assert!(a.check(Some(h("alice", "secret").as_bytes())).await);
     }
 }
+
+#[cfg(test)]
+mod dummy_hash_tests {
+    /// An unknown user is checked against this hash so that it costs what a wrong password
+    /// costs: it must be a hash bcrypt accepts (an unparsable one would answer at once).
+    #[test]
+    fn the_dummy_hash_is_a_valid_bcrypt_hash_of_cost_10() {
+        assert_eq!(bcrypt::verify("x", super::DUMMY_HASH).ok(), Some(false));
+        assert!(super::DUMMY_HASH.starts_with("$2y$10$"));
+    }
+}
