@@ -228,12 +228,15 @@ async fn status_css() -> Response {
         .into_response()
 }
 
-async fn status_api(State(state): State<ExporterState>) -> Response {
-    (
-        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        axum::Json(state.history.to_json()),
-    )
-        .into_response()
+async fn status_api(
+    State(state): State<ExporterState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let no_store = [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
+    match crate::status::api::StatusQuery::parse(query.as_deref()) {
+        Ok(q) => (no_store, axum::Json(state.history.to_json_with(&q))).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, no_store, axum::Json(e.to_json())).into_response(),
+    }
 }
 
 #[cfg(test)]

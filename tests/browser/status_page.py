@@ -420,6 +420,12 @@ def main():
         if requests < 4:
             fail(f"only {requests} requests seen: the network log is not working")
         print(f"ok: no JavaScript or console error; all {requests} requests went to {' or '.join(allowed)}")
+        polls = [e["params"]["request"]["url"] for e in cdp.events if e["method"] == "Network.requestWillBeSent"
+                 and "api/v1/status" in e["params"]["request"]["url"]]
+        incremental = [u for u in polls if "?since=" in u]
+        if not incremental:
+            fail(f"the page never polled incrementally (api/v1/status?since=): {polls[:5]}")
+        print(f"ok: {len(incremental)} of {len(polls)} polls were incremental (?since=)")
         proxy.shutdown()
     finally:
         for p in reversed(procs):

@@ -1,5 +1,6 @@
 // vllm-sentinel live status page: polls api/v1/status (a relative URL, so the page works under a
-// proxy path prefix) and draws each chart as hand-written SVG. No library, no other host.
+// proxy path prefix; the whole history once, then only the new samples with `since=`) and draws
+// each chart as hand-written SVG. No library, no other host.
 'use strict';
 (function () {
   const SVGNS = 'http://www.w3.org/2000/svg';
@@ -361,14 +362,55 @@
     body.dataset.rendered = String((parseInt(body.dataset.rendered, 10) || 0) + 1);
   }
 
+  // ---------- incremental polling ----------
+  // The first request (and any after a gap) fetches the whole history; later ones ask only for
+  // the samples after the newest one held (`since=`) and append them, keeping the ring's length.
+  function nulls(n) {
+    return new Array(n).fill(null);
+  }
+  function mergeSeries(oldS, newS, oldN, newN, keep) {
+    const out = {};
+    for (const k of new Set(Object.keys(oldS || {}).concat(Object.keys(newS || {})))) {
+      const a = (oldS && oldS[k]) || nulls(oldN);
+      const b = (newS && newS[k]) || nulls(newN);
+      const v = a.concat(b);
+      const cut = v.slice(v.length - keep);
+      // The daemon deletes a series that has no value over the whole window: so does the page.
+      if (cut.some((x) => x !== null)) out[k] = cut;
+    }
+    return out;
+  }
+  function mergeList(oldList, newList, keyOf, oldN, newN, keep) {
+    const byKey = new Map((oldList || []).map((x) => [keyOf(x), x]));
+    return newList.map((x) => {
+      const o = byKey.get(keyOf(x));
+      return Object.assign({}, x, { series: mergeSeries(o && o.series, x.series, oldN, newN, keep) });
+    });
+  }
+  function merge(old, doc) {
+    const oldN = old.timestamps.length, newN = doc.timestamps.length;
+    const keep = Math.min(oldN + newN, doc.ring_samples === undefined ? doc.capacity : doc.ring_samples);
+    const all = old.timestamps.concat(doc.timestamps);
+    const out = Object.assign({}, doc, { timestamps: all.slice(all.length - keep) });
+    out.targets = mergeList(old.targets, doc.targets, (t) => t.name, oldN, newN, keep);
+    out.gpu = Object.assign({}, doc.gpu, { devices: mergeList(old.gpu.devices, doc.gpu.devices, (d) => d.gpu, oldN, newN, keep) });
+    out.prober = Object.assign({}, doc.prober, { series: mergeSeries(old.prober.series, doc.prober.series, oldN, newN, keep) });
+    out.tap = Object.assign({}, doc.tap, { targets: mergeList(old.tap.targets, doc.tap.targets, (t) => t.name, oldN, newN, keep) });
+    return out;
+  }
+
   async function tick() {
     try {
-      const r = await fetch('api/v1/status', { cache: 'no-store', headers: { Accept: 'application/json' } });
+      const held = last && last.timestamps.length ? last.timestamps[last.timestamps.length - 1] : null;
+      const url = 'api/v1/status' + (held === null ? '' : '?since=' + encodeURIComponent(String(held)));
+      const r = await fetch(url, { cache: 'no-store', headers: { Accept: 'application/json' } });
       if (!r.ok) throw new Error('HTTP ' + r.status);
       const doc = await r.json();
       if (doc.version !== 1) throw new Error('unsupported status API version ' + doc.version);
       failures = 0;
-      render(doc);
+      // contiguous: the samples follow the one held; otherwise (the daemon restarted, or the
+      // page slept past the ring) the response is the whole history newer than `since`.
+      render(held !== null && doc.contiguous === true ? merge(last, doc) : doc);
     } catch (e) {
       failures++;
       updated.classList.add('stale');
