@@ -108,39 +108,7 @@ pub async fn measure<T: Target>(
     args: &BenchArgs,
     token: &CancellationToken,
 ) -> anyhow::Result<Report> {
-    let url = common::check_target_url(&args.common.target)?;
-    let models = t
-        .models()
-        .await
-        .with_context(|| format!("cannot reach the target at {url}"))?;
-    let model = choose_model(&models, args.common.model.as_deref())?;
-    let mut report = Report::new(
-        "bench",
-        TargetInfo {
-            url,
-            model: model.id.clone(),
-            endpoint: args.common.endpoint.as_str().to_string(),
-            max_model_len: model.max_model_len,
-        },
-    );
-    report.notes.extend(t.prepare(&model).await);
-    report.set("requests", args.requests);
-    report.set("warmup", args.warmup);
-    report.set("stream", args.stream);
-    report.set("prompt_tokens", args.prompt_tokens);
-    report.set("max_tokens", args.max_tokens);
-    report.set(
-        "request_timeout_s",
-        args.common.request_timeout.as_secs_f64(),
-    );
-    if let Some(m) = model.max_model_len
-        && u64::from(args.prompt_tokens) + u64::from(args.max_tokens) > u64::from(m)
-    {
-        report.notes.push(format!(
-            "prompt_tokens + max_tokens = {} exceeds max_model_len {m}: expect clamped or rejected requests",
-            args.prompt_tokens + args.max_tokens
-        ));
-    }
+    let mut report = start_report(t, args).await?;
     let modes: Vec<bool> = match args.stream {
         StreamMode::Both => vec![true, false],
         StreamMode::Stream => vec![true],
@@ -182,20 +150,9 @@ pub async fn measure<T: Target>(
                     break;
                 }
             };
-            section.requests.push(RequestRow {
-                index: section.requests.len(),
-                stream,
-                outcome: s.outcome,
-                status: s.status,
-                ttfb_s: s.ttfb_s,
-                ttft_s: s.ttft_s,
-                tpot_s: s.tpot_s,
-                e2e_s: s.e2e_s,
-                prompt_tokens: s.prompt_tokens,
-                output_tokens: s.output_tokens,
-                finish_reason: s.finish_reason.clone(),
-                error_message: s.error_message.clone(),
-            });
+            section
+                .requests
+                .push(request_row(section.requests.len(), stream, &s));
             samples.push(s);
             progress.inc(1);
         }
@@ -216,6 +173,62 @@ pub async fn measure<T: Target>(
     report.duration_s = started.elapsed().as_secs_f64();
     report.bench = Some(section);
     Ok(report)
+}
+
+/// Checks the target and starts the report with the run's parameters.
+async fn start_report<T: Target>(t: &T, args: &BenchArgs) -> anyhow::Result<Report> {
+    let url = common::check_target_url(&args.common.target)?;
+    let models = t
+        .models()
+        .await
+        .with_context(|| format!("cannot reach the target at {url}"))?;
+    let model = choose_model(&models, args.common.model.as_deref())?;
+    let mut report = Report::new(
+        "bench",
+        TargetInfo {
+            url,
+            model: model.id.clone(),
+            endpoint: args.common.endpoint.as_str().to_string(),
+            max_model_len: model.max_model_len,
+        },
+    );
+    report.notes.extend(t.prepare(&model).await);
+    report.set("requests", args.requests);
+    report.set("warmup", args.warmup);
+    report.set("stream", args.stream);
+    report.set("prompt_tokens", args.prompt_tokens);
+    report.set("max_tokens", args.max_tokens);
+    report.set(
+        "request_timeout_s",
+        args.common.request_timeout.as_secs_f64(),
+    );
+    if let Some(m) = model.max_model_len
+        && u64::from(args.prompt_tokens) + u64::from(args.max_tokens) > u64::from(m)
+    {
+        report.notes.push(format!(
+            "prompt_tokens + max_tokens = {} exceeds max_model_len {m}: expect clamped or rejected requests",
+            args.prompt_tokens + args.max_tokens
+        ));
+    }
+    Ok(report)
+}
+
+/// The report's line for one request.
+fn request_row(index: usize, stream: bool, s: &Sample) -> RequestRow {
+    RequestRow {
+        index,
+        stream,
+        outcome: s.outcome,
+        status: s.status,
+        ttfb_s: s.ttfb_s,
+        ttft_s: s.ttft_s,
+        tpot_s: s.tpot_s,
+        e2e_s: s.e2e_s,
+        prompt_tokens: s.prompt_tokens,
+        output_tokens: s.output_tokens,
+        finish_reason: s.finish_reason.clone(),
+        error_message: s.error_message.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod common;
 pub mod engine;
+pub mod html;
 pub mod http;
 pub mod knee;
 pub mod kvscale;

@@ -92,12 +92,8 @@ fn padded(lo: f64, hi: f64, from_zero: bool) -> (f64, f64) {
     }
 }
 
-fn draw_line_chart<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    c: &LineChart,
-) -> anyhow::Result<()> {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing {}: {e:?}", c.title);
-    root.fill(&WHITE).map_err(err)?;
+/// The x and y ranges of a line chart: its points' (x transformed, y from 0), padded.
+fn axis_ranges(c: &LineChart) -> ((f64, f64), (f64, f64)) {
     let pts = c.series.iter().flat_map(|s| s.points.iter());
     let xs: Vec<f64> = pts.clone().map(|p| tx(p.0, c.x_log)).collect();
     let ys: Vec<f64> = pts.map(|p| p.1).filter(|y| y.is_finite()).collect();
@@ -122,6 +118,16 @@ fn draw_line_chart<DB: DrawingBackend>(
     } else {
         (0.0, 1.0)
     };
+    ((x0, x1), (y0, y1))
+}
+
+fn draw_line_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    c: &LineChart,
+) -> anyhow::Result<()> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing {}: {e:?}", c.title);
+    root.fill(&WHITE).map_err(err)?;
+    let ((x0, x1), (y0, y1)) = axis_ranges(c);
     let mut chart = ChartBuilder::on(root)
         .caption(&c.title, ("sans-serif", 26))
         .margin(15)

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Outputs};
 use super::engine::{RequestSpec, Target, choose_model};
-use super::knee::{self, LevelPoint};
+use super::knee::{self, KneeParams, LevelPoint};
 use super::progress::Progress;
 use super::report::{Report, SloSection, SweepLevel, SweepSection, TargetInfo};
 pub use args::{Load, SweepArgs};
@@ -88,6 +88,62 @@ pub async fn measure<T: Target>(
 ) -> anyhow::Result<Report> {
     args.validate()?;
     let loads = args.loads()?;
+    let mut report = start_report(&t, args, &loads).await?;
+    let plan = level_plan(args);
+    let params = args.knee_params();
+    let progress = Progress::new(!args.common.no_progress, loads.len() as u64, "sweep");
+    let started = Instant::now();
+    let mut section = SweepSection {
+        mode: if matches!(loads.first(), Some(Load::Rate(_))) {
+            "rate"
+        } else {
+            "concurrency"
+        }
+        .into(),
+        knee_params: params,
+        ..Default::default()
+    };
+    for (i, load) in loads.iter().enumerate() {
+        if token.is_cancelled() {
+            report.mark_partial("interrupted");
+            break;
+        }
+        progress.message(format!("level {}", load.value()));
+        let level = run_level(t.clone(), *load, &plan, i as u64, token).await;
+        let interrupted = level.partial;
+        progress.inc(1);
+        section.levels.push(level);
+        if interrupted {
+            report.mark_partial(format!("interrupted during level {}", load.value()));
+            break;
+        }
+        if !args.no_early_stop
+            && i + 1 < loads.len()
+            && let Some(reason) = over_saturation(&section.levels, &params)
+        {
+            section.stopped_early = true;
+            section.stop_reason = Some(format!("over-saturated at {}: {reason}", load.value()));
+            break;
+        }
+    }
+    progress.finish();
+    conclude(&mut section, &plan, args);
+    if section.levels.iter().any(|l| !l.gpu.available)
+        && let Some(r) = section.levels.iter().find_map(|l| l.gpu.reason.clone())
+    {
+        report.notes.push(format!("GPU metrics: {r}"));
+    }
+    report.duration_s = started.elapsed().as_secs_f64();
+    report.sweep = Some(section);
+    Ok(report)
+}
+
+/// Checks the target and starts the report with the run's parameters.
+async fn start_report<T: Target>(
+    t: &Arc<T>,
+    args: &SweepArgs,
+    loads: &[Load],
+) -> anyhow::Result<Report> {
     let url = common::check_target_url(&args.common.target)?;
     let models = t
         .models()
@@ -133,7 +189,12 @@ pub async fn measure<T: Target>(
             .notes
             .push("server /metrics not read (--no-server-metrics)".into());
     }
-    let plan = LevelPlan {
+    Ok(report)
+}
+
+/// How every level sends its requests.
+fn level_plan(args: &SweepArgs) -> LevelPlan {
+    LevelPlan {
         spec: RequestSpec {
             prompt_tokens: args.prompt_tokens,
             max_tokens: args.max_tokens,
@@ -147,52 +208,35 @@ pub async fn measure<T: Target>(
         max_in_flight: args.max_in_flight as usize,
         seed: args.seed,
         slo: args.slo(),
-    };
-    let params = args.knee_params();
-    let progress = Progress::new(!args.common.no_progress, loads.len() as u64, "sweep");
-    let started = Instant::now();
-    let mut section = SweepSection {
-        mode: if rate_mode { "rate" } else { "concurrency" }.into(),
-        knee_params: params,
-        ..Default::default()
-    };
-    for (i, load) in loads.iter().enumerate() {
-        if token.is_cancelled() {
-            report.mark_partial("interrupted");
-            break;
-        }
-        progress.message(format!("level {}", load.value()));
-        let level = run_level(t.clone(), *load, &plan, i as u64, token).await;
-        let interrupted = level.partial;
-        progress.inc(1);
-        section.levels.push(level);
-        if interrupted {
-            report.mark_partial(format!("interrupted during level {}", load.value()));
-            break;
-        }
-        let points = points(&section.levels);
-        if !args.no_early_stop && i + 1 < loads.len() && knee::over_saturated(&points, &params) {
-            section.stopped_early = true;
-            section.stop_reason = Some(format!(
-                "over-saturated at {}: {}",
-                load.value(),
-                if points
-                    .last()
-                    .is_some_and(|p| p.error_rate >= params.stop_error_rate)
-                {
-                    "most requests failed".to_string()
-                } else {
-                    format!(
-                        "{} consecutive levels turned less than {:.0}% of the added load into throughput while latency climbed",
-                        params.stop_after,
-                        params.min_efficiency * 100.0
-                    )
-                }
-            ));
-            break;
-        }
     }
-    progress.finish();
+}
+
+/// Why the sweep should stop after its last level, if the levels so far are over-saturated.
+fn over_saturation(levels: &[SweepLevel], params: &KneeParams) -> Option<String> {
+    let points = points(levels);
+    if !knee::over_saturated(&points, params) {
+        return None;
+    }
+    Some(
+        if points
+            .last()
+            .is_some_and(|p| p.error_rate >= params.stop_error_rate)
+        {
+            "most requests failed".to_string()
+        } else {
+            format!(
+                "{} consecutive levels turned less than {:.0}% of the added load into throughput while latency climbed",
+                params.stop_after,
+                params.min_efficiency * 100.0
+            )
+        },
+    )
+}
+
+/// The sweep's conclusions from its levels: the knee, the level of highest throughput, and
+/// the highest level meeting the SLO.
+fn conclude(section: &mut SweepSection, plan: &LevelPlan, args: &SweepArgs) {
+    let params = section.knee_params;
     let pts = points(&section.levels);
     section.knee = knee::find_knee(&pts, &params);
     section.max_throughput_level = section
@@ -220,14 +264,6 @@ pub async fn measure<T: Target>(
             best_goodput_rps: best.and_then(|i| section.levels[i].goodput_rps),
         });
     }
-    if section.levels.iter().any(|l| !l.gpu.available)
-        && let Some(r) = section.levels.iter().find_map(|l| l.gpu.reason.clone())
-    {
-        report.notes.push(format!("GPU metrics: {r}"));
-    }
-    report.duration_s = started.elapsed().as_secs_f64();
-    report.sweep = Some(section);
-    Ok(report)
 }
 
 /// The knee detector's view of the levels.

@@ -83,11 +83,14 @@ pub(super) async fn run_level<T: Target>(
 ) -> SweepLevel {
     let epoch = Instant::now();
     let warm_end = epoch + plan.warmup;
-    let timed_stop = plan.requests.is_none().then(|| warm_end + plan.duration);
-    // requests mode: the intended start of the last measured request, once known
-    let count_stop = Arc::new(std::sync::Mutex::new(None::<Instant>));
-    let measured = Arc::new(AtomicUsize::new(0));
-    let want = plan.requests.map(|n| n as usize);
+    let stops = Stops {
+        warm_end,
+        timed: plan.requests.is_none().then(|| warm_end + plan.duration),
+        want: plan.requests.map(|n| n as usize),
+        measured: AtomicUsize::new(0),
+        count_stop: std::sync::Mutex::new(None),
+    };
+    let want = stops.want;
     let level_token = token.child_token();
     let stop_sampler = CancellationToken::new();
     let sampler_task = tokio::spawn(sampler(
@@ -99,27 +102,6 @@ pub(super) async fn run_level<T: Target>(
     ));
     let (tx, mut rx) = mpsc::unbounded_channel::<Timed>();
     let rel = move |i: Instant| i.saturating_duration_since(epoch).as_secs_f64();
-    // Claims a measured slot for a request intended at `at`; false once the level is done.
-    let admit = {
-        let measured = measured.clone();
-        let count_stop = count_stop.clone();
-        move |at: Instant| -> bool {
-            if let Some(s) = timed_stop {
-                return at < s;
-            }
-            if at < warm_end {
-                return true;
-            }
-            let Some(n) = want else { return true };
-            let k = measured.fetch_add(1, Ordering::SeqCst);
-            if k + 1 == n
-                && let Ok(mut g) = count_stop.lock()
-            {
-                *g = Some(at);
-            }
-            k < n
-        }
-    };
     let gate = Arc::new(Gate::new(
         match load {
             Load::Concurrency(c) => c as usize,
@@ -152,21 +134,11 @@ pub(super) async fn run_level<T: Target>(
                 tx: &tx,
                 level_token: &level_token,
             };
-            dropped = open_loop(&mut tasks, &t, r, &ctx, admit).await;
+            dropped = open_loop(&mut tasks, &t, r, &ctx, |at| stops.admit(at)).await;
         }
     }
     drop(tx);
-    // Wait for the streams (or in-flight requests) to finish; an interrupt cancels them.
-    let interrupted = loop {
-        tokio::select! {
-            j = tasks.join_next() => if j.is_none() { break false },
-            _ = token.cancelled() => {
-                level_token.cancel();
-                while tasks.join_next().await.is_some() {}
-                break true;
-            }
-        }
-    };
+    let interrupted = join_all(&mut tasks, token, &level_token).await;
     // the streams also stop on their own when the (child) token is cancelled
     let interrupted = interrupted || token.is_cancelled();
     let interrupted_at = rel(Instant::now());
@@ -178,15 +150,7 @@ pub(super) async fn run_level<T: Target>(
     }
     let (ws, mut we) = match load {
         Load::Concurrency(_) => gate.window(&records, rel, interrupted_at),
-        Load::Rate(_) => {
-            let ws = plan.warmup.as_secs_f64();
-            let we = match (timed_stop, count_stop.lock().ok().and_then(|g| *g)) {
-                (Some(s), _) => rel(s),
-                (None, Some(s)) => rel(s),
-                (None, None) => records.iter().map(|r| r.intended).fold(ws, f64::max),
-            };
-            (ws, we)
-        }
+        Load::Rate(_) => stops.rate_window(plan, &records, rel),
     };
     if interrupted {
         we = we.min(interrupted_at);
@@ -200,6 +164,71 @@ pub(super) async fn run_level<T: Target>(
             .or_insert(0) += dropped;
     }
     level
+}
+
+/// When a level stops admitting requests: at the end of its duration, or after its
+/// `--requests` measured requests (the intended start of the last one is kept).
+struct Stops {
+    warm_end: Instant,
+    timed: Option<Instant>,
+    want: Option<usize>,
+    measured: AtomicUsize,
+    count_stop: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Stops {
+    /// Claims a measured slot for a request intended at `at`; false once the level is done.
+    fn admit(&self, at: Instant) -> bool {
+        if let Some(s) = self.timed {
+            return at < s;
+        }
+        if at < self.warm_end {
+            return true;
+        }
+        let Some(n) = self.want else { return true };
+        let k = self.measured.fetch_add(1, Ordering::SeqCst);
+        if k + 1 == n
+            && let Ok(mut g) = self.count_stop.lock()
+        {
+            *g = Some(at);
+        }
+        k < n
+    }
+
+    /// The measurement window of an open-loop level, in seconds since its start.
+    fn rate_window(
+        &self,
+        plan: &LevelPlan,
+        records: &[Timed],
+        rel: impl Fn(Instant) -> f64,
+    ) -> (f64, f64) {
+        let ws = plan.warmup.as_secs_f64();
+        let we = match (self.timed, self.count_stop.lock().ok().and_then(|g| *g)) {
+            (Some(s), _) => rel(s),
+            (None, Some(s)) => rel(s),
+            (None, None) => records.iter().map(|r| r.intended).fold(ws, f64::max),
+        };
+        (ws, we)
+    }
+}
+
+/// Waits for the streams (or in-flight requests) to finish; an interrupt cancels them.
+/// `true` when interrupted.
+async fn join_all(
+    tasks: &mut JoinSet<()>,
+    token: &CancellationToken,
+    level_token: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            j = tasks.join_next() => if j.is_none() { break false },
+            _ = token.cancelled() => {
+                level_token.cancel();
+                while tasks.join_next().await.is_some() {}
+                break true;
+            }
+        }
+    }
 }
 
 /// The closed loop: `c` streams, each sending its next request when the previous one ends,

@@ -26,6 +26,59 @@ pub(super) fn summarize_level(
     let samples: Vec<&Sample> = in_window.iter().map(|r| &r.sample).collect();
     let ok = samples.iter().filter(|s| s.ok()).count();
     let failed = samples.len() - ok;
+    let f = window_figures(records, &samples, (ws, we), slo);
+    let (server, gpu) = gauges(probes, (ws, we));
+    SweepLevel {
+        load: load.value(),
+        concurrency: match load {
+            Load::Concurrency(c) => Some(c),
+            Load::Rate(_) => None,
+        },
+        rate_rps: match load {
+            Load::Rate(r) => Some(r),
+            Load::Concurrency(_) => None,
+        },
+        partial: false,
+        warmup_requests: records.iter().filter(|r| r.intended < ws).count(),
+        window: Window {
+            start_s: ws,
+            end_s: we,
+            duration_s: span,
+        },
+        ok,
+        failed,
+        errors_by_class: common::errors_by_class(samples.iter().copied()),
+        request_throughput_rps: f.request_rps,
+        output_token_throughput_tps: f.output_tps,
+        total_token_throughput_tps: f.total_tps,
+        mean_in_flight: f.mean_in_flight,
+        latency: common::summarize(samples.iter().copied()),
+        server,
+        gpu,
+        slo_attainment: f.slo_attainment,
+        goodput_rps: f.goodput_rps,
+    }
+}
+
+/// A level's rates in its window, and its SLO figures when an SLO is set.
+struct WindowFigures {
+    request_rps: f64,
+    output_tps: f64,
+    total_tps: f64,
+    mean_in_flight: f64,
+    slo_attainment: Option<f64>,
+    goodput_rps: Option<f64>,
+}
+
+/// Throughput, concurrency and SLO figures of the window `(ws, we)`; `samples` are those of
+/// the requests sent in it.
+fn window_figures(
+    records: &[Timed],
+    samples: &[&Sample],
+    (ws, we): (f64, f64),
+    slo: &Slo,
+) -> WindowFigures {
+    let span = (we - ws).max(0.0);
     // The share of each successful request that fell in the window: its lifetime for request
     // throughput, its decode span (first token to end, tokens spread evenly) for output tokens,
     // its first token (end of prefill) for prompt tokens. This measures a level correctly even
@@ -83,6 +136,19 @@ pub(super) fn summarize_level(
     } else {
         (None, None)
     };
+    WindowFigures {
+        request_rps: per_s(completed_share),
+        output_tps: per_s(out_tokens),
+        total_tps: per_s(out_tokens + prompt_tokens),
+        mean_in_flight: per_s(busy),
+        slo_attainment,
+        goodput_rps,
+    }
+}
+
+/// The server's and the GPUs' gauges sampled in the window `(ws, we)` (all the level's
+/// samples when none fell in it).
+fn gauges(probes: &[Probe], (ws, we): (f64, f64)) -> (ServerLevelStats, GpuLevelStats) {
     let window_probes: Vec<&Probe> = {
         let w: Vec<&Probe> = probes.iter().filter(|p| p.at >= ws && p.at <= we).collect();
         if w.is_empty() {
@@ -128,34 +194,5 @@ pub(super) fn summarize_level(
         utilization: GaugeStats::of(gpus.iter().map(|g| g.utilization)),
         memory_used_bytes: GaugeStats::of(gpus.iter().map(|g| g.memory_used_bytes)),
     };
-    SweepLevel {
-        load: load.value(),
-        concurrency: match load {
-            Load::Concurrency(c) => Some(c),
-            Load::Rate(_) => None,
-        },
-        rate_rps: match load {
-            Load::Rate(r) => Some(r),
-            Load::Concurrency(_) => None,
-        },
-        partial: false,
-        warmup_requests: records.iter().filter(|r| r.intended < ws).count(),
-        window: Window {
-            start_s: ws,
-            end_s: we,
-            duration_s: span,
-        },
-        ok,
-        failed,
-        errors_by_class: common::errors_by_class(samples.iter().copied()),
-        request_throughput_rps: per_s(completed_share),
-        output_token_throughput_tps: per_s(out_tokens),
-        total_token_throughput_tps: per_s(out_tokens + prompt_tokens),
-        mean_in_flight: per_s(busy),
-        latency: common::summarize(samples.iter().copied()),
-        server,
-        gpu,
-        slo_attainment,
-        goodput_rps,
-    }
+    (server, gpu)
 }

@@ -1,0 +1,173 @@
+//! Streams held open while `/metrics` is read: the group, the gauges' peaks, the release.
+
+use super::*;
+
+/// Peaks of the server's gauges while something ran.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Watch {
+    pub(crate) samples: usize,
+    pub(crate) kv_peak: Option<f64>,
+    pub(crate) running_peak: Option<f64>,
+    pub(crate) waiting_peak: Option<f64>,
+    pub(crate) gpu_mem_peak: Option<f64>,
+    pub(crate) gpu_util_peak: Option<f64>,
+}
+
+pub(crate) fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+impl Watch {
+    pub(crate) fn add(&mut self, s: &ServerSnapshot) {
+        self.samples += 1;
+        self.kv_peak = max_opt(self.kv_peak, s.kv_usage);
+        self.running_peak = max_opt(self.running_peak, s.running);
+        self.waiting_peak = max_opt(self.waiting_peak, s.waiting);
+    }
+
+    pub(crate) fn add_gpu<T: Target>(&mut self, t: &T) {
+        if let Ok(g) = t.gpu() {
+            self.gpu_mem_peak = max_opt(self.gpu_mem_peak, Some(g.memory_used_bytes));
+            self.gpu_util_peak = max_opt(self.gpu_util_peak, Some(g.utilization));
+        }
+    }
+}
+
+/// Streams sent together and held open ([`Target::stream_held`]), each on its own task so that
+/// reading `/metrics` never delays them.
+pub(crate) struct HeldGroup {
+    pub(crate) progress: Vec<watch::Receiver<StreamProgress>>,
+    pub(crate) close: CancellationToken,
+    pub(crate) set: tokio::task::JoinSet<(usize, Sample)>,
+}
+
+/// How far a group has got when a sample is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupState {
+    /// Streams past their first token.
+    pub(crate) started: u32,
+    /// Streams that have ended.
+    pub(crate) ended: u32,
+}
+
+impl HeldGroup {
+    pub(crate) fn start<T: Target>(t: &Arc<T>, specs: Vec<RequestSpec>) -> Self {
+        let close = CancellationToken::new();
+        let mut set = tokio::task::JoinSet::new();
+        let mut progress = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            let (tx, rx) = watch::channel(StreamProgress::default());
+            progress.push(rx);
+            let (t, close) = (t.clone(), close.clone());
+            set.spawn(async move { (i, t.stream_held(spec, tx, close).await) });
+        }
+        Self {
+            progress,
+            close,
+            set,
+        }
+    }
+
+    pub(crate) fn state(&self) -> GroupState {
+        let mut st = GroupState {
+            started: 0,
+            ended: 0,
+        };
+        for p in &self.progress {
+            let p = *p.borrow();
+            st.started += u32::from(p.started());
+            st.ended += u32::from(p.ended);
+        }
+        st
+    }
+
+    pub(crate) fn len(&self) -> u32 {
+        self.progress.len() as u32
+    }
+
+    /// Waits until every stream has started or ended. `false` when interrupted.
+    pub(crate) async fn all_started_or_ended(&mut self, token: &CancellationToken) -> bool {
+        for p in &mut self.progress {
+            tokio::select! {
+                r = p.wait_for(|p| p.started() || p.ended) => {
+                    // a sender dropped without `ended`: its task is gone
+                    if r.is_err() { continue; }
+                }
+                _ = token.cancelled() => return false,
+            }
+        }
+        true
+    }
+
+    /// Closes every stream still open and collects the samples, in the order sent.
+    pub(crate) async fn finish(mut self) -> Vec<Sample> {
+        self.close.cancel();
+        self.join().await
+    }
+
+    /// Waits for every stream to end by itself and collects the samples.
+    pub(crate) async fn join(&mut self) -> Vec<Sample> {
+        let mut out: Vec<Option<Sample>> = vec![None; self.progress.len()];
+        while let Some(j) = self.set.join_next().await {
+            match j {
+                Ok((i, s)) => {
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(s);
+                    }
+                }
+                Err(e) => tracing::warn!("request task failed: {e}"),
+            }
+        }
+        out.into_iter()
+            .map(|s| {
+                s.unwrap_or_else(|| Sample::failed(Outcome::ClientError, "request task failed"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for HeldGroup {
+    fn drop(&mut self) {
+        self.close.cancel();
+    }
+}
+
+/// Sleeps `d`; `false` when interrupted first.
+pub(crate) async fn pause(d: Duration, token: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = token.cancelled() => false,
+    }
+}
+
+/// Reads `/metrics` until the server shows nothing more running than `before` did, KV usage
+/// back at its level, and no token generated between two reads: a closed stream's request
+/// was aborted and its blocks freed. `Some(seconds)` when seen within [`RELEASE_DEADLINE`].
+pub(crate) async fn wait_released<T: Target>(
+    t: &Arc<T>,
+    before: Option<&ServerSnapshot>,
+    every: Duration,
+    token: &CancellationToken,
+) -> Option<f64> {
+    let started = Instant::now();
+    let running0 = before.and_then(|b| b.running).unwrap_or(0.0);
+    let kv0 = before.and_then(|b| b.kv_usage).unwrap_or(0.0);
+    let mut last_gen: Option<Option<f64>> = None;
+    while started.elapsed() < RELEASE_DEADLINE {
+        if let Ok(s) = t.metrics().await {
+            let idle = s.running.unwrap_or(0.0) <= running0 && s.kv_usage.unwrap_or(0.0) <= kv0;
+            if idle && last_gen == Some(s.generation_tokens_total) {
+                return Some(started.elapsed().as_secs_f64());
+            }
+            last_gen = idle.then_some(s.generation_tokens_total);
+        }
+        if !pause(every, token).await {
+            return None;
+        }
+    }
+    None
+}
