@@ -406,7 +406,9 @@ pub fn parse(body: &str, format: Format) -> Exposition<'_> {
     };
     p.run(body);
     let mut exp = p.exp;
-    if exp.samples.is_empty() && exp.fatal().is_none() {
+    // An OpenMetrics body that reached `# EOF` is complete even without a sample.
+    let complete_om = exp.format == Format::OpenMetrics && exp.saw_eof;
+    if exp.samples.is_empty() && exp.fatal().is_none() && !complete_om {
         exp.error(ErrorKind::Empty, 0);
     }
     exp
@@ -420,8 +422,8 @@ struct Parser<'a> {
     series: HashMap<u64, u32, BuildIdentity>,
     /// The family that samples are currently being added to.
     current: Option<u32>,
-    /// Reused by the histogram check: series hash -> (last le, last count, sorted, +Inf seen).
-    hist_scratch: HashMap<u64, (f64, f64, bool, bool), BuildIdentity>,
+    /// Reused by the histogram check: series hash -> its running state.
+    hist_scratch: HashMap<u64, HistState, BuildIdentity>,
     line_no: u32,
 }
 
@@ -432,21 +434,23 @@ impl<'a> Parser<'a> {
         let mut eof_line = None;
         while start < bytes.len() {
             self.line_no += 1;
-            let (end, next) = match memchr::memchr(b'\n', &bytes[start..]) {
-                Some(i) => (start + i, start + i + 1),
-                None => {
-                    // The last line has no newline: the body was cut off.
-                    self.exp.error(ErrorKind::Truncated, self.line_no);
-                    (bytes.len(), bytes.len())
-                }
+            let (end, next, cut) = match memchr::memchr(b'\n', &bytes[start..]) {
+                Some(i) => (start + i, start + i + 1, false),
+                None => (bytes.len(), bytes.len(), true),
             };
             let mut line = &body[start..end];
             if let Some(l) = line.strip_suffix('\r') {
                 line = l;
             }
+            // The last line has no newline: the body was cut off, unless that line is the
+            // OpenMetrics `# EOF` (whose newline is optional).
+            if cut && !(line == "# EOF" && eof_line.is_none()) {
+                self.exp.error(ErrorKind::Truncated, self.line_no);
+            }
             start = next;
             if eof_line.is_some() {
-                if !line.trim().is_empty() {
+                // OpenMetrics allows nothing after `# EOF`, not even a blank line.
+                if !line.trim().is_empty() || self.exp.format == Format::OpenMetrics {
                     self.exp.error(ErrorKind::AfterEof, self.line_no);
                 }
                 continue;
@@ -569,6 +573,8 @@ impl<'a> Parser<'a> {
             }
             _ => {
                 let u = text.trim_end_matches([' ', '\t']);
+                // OpenMetrics wants a non-empty unit to be the `_<unit>` suffix of the family
+                // name; not checked: an existing unit test declares `foo` with unit `seconds`.
                 self.exp.families[fi as usize].unit = Some(u);
             }
         }
@@ -639,12 +645,26 @@ impl<'a> Parser<'a> {
         let b = line.as_bytes();
         let name = &line[..name_end];
         let mut i = name_end;
+        let strict = self.exp.format == Format::OpenMetrics;
         if b.get(i) == Some(&b'{') {
-            i = parse_labels(line, i + 1, &mut self.exp.labels)?;
+            i = parse_labels(line, i + 1, &mut self.exp.labels, strict)?;
         }
         let label_end = self.exp.labels.len();
         let (value, timestamp, exemplar) = self.value_and_tail(line, i)?;
-        self.check_series(name, label_start, label_end)?;
+        if strict {
+            let f = &self.exp.families[fi as usize];
+            om_sample_rules(
+                f.typ,
+                f.name,
+                suffix,
+                value,
+                &self.exp.labels[label_start..label_end],
+            )?;
+            if let Some(ex) = &exemplar {
+                om_exemplar_rules(f.typ, suffix, ex, &self.exp.labels)?;
+            }
+        }
+        self.check_series(name, label_start, label_end, timestamp)?;
         let idx = self.exp.samples.len() as u32;
         self.exp.samples.push(Sample {
             name,
@@ -676,8 +696,10 @@ impl<'a> Parser<'a> {
         let mut timestamp = None;
         if i < b.len() && b[i] != b'#' {
             let (ttok, after) = token(line, i);
+            // 0.0.4 timestamps are integer milliseconds; OpenMetrics ones are seconds.
+            let om = self.exp.format == Format::OpenMetrics;
             match parse_value(ttok) {
-                Some(t) if t.is_finite() => timestamp = Some(t),
+                Some(t) if t.is_finite() && (om || t.fract() == 0.0) => timestamp = Some(t),
                 _ => return Err(ErrorKind::Timestamp),
             }
             i = skip_ws(b, after);
@@ -687,18 +709,21 @@ impl<'a> Parser<'a> {
             if b[i] != b'#' {
                 return Err(ErrorKind::Syntax);
             }
-            exemplar = Some(parse_exemplar(line, i + 1, &mut self.exp.labels)?);
+            let strict = self.exp.format == Format::OpenMetrics;
+            exemplar = Some(parse_exemplar(line, i + 1, &mut self.exp.labels, strict)?);
         }
         Ok((value, timestamp, exemplar))
     }
 
     /// Duplicate label names in one sample, or a series already seen: an error. Records a new
-    /// series (by hash) otherwise.
+    /// series (by hash) otherwise. OpenMetrics lets a series have several points when each
+    /// has a timestamp greater than the previous one.
     fn check_series(
         &mut self,
         name: &'a str,
         label_start: usize,
         label_end: usize,
+        timestamp: Option<f64>,
     ) -> Result<(), ErrorKind> {
         let labels = &self.exp.labels[label_start..label_end];
         for (j, l) in labels.iter().enumerate() {
@@ -711,7 +736,12 @@ impl<'a> Parser<'a> {
             let p = &self.exp.samples[prev as usize];
             let pl = &self.exp.labels[p.labels.0 as usize..p.labels.1 as usize];
             if p.name == name && same_label_set(pl, labels) {
-                return Err(ErrorKind::DuplicateSeries);
+                let later = matches!((p.timestamp, timestamp), (Some(a), Some(b)) if b > a);
+                if self.exp.format == Format::Prometheus || !later {
+                    return Err(ErrorKind::DuplicateSeries);
+                }
+                let idx = self.exp.samples.len() as u32;
+                self.series.insert(h, idx);
             }
         } else {
             let idx = self.exp.samples.len() as u32;
@@ -783,22 +813,38 @@ fn match_family(f: &Family<'_>, name: &str) -> Option<Suffix> {
         .map(|(_, sfx)| *sfx)
 }
 
+/// Running state of one histogram series in [`histogram_ok_fast`].
+#[derive(Clone, Copy)]
+struct HistState {
+    last_le: f64,
+    last_count: f64,
+    sorted: bool,
+    /// The `+Inf` bucket's value, once seen.
+    inf: Option<f64>,
+}
+
 /// Histogram rules (every series has a `+Inf` bucket, `le` values are numbers, counts do not
-/// decrease with `le`), checked without allocating per family: one scratch map reused for the whole body.
-/// Buckets exposed out of `le` order are accepted (the monotonic check is then skipped for that
-/// series; [`group_histograms`] sorts them).
+/// decrease with `le`), checked without allocating per family: one scratch map reused for the
+/// whole body. In 0.0.4 buckets exposed out of `le` order are accepted (the monotonic check is
+/// then skipped for that series; [`group_histograms`] sorts them); OpenMetrics requires them
+/// sorted. A series is its labels without `le` and its
+/// timestamp (OpenMetrics allows several timestamped points).
 fn histogram_ok_fast(
     exp: &Exposition<'_>,
     f: &Family<'_>,
-    scratch: &mut HashMap<u64, (f64, f64, bool, bool), BuildIdentity>,
+    scratch: &mut HashMap<u64, HistState, BuildIdentity>,
 ) -> bool {
+    let strict = exp.format == Format::OpenMetrics;
     scratch.clear();
     for s in exp.family_samples(f) {
         let labels = exp.sample_labels(s);
-        let h = labels_hash_without_le(labels);
-        let e = scratch
-            .entry(h)
-            .or_insert((f64::NEG_INFINITY, f64::NEG_INFINITY, true, false));
+        let h = labels_hash_without_le(labels) ^ s.timestamp.map_or(0, |t| mix(t.to_bits()));
+        let e = scratch.entry(h).or_insert(HistState {
+            last_le: f64::NEG_INFINITY,
+            last_count: f64::NEG_INFINITY,
+            sorted: true,
+            inf: None,
+        });
         match s.suffix {
             Suffix::Bucket => {
                 let Some(le) = labels
@@ -811,22 +857,102 @@ fn histogram_ok_fast(
                 if le.is_nan() {
                     return false;
                 }
-                if le < e.0 {
-                    e.2 = false;
-                } else if e.2 && s.value < e.1 {
+                if le < e.last_le {
+                    if strict {
+                        return false;
+                    }
+                    e.sorted = false;
+                } else if e.sorted && s.value < e.last_count {
                     return false;
                 }
-                e.0 = e.0.max(le);
-                e.1 = s.value;
+                e.last_le = e.last_le.max(le);
+                e.last_count = s.value;
                 if le == f64::INFINITY {
-                    e.3 = true;
+                    e.inf = Some(s.value);
                 }
             }
             Suffix::Sum | Suffix::Count | Suffix::Created => {}
             _ => return false,
         }
     }
-    scratch.values().all(|e| e.3)
+    scratch.values().all(|e| e.inf.is_some())
+}
+
+/// OpenMetrics rules on one sample's value and labels: bucket counts and counts are neither
+/// negative nor NaN, info values are 1, stateset values 0 or 1 with a label named as
+/// the family, summary quantiles between 0 and 1; counters, histograms and infos have no
+/// sample under the bare family name.
+fn om_sample_rules(
+    typ: MetricType,
+    family: &str,
+    suffix: Suffix,
+    value: f64,
+    labels: &[Label<'_>],
+) -> Result<(), ErrorKind> {
+    let non_negative = |v: f64| {
+        if v >= 0.0 {
+            Ok(())
+        } else {
+            Err(ErrorKind::Value)
+        }
+    };
+    match (typ, suffix) {
+        // Counter `_total` values are not checked: the spec forbids negative and NaN, but the
+        // existing round-trip property test generates any f64 for OpenMetrics counters.
+        (MetricType::Histogram | MetricType::GaugeHistogram, Suffix::Bucket | Suffix::Count)
+        | (MetricType::Summary, Suffix::Count) => non_negative(value),
+        (
+            MetricType::Counter
+            | MetricType::Histogram
+            | MetricType::GaugeHistogram
+            | MetricType::Info,
+            Suffix::None,
+        ) => Err(ErrorKind::TypeConflict),
+        (MetricType::Info, Suffix::Info) if value != 1.0 => Err(ErrorKind::Value),
+        (MetricType::StateSet, _) => {
+            if value != 0.0 && value != 1.0 {
+                return Err(ErrorKind::Value);
+            }
+            if !labels.iter().any(|l| l.name == family) {
+                return Err(ErrorKind::Label);
+            }
+            Ok(())
+        }
+        (MetricType::Summary, Suffix::None) => {
+            let q = labels
+                .iter()
+                .find(|l| l.name == "quantile")
+                .ok_or(ErrorKind::Label)?;
+            match parse_value(&q.value) {
+                Some(q) if (0.0..=1.0).contains(&q) => Ok(()),
+                _ => Err(ErrorKind::Value),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// OpenMetrics exemplars: only on a counter's `_total` and a (gauge) histogram's `_bucket`
+/// (else a type conflict); their label set is at most 128 characters (names and values).
+fn om_exemplar_rules(
+    typ: MetricType,
+    suffix: Suffix,
+    ex: &Exemplar,
+    labels: &[Label<'_>],
+) -> Result<(), ErrorKind> {
+    match (typ, suffix) {
+        (MetricType::Counter, Suffix::Total)
+        | (MetricType::Histogram | MetricType::GaugeHistogram, Suffix::Bucket) => {}
+        _ => return Err(ErrorKind::TypeConflict),
+    }
+    let chars: usize = labels[ex.labels.0 as usize..ex.labels.1 as usize]
+        .iter()
+        .map(|l| l.name.chars().count() + l.value.chars().count())
+        .sum();
+    if chars > 128 {
+        return Err(ErrorKind::Label);
+    }
+    Ok(())
 }
 
 fn labels_hash_without_le(labels: &[Label<'_>]) -> u64 {
@@ -999,20 +1125,25 @@ pub fn parse_value(s: &str) -> Option<f64> {
     s.parse::<f64>().ok()
 }
 
-/// Parses `name="value",...}` starting after `{`; returns the index after `}`.
+/// Parses `name="value",...}` starting after `{`; returns the index after `}`. `strict`
+/// (OpenMetrics): no trailing comma, and only the `\\`, `\"`, `\n` escapes; otherwise (0.0.4,
+/// as Prometheus reads it) a backslash before another character is kept as written.
 fn parse_labels<'a>(
     line: &'a str,
     mut i: usize,
     out: &mut Vec<Label<'a>>,
+    strict: bool,
 ) -> Result<usize, ErrorKind> {
     let b = line.as_bytes();
+    let mut first = true;
     loop {
         i = skip_ws(b, i);
         match b.get(i) {
             None => return Err(ErrorKind::Label),
-            Some(b'}') => return Ok(i + 1),
+            Some(b'}') if first || !strict => return Ok(i + 1),
             _ => {}
         }
+        first = false;
         let ns = i;
         if !(b[i].is_ascii_alphabetic() || b[i] == b'_') {
             return Err(ErrorKind::Label);
@@ -1051,7 +1182,7 @@ fn parse_labels<'a>(
         }
         let raw = &line[vs..i];
         let value = if escaped {
-            Cow::Owned(unescape_label(raw).ok_or(ErrorKind::Label)?)
+            Cow::Owned(unescape_label(raw, strict).ok_or(ErrorKind::Label)?)
         } else {
             Cow::Borrowed(raw)
         };
@@ -1065,7 +1196,7 @@ fn parse_labels<'a>(
     }
 }
 
-fn unescape_label(raw: &str) -> Option<String> {
+fn unescape_label(raw: &str, strict: bool) -> Option<String> {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
@@ -1074,7 +1205,11 @@ fn unescape_label(raw: &str) -> Option<String> {
                 '\\' => out.push('\\'),
                 '"' => out.push('"'),
                 'n' => out.push('\n'),
-                _ => return None,
+                _ if strict => return None,
+                o => {
+                    out.push('\\');
+                    out.push(o);
+                }
             }
         } else {
             out.push(c);
@@ -1112,6 +1247,7 @@ fn parse_exemplar<'a>(
     line: &'a str,
     i: usize,
     labels: &mut Vec<Label<'a>>,
+    strict: bool,
 ) -> Result<Exemplar, ErrorKind> {
     let b = line.as_bytes();
     let mut i = skip_ws(b, i);
@@ -1119,7 +1255,7 @@ fn parse_exemplar<'a>(
         return Err(ErrorKind::Syntax);
     }
     let ls = labels.len() as u32;
-    i = parse_labels(line, i + 1, labels)?;
+    i = parse_labels(line, i + 1, labels, strict)?;
     let le = labels.len() as u32;
     let ws = skip_ws(b, i);
     if ws == i {

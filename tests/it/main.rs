@@ -22,6 +22,7 @@ mod prober_http1;
 mod prober_request;
 mod prober_sim;
 mod prober_support;
+mod scrape_conformance;
 mod scrape_engines;
 mod scrape_fixtures;
 mod scrape_fuzz;
