@@ -7,7 +7,7 @@
 #   3b. what ships besides the binary, with real tools (scripts/check-packaging.sh): the
 #      Kubernetes manifests (kubernetes-validate, our Prometheus Operator schemas), the compose
 #      file (compose-spec schema), and `cargo deny check licenses bans sources`;
-#   4. the status page in a real browser: Debian's Chromium (installed with apt-get when missing)
+#   4. the status page and the experiments' --html reports in a real browser: Debian's Chromium (installed with apt-get when missing)
 #      drives `/` against `vllm-sentinel demo` (tests/browser/status_page.py, < 60 s);
 #   5. the real-vLLM tier: vLLM 0.32 on this machine's CPU (installed once into a cache outside
 #      the clone), the daemon and the one-shot experiments against it.
@@ -56,6 +56,8 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 step "status page in Chromium (tests/browser/status_page.py)"
 timeout 120 python3 tests/browser/status_page.py target/release/vllm-sentinel
+step "experiment HTML reports in Chromium (tests/browser/report_html.py)"
+timeout 300 python3 tests/browser/report_html.py target/release/vllm-sentinel
 
 if [ "${VLLM_SENTINEL_SKIP_REAL_VLLM:-0}" = 1 ]; then
     step "real-vLLM tier SKIPPED: VLLM_SENTINEL_SKIP_REAL_VLLM=1 was set explicitly"

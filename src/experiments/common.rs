@@ -46,6 +46,10 @@ pub struct CommonArgs {
     /// Write CSV here (default with --out-dir: DIR/<experiment>.csv).
     #[arg(long, env = "VLLM_SENTINEL_CSV")]
     pub csv: Option<PathBuf>,
+    /// Write one self-contained HTML report here: settings, the summary table, the plots inlined
+    /// as SVG and the JSON report embedded (default with --out-dir: DIR/<experiment>.html).
+    #[arg(long, env = "VLLM_SENTINEL_HTML")]
+    pub html: Option<PathBuf>,
     /// Directory for the report, CSV and PNG/SVG plots (created if missing).
     #[arg(long, env = "VLLM_SENTINEL_OUT_DIR")]
     pub out_dir: Option<PathBuf>,
@@ -59,6 +63,7 @@ pub struct CommonArgs {
 pub struct Outputs {
     pub json: Option<PathBuf>,
     pub csv: Option<PathBuf>,
+    pub html: Option<PathBuf>,
     /// Plots go here.
     pub plot_dir: Option<PathBuf>,
 }
@@ -70,6 +75,7 @@ impl Outputs {
         let mut o = Outputs {
             json: c.json.clone(),
             csv: c.csv.clone(),
+            html: c.html.clone(),
             plot_dir: None,
         };
         if let Some(dir) = &c.out_dir {
@@ -78,9 +84,11 @@ impl Outputs {
             o.json
                 .get_or_insert_with(|| dir.join(format!("{kind}.json")));
             o.csv.get_or_insert_with(|| dir.join(format!("{kind}.csv")));
+            o.html
+                .get_or_insert_with(|| dir.join(format!("{kind}.html")));
             o.plot_dir = Some(dir.clone());
         }
-        for (flag, p) in [("--json", &o.json), ("--csv", &o.csv)] {
+        for (flag, p) in [("--json", &o.json), ("--csv", &o.csv), ("--html", &o.html)] {
             if let Some(p) = p {
                 let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
                 if let Some(d) = parent
@@ -225,11 +233,30 @@ pub fn emit(
             written.push(p.clone());
         }
     }
-    if let Some(dir) = &outputs.plot_dir {
+    // The HTML report inlines the SVG plots: without --out-dir they are drawn into a scratch
+    // directory that is removed afterwards.
+    let scratch = match (&outputs.plot_dir, &outputs.html) {
+        (None, Some(_)) => Some(scratch_dir()?),
+        _ => None,
+    };
+    let mut svgs = Vec::new();
+    if let Some(dir) = outputs.plot_dir.as_ref().or(scratch.as_ref()) {
         match plots(dir) {
-            Ok(files) => written.extend(files),
+            Ok(files) => {
+                svgs = read_svgs(&files);
+                if outputs.plot_dir.is_some() {
+                    written.extend(files);
+                }
+            }
             Err(e) => eprintln!("warning: plots not written: {e:#}"),
         }
+    }
+    if let Some(d) = &scratch {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    if let Some(p) = &outputs.html {
+        super::report::write_text(p, &super::html::render(report, table, &svgs))?;
+        written.push(p.clone());
     }
     for w in &written {
         eprintln!("wrote {}", w.display());
@@ -242,6 +269,33 @@ pub fn emit(
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A fresh, private scratch directory under the system's temporary directory.
+fn scratch_dir() -> anyhow::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let d = std::env::temp_dir().join(format!(
+        "vllm-sentinel-plots-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir(&d)
+        .with_context(|| format!("creating a scratch directory {}", d.display()))?;
+    Ok(d)
+}
+
+/// The SVG files among `files`, as (file stem, SVG text); unreadable ones are skipped.
+fn read_svgs(files: &[PathBuf]) -> Vec<(String, String)> {
+    files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "svg"))
+        .filter_map(|f| {
+            let name = f.file_stem()?.to_string_lossy().to_string();
+            Some((name, std::fs::read_to_string(f).ok()?))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -258,6 +312,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             json: None,
             csv: None,
+            html: None,
             out_dir: out,
             no_progress: true,
         }

@@ -83,6 +83,7 @@ pub fn common_args() -> CommonArgs {
         request_timeout: Duration::from_secs(30),
         json: None,
         csv: None,
+        html: None,
         out_dir: None,
         no_progress: true,
     }

@@ -56,6 +56,7 @@ fn common(url: &str) -> CommonArgs {
         request_timeout: Duration::from_secs(30),
         json: None,
         csv: None,
+        html: None,
         out_dir: None,
         no_progress: true,
     }
