@@ -57,22 +57,8 @@ def main():
                 sp.fail(f"{name} failed ({r.returncode}):\n{r.stdout[-3000:]}")
 
         profile = os.path.join(work, "profile")
-        browser = subprocess.Popen(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
-             f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
-             "--remote-debugging-port=0", "--window-size=1280,2000", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        browser, cdp = sp.launch_chromium(chromium, profile, height=2000)
         procs.append(browser)
-        port_file = os.path.join(profile, "DevToolsActivePort")
-        dt_port = sp.wait_for("Chromium's DevToolsActivePort",
-                              lambda: os.path.exists(port_file) and open(port_file).read().split("\n")[0].strip())
-        pages = sp.wait_for("a page target", lambda: [t for t in json.loads(sp.get(
-            f"http://127.0.0.1:{dt_port}/json/list")) if t.get("type") == "page"])
-        cdp = sp.DevTools(pages[0]["webSocketDebuggerUrl"])
-        for m in ("Runtime.enable", "Log.enable", "Network.enable", "Page.enable"):
-            cdp.call(m)
         for name in RUNS:
             h = os.path.join(work, f"{name}.html")
             page = "file://" + h

@@ -31,22 +31,8 @@ def main():
     if not chromium:
         sp.fail("chromium not found (scripts/test.sh installs it with apt-get)")
     profile = tempfile.mkdtemp(prefix="sentinel-shot-")
-    browser = subprocess.Popen(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
-         f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
-         "--remote-debugging-port=0", "--window-size=1280,2400", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    browser, cdp = sp.launch_chromium(chromium, profile)
     try:
-        port_file = os.path.join(profile, "DevToolsActivePort")
-        dt_port = sp.wait_for("Chromium's DevToolsActivePort",
-                              lambda: os.path.exists(port_file) and open(port_file).read().split("\n")[0].strip())
-        pages = sp.wait_for("a page target", lambda: [t for t in json.loads(sp.get(
-            f"http://127.0.0.1:{dt_port}/json/list")) if t.get("type") == "page"])
-        cdp = sp.DevTools(pages[0]["webSocketDebuggerUrl"])
-        for m in ("Runtime.enable", "Log.enable", "Network.enable", "Page.enable"):
-            cdp.call(m)
         cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=2400, deviceScaleFactor=1, mobile=False)
         cdp.call("Page.navigate", url=base + "/")
 

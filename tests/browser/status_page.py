@@ -167,6 +167,33 @@ class DevTools:
         return r["result"].get("value")
 
 
+def launch_chromium(chromium, profile, height=2400):
+    """Starts headless Chromium with its DevTools endpoint on a free loopback port and returns
+    (process, DevTools client of its page, with Runtime, Log, Network and Page enabled). Shared by
+    the browser tests (status page, --html reports, the tier's screenshot)."""
+    browser = subprocess.Popen(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
+         f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
+         "--remote-debugging-port=0", f"--window-size=1280,{height}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = os.path.join(profile, "DevToolsActivePort")
+        dt_port = wait_for("Chromium's DevToolsActivePort",
+                           lambda: os.path.exists(port_file) and open(port_file).read().split("\n")[0].strip())
+        pages = wait_for("a page target", lambda: [t for t in json.loads(get(
+            f"http://127.0.0.1:{dt_port}/json/list")) if t.get("type") == "page"])
+        cdp = DevTools(pages[0]["webSocketDebuggerUrl"])
+        for m in ("Runtime.enable", "Log.enable", "Network.enable", "Page.enable"):
+            cdp.call(m)
+    except BaseException:
+        browser.kill()
+        browser.wait()
+        raise
+    return browser, cdp
+
+
 # ---------------------------------------------------------------- path-prefix proxy
 def start_prefix_proxy(upstream_port):
     class H(BaseHTTPRequestHandler):
@@ -255,22 +282,8 @@ def main():
         page_url = f"http://127.0.0.1:{proxy.server_address[1]}{PREFIX}/"
         allowed = (f"http://127.0.0.1:{proxy.server_address[1]}{PREFIX}/",)
 
-        browser = subprocess.Popen(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
-             f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
-             "--remote-debugging-port=0", "--window-size=1280,2400", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        browser, cdp = launch_chromium(chromium, profile)
         procs.append(browser)
-        port_file = os.path.join(profile, "DevToolsActivePort")
-        dt_port = wait_for("Chromium's DevToolsActivePort",
-                           lambda: os.path.exists(port_file) and open(port_file).read().split("\n")[0].strip())
-        pages = wait_for("a page target", lambda: [t for t in json.loads(get(
-            f"http://127.0.0.1:{dt_port}/json/list")) if t.get("type") == "page"])
-        cdp = DevTools(pages[0]["webSocketDebuggerUrl"])
-        for m in ("Runtime.enable", "Log.enable", "Network.enable", "Page.enable"):
-            cdp.call(m)
         cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=2400, deviceScaleFactor=1, mobile=False)
         cdp.call("Page.navigate", url=page_url)
 
