@@ -209,8 +209,42 @@ mod tests {
         let subs = crate::daemon::register_subsystems(&cfg, &mut registry, Some(Box::new(source)))
             .expect("register");
 
-        // The prober: one request per outcome, every canary probe and result, discovery.
-        let pm = subs.prober.metrics();
+        record_prober(subs.prober.metrics());
+        record_tap(subs.tap.metrics());
+
+        // The scraper: a real vLLM body, with the client/server join means.
+        let run = crate::scrape::target_runs(&cfg).remove(0);
+        let mut ts = crate::scrape::scraper::TargetScraper::new(
+            run,
+            crate::scrape::http_client().expect("client"),
+        );
+        let body = include_bytes!("../tests/data/vllm-0.32.0-cpu/metrics_busy.txt");
+        let mut view = ts
+            .process(
+                body,
+                crate::scrape::expfmt::Format::Prometheus,
+                Instant::now(),
+            )
+            .await;
+        for wc in crate::scrape::export::WindowConcept::ALL {
+            view.window.insert((wc, "m".into(), "0".into()), 0.1);
+        }
+        subs.scraper.board().publish(std::sync::Arc::new(view));
+
+        // The GPUs: the first complete sample.
+        let cell = subs.gpu.snapshots();
+        let threads = subs.gpu.start(None).expect("start").expect("enabled");
+        let (_, ok) = cell.wait_until(Duration::from_secs(20), |s| {
+            s.devices.len() == 2 && s.devices.iter().any(|d| !d.xid_counts.is_empty())
+        });
+        assert!(ok, "no complete GPU sample with the Xid within 20 s");
+        let (text, _) = crate::exporter::encode(&registry, None).expect("encode");
+        threads.stop();
+        text
+    }
+
+    /// The prober: one request per outcome, every canary probe and result, discovery.
+    fn record_prober(pm: &crate::prober::metrics::ProberMetrics) {
         let l = ProbeLabels {
             target: "sim".into(),
             model: "m".into(),
@@ -251,9 +285,10 @@ mod tests {
             }
         }
         pm.target_configured("sim");
+    }
 
-        // The tap: one request per outcome, streamed and not, passthrough, upstream errors.
-        let tm = subs.tap.metrics();
+    /// The tap: one request per outcome, streamed and not, passthrough, upstream errors.
+    fn record_tap(tm: &crate::tap::TrafficMetrics) {
         for outcome in TrafficOutcome::ALL {
             for (stream, estimated) in [(true, true), (false, false)] {
                 let mut rec = RequestRecord::new(0, 0);
@@ -289,36 +324,6 @@ mod tests {
                 target: "sim".into(),
             })
             .set(0);
-
-        // The scraper: a real vLLM body, with the client/server join means.
-        let run = crate::scrape::target_runs(&cfg).remove(0);
-        let mut ts = crate::scrape::scraper::TargetScraper::new(
-            run,
-            crate::scrape::http_client().expect("client"),
-        );
-        let body = include_bytes!("../tests/data/vllm-0.32.0-cpu/metrics_busy.txt");
-        let mut view = ts
-            .process(
-                body,
-                crate::scrape::expfmt::Format::Prometheus,
-                Instant::now(),
-            )
-            .await;
-        for wc in crate::scrape::export::WindowConcept::ALL {
-            view.window.insert((wc, "m".into(), "0".into()), 0.1);
-        }
-        subs.scraper.board().publish(std::sync::Arc::new(view));
-
-        // The GPUs: the first complete sample.
-        let cell = subs.gpu.snapshots();
-        let threads = subs.gpu.start(None).expect("start").expect("enabled");
-        let (_, ok) = cell.wait_until(Duration::from_secs(20), |s| {
-            s.devices.len() == 2 && s.devices.iter().any(|d| !d.xid_counts.is_empty())
-        });
-        assert!(ok, "no complete GPU sample with the Xid within 20 s");
-        let (text, _) = crate::exporter::encode(&registry, None).expect("encode");
-        threads.stop();
-        text
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,15 +106,7 @@ pub async fn serve_with_gpu(
             (web.clone(), web_reload_failures.clone()),
         )
     });
-    let rx = ctx.config.clone();
-    exporter::web_config::spawn_watcher(
-        web.clone(),
-        move || rx.borrow().server.web_config_file.clone(),
-        web_reload_failures,
-        exporter::web_config::POLL,
-        ctx.token.clone(),
-        &ctx.tracker,
-    );
+    watch_web_config(&web, web_reload_failures, &ctx);
     if let Some(f) = reload.clone() {
         spawn_sighup(f, ctx.token.clone(), &ctx.tracker);
     }
@@ -141,6 +133,32 @@ pub async fn serve_with_gpu(
 
     drain(&ctx, grace, linger).await;
     exporter_stop.cancel();
+    await_exporter(server, grace).await
+}
+
+/// Re-reads the web config file (and the certificates it names) when it changes on disk.
+fn watch_web_config(
+    web: &exporter::web_config::WebHandle,
+    failures: prometheus_client::metrics::counter::Counter,
+    ctx: &RunContext,
+) {
+    let rx = ctx.config.clone();
+    exporter::web_config::spawn_watcher(
+        web.clone(),
+        move || rx.borrow().server.web_config_file.clone(),
+        failures,
+        exporter::web_config::POLL,
+        ctx.token.clone(),
+        &ctx.tracker,
+    );
+}
+
+/// Waits for the exporter to stop after the final scrape window (bounded: a stuck connection
+/// cannot hold the daemon).
+async fn await_exporter(
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
     match tokio::time::timeout(grace.max(ABORT_WAIT), server).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(anyhow::anyhow!("exporter task failed: {e}")),

@@ -170,17 +170,11 @@ fn load_file(path: &Path) -> anyhow::Result<WebConfig> {
             .map_err(|e| anyhow!("{e}"))?
             .unwrap_or_default()
     };
-    let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
-    let resolve = |p: &str| -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            dir.join(p)
-        }
+    let mut files = Files {
+        dir: path.parent().unwrap_or(Path::new("")).to_path_buf(),
+        named: Vec::new(),
     };
     let mut summary = Vec::new();
-    let mut named_files = Vec::new();
 
     if let Some(http) = &file.http_server_config {
         if http.headers.is_some() {
@@ -190,152 +184,202 @@ fn load_file(path: &Path) -> anyhow::Result<WebConfig> {
             summary.push("http_server_config.http2: ignored (HTTP/1.1 only)".to_string());
         }
     }
-
     let tls = match &file.tls_server_config {
         None => {
             summary.push("tls: off (plain HTTP)".to_string());
             None
         }
-        Some(t) => {
-            for (key, set) in [
-                ("cipher_suites", t.cipher_suites.is_some()),
-                ("curve_preferences", t.curve_preferences.is_some()),
-                ("client_allowed_sans", t.client_allowed_sans.is_some()),
-            ] {
-                if set {
-                    bail!(
-                        "tls_server_config.{key}: not supported by vllm-sentinel (rustls chooses its own safe defaults)"
-                    );
-                }
-            }
-            let certs: Vec<CertificateDer<'static>> = match (&t.cert_file, &t.cert) {
-                (Some(_), Some(_)) => bail!("tls_server_config: set cert_file or cert, not both"),
-                (Some(f), None) => {
-                    let p = resolve(f);
-                    named_files.push(p.clone());
-                    read_certs(&p).context("tls_server_config.cert_file")?
-                }
-                (None, Some(pem)) => {
-                    certs_from_pem(pem.as_bytes()).context("tls_server_config.cert")?
-                }
-                (None, None) => bail!("tls_server_config: missing cert_file"),
-            };
-            let key: PrivateKeyDer<'static> = match (&t.key_file, &t.key) {
-                (Some(_), Some(_)) => bail!("tls_server_config: set key_file or key, not both"),
-                (Some(f), None) => {
-                    let p = resolve(f);
-                    named_files.push(p.clone());
-                    let bytes = std::fs::read(&p).with_context(|| {
-                        format!("tls_server_config.key_file: cannot read {}", p.display())
-                    })?;
-                    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-                        anyhow!(
-                            "tls_server_config.key_file: {}: no PEM private key ({e})",
-                            p.display()
-                        )
-                    })?
-                }
-                (None, Some(pem)) => PrivateKeyDer::from_pem_slice(pem.as_bytes())
-                    .map_err(|e| anyhow!("tls_server_config.key: no PEM private key ({e})"))?,
-                (None, None) => bail!("tls_server_config: missing key_file"),
-            };
-            let auth = ClientAuth::parse(t.client_auth_type.as_deref().unwrap_or(""))?;
-            let ca: Option<Vec<CertificateDer<'static>>> = match (&t.client_ca_file, &t.client_ca) {
-                (Some(_), Some(_)) => {
-                    bail!("tls_server_config: set client_ca_file or client_ca, not both")
-                }
-                (Some(f), None) => {
-                    let p = resolve(f);
-                    named_files.push(p.clone());
-                    Some(read_certs(&p).context("tls_server_config.client_ca_file")?)
-                }
-                (None, Some(pem)) => {
-                    Some(certs_from_pem(pem.as_bytes()).context("tls_server_config.client_ca")?)
-                }
-                (None, None) => None,
-            };
-            if ca.is_some() && auth == ClientAuth::NoClientCert {
-                bail!(
-                    "tls_server_config.client_ca_file: client CAs are configured without a client_auth_type that uses them (as exporter-toolkit)"
-                );
-            }
-            if auth.verifies() && ca.is_none() {
-                bail!(
-                    "tls_server_config.client_ca_file: client_auth_type {:?} needs client_ca_file",
-                    t.client_auth_type.as_deref().unwrap_or("")
-                );
-            }
-            let min = tls_version("min_version", t.min_version.as_deref(), 12)?;
-            let max = tls_version("max_version", t.max_version.as_deref(), 13)?;
-            if min > max {
-                bail!("tls_server_config: min_version is above max_version");
-            }
-            let versions: Vec<&'static rustls::SupportedProtocolVersion> =
-                [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
-                    .into_iter()
-                    .filter(|(v, _)| (min..=max).contains(v))
-                    .map(|(_, p)| p)
-                    .collect();
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&versions)
-                .map_err(|e| anyhow!("tls_server_config: {e}"))?;
-            let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match (auth, &ca) {
-                (ClientAuth::NoClientCert, _) => {
-                    rustls::server::WebPkiClientVerifier::no_client_auth()
-                }
-                (ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert, _) => {
-                    Arc::new(AnyClientCert {
-                        mandatory: auth == ClientAuth::RequireAnyClientCert,
-                        provider: provider.clone(),
-                    })
-                }
-                (_, Some(ca)) => {
-                    let mut roots = rustls::RootCertStore::empty();
-                    for c in ca {
-                        roots.add(c.clone()).map_err(|e| {
-                            anyhow!(
-                                "tls_server_config.client_ca_file: not a usable CA certificate: {e}"
-                            )
-                        })?;
-                    }
-                    let b = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                        Arc::new(roots),
-                        provider.clone(),
-                    );
-                    let b = if auth == ClientAuth::VerifyClientCertIfGiven {
-                        b.allow_unauthenticated()
-                    } else {
-                        b
-                    };
-                    b.build()
-                        .map_err(|e| anyhow!("tls_server_config.client_ca_file: {e}"))?
-                }
-                (_, None) => bail!("tls_server_config.client_ca_file: missing"),
-            };
-            let mut cfg = builder
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(certs, key)
-                .map_err(|e| {
-                    anyhow!(
-                        "tls_server_config: the certificate and key do not make a usable pair: {e}"
-                    )
-                })?;
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-            cfg.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(false);
-            summary.push(format!(
-                "tls: on (TLS 1.{min}..1.{max}), client_auth_type {auth:?}{}",
-                if ca.is_some() {
-                    ", client CA loaded"
-                } else {
-                    ""
-                }
-            ));
-            Some(Arc::new(cfg))
-        }
+        Some(t) => Some(tls_config(t, &mut files, &mut summary)?),
     };
+    let auth = basic_auth(file.basic_auth_users, &mut summary)?;
+    Ok(WebConfig {
+        path: Some(path.to_path_buf()),
+        tls,
+        auth,
+        fingerprint: fingerprint(path, &files.named),
+        summary,
+    })
+}
 
-    let auth = match file.basic_auth_users {
+/// Paths named in the web config file: resolved against its directory, and remembered so a
+/// change to any of them (a rotated certificate) triggers a reload.
+struct Files {
+    dir: PathBuf,
+    named: Vec<PathBuf>,
+}
+
+impl Files {
+    fn resolve(&mut self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        let full = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        };
+        self.named.push(full.clone());
+        full
+    }
+}
+
+/// `tls_server_config` → a rustls server configuration.
+fn tls_config(
+    t: &TlsFile,
+    files: &mut Files,
+    summary: &mut Vec<String>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    for (key, set) in [
+        ("cipher_suites", t.cipher_suites.is_some()),
+        ("curve_preferences", t.curve_preferences.is_some()),
+        ("client_allowed_sans", t.client_allowed_sans.is_some()),
+    ] {
+        if set {
+            bail!(
+                "tls_server_config.{key}: not supported by vllm-sentinel (rustls chooses its own safe defaults)"
+            );
+        }
+    }
+    let (certs, key, ca) = pem_material(t, files)?;
+    let auth = ClientAuth::parse(t.client_auth_type.as_deref().unwrap_or(""))?;
+    if ca.is_some() && auth == ClientAuth::NoClientCert {
+        bail!(
+            "tls_server_config.client_ca_file: client CAs are configured without a client_auth_type that uses them (as exporter-toolkit)"
+        );
+    }
+    if auth.verifies() && ca.is_none() {
+        bail!(
+            "tls_server_config.client_ca_file: client_auth_type {:?} needs client_ca_file",
+            t.client_auth_type.as_deref().unwrap_or("")
+        );
+    }
+    let min = tls_version("min_version", t.min_version.as_deref(), 12)?;
+    let max = tls_version("max_version", t.max_version.as_deref(), 13)?;
+    if min > max {
+        bail!("tls_server_config: min_version is above max_version");
+    }
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| (min..=max).contains(v))
+            .map(|(_, p)| p)
+            .collect();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| anyhow!("tls_server_config: {e}"))?;
+    let verifier = client_verifier(auth, ca.as_deref(), &provider)?;
+    let mut cfg = builder
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            anyhow!("tls_server_config: the certificate and key do not make a usable pair: {e}")
+        })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(false);
+    summary.push(format!(
+        "tls: on (TLS 1.{min}..1.{max}), client_auth_type {auth:?}{}",
+        if ca.is_some() {
+            ", client CA loaded"
+        } else {
+            ""
+        }
+    ));
+    Ok(Arc::new(cfg))
+}
+
+type PemMaterial = (
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    Option<Vec<CertificateDer<'static>>>,
+);
+
+/// The certificate chain, the key and the client CAs, from files or inline PEM.
+fn pem_material(t: &TlsFile, files: &mut Files) -> anyhow::Result<PemMaterial> {
+    let certs: Vec<CertificateDer<'static>> = match (&t.cert_file, &t.cert) {
+        (Some(_), Some(_)) => bail!("tls_server_config: set cert_file or cert, not both"),
+        (Some(f), None) => {
+            let p = files.resolve(f);
+            read_certs(&p).context("tls_server_config.cert_file")?
+        }
+        (None, Some(pem)) => certs_from_pem(pem.as_bytes()).context("tls_server_config.cert")?,
+        (None, None) => bail!("tls_server_config: missing cert_file"),
+    };
+    let key: PrivateKeyDer<'static> = match (&t.key_file, &t.key) {
+        (Some(_), Some(_)) => bail!("tls_server_config: set key_file or key, not both"),
+        (Some(f), None) => {
+            let p = files.resolve(f);
+            let bytes = std::fs::read(&p).with_context(|| {
+                format!("tls_server_config.key_file: cannot read {}", p.display())
+            })?;
+            PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+                anyhow!(
+                    "tls_server_config.key_file: {}: no PEM private key ({e})",
+                    p.display()
+                )
+            })?
+        }
+        (None, Some(pem)) => PrivateKeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| anyhow!("tls_server_config.key: no PEM private key ({e})"))?,
+        (None, None) => bail!("tls_server_config: missing key_file"),
+    };
+    let ca: Option<Vec<CertificateDer<'static>>> = match (&t.client_ca_file, &t.client_ca) {
+        (Some(_), Some(_)) => {
+            bail!("tls_server_config: set client_ca_file or client_ca, not both")
+        }
+        (Some(f), None) => {
+            let p = files.resolve(f);
+            Some(read_certs(&p).context("tls_server_config.client_ca_file")?)
+        }
+        (None, Some(pem)) => {
+            Some(certs_from_pem(pem.as_bytes()).context("tls_server_config.client_ca")?)
+        }
+        (None, None) => None,
+    };
+    Ok((certs, key, ca))
+}
+
+/// The client-certificate verifier for `client_auth_type`.
+fn client_verifier(
+    auth: ClientAuth,
+    ca: Option<&[CertificateDer<'static>]>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    Ok(match (auth, ca) {
+        (ClientAuth::NoClientCert, _) => rustls::server::WebPkiClientVerifier::no_client_auth(),
+        (ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert, _) => {
+            Arc::new(AnyClientCert {
+                mandatory: auth == ClientAuth::RequireAnyClientCert,
+                provider: provider.clone(),
+            })
+        }
+        (_, Some(ca)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in ca {
+                roots.add(c.clone()).map_err(|e| {
+                    anyhow!("tls_server_config.client_ca_file: not a usable CA certificate: {e}")
+                })?;
+            }
+            let b = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            );
+            let b = if auth == ClientAuth::VerifyClientCertIfGiven {
+                b.allow_unauthenticated()
+            } else {
+                b
+            };
+            b.build()
+                .map_err(|e| anyhow!("tls_server_config.client_ca_file: {e}"))?
+        }
+        (_, None) => bail!("tls_server_config.client_ca_file: missing"),
+    })
+}
+
+/// `basic_auth_users` → the checker (hashes validated now, verified lazily and cached).
+fn basic_auth(
+    users: Option<BTreeMap<String, String>>,
+    summary: &mut Vec<String>,
+) -> anyhow::Result<Option<Arc<BasicAuth>>> {
+    Ok(match users {
         None => {
             summary.push("basic auth: off".to_string());
             None
@@ -356,14 +400,6 @@ fn load_file(path: &Path) -> anyhow::Result<WebConfig> {
             ));
             Some(Arc::new(BasicAuth::new(users.into_iter().collect())))
         }
-    };
-
-    Ok(WebConfig {
-        path: Some(path.to_path_buf()),
-        tls,
-        auth,
-        fingerprint: fingerprint(path, &named_files),
-        summary,
     })
 }
 
