@@ -18,7 +18,7 @@ pub struct ModelInfo {
 /// Why discovery or tokenisation failed. Messages never hold the API key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("cannot reach {0}")]
+    #[error("cannot reach the server: {0}")]
     Unreachable(String),
     #[error("timed out: {0}")]
     Timeout(String),
@@ -248,6 +248,17 @@ pub async fn tokenize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreachable_reads_as_a_sentence() {
+        let e =
+            DiscoveryError::Unreachable("connect error: Connection refused (os error 111)".into());
+        assert_eq!(
+            e.to_string(),
+            "cannot reach the server: connect error: Connection refused (os error 111)"
+        );
+        assert_eq!(e.reason(), "connect");
+    }
 
     #[test]
     fn parses_vllm_models_and_tokenize() {

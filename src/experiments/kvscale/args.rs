@@ -1,6 +1,11 @@
 //! The flags of `kv-scale` and their checks.
 
-use super::*;
+use std::time::Duration;
+
+use anyhow::bail;
+
+use crate::experiments::common::CommonArgs;
+use crate::units::parse_duration;
 
 /// Flags of `kv-scale`.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,7 +51,7 @@ pub struct KvScaleArgs {
 }
 
 impl KvScaleArgs {
-    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+    pub(super) fn validate(&self) -> anyhow::Result<()> {
         if self.max_tokens == 0 {
             bail!("--max-tokens: must be at least 1");
         }

@@ -1,6 +1,6 @@
 //! The arithmetic of the KV cache: ladders, blocks per sequence, capacity, grid shapes.
 
-use super::*;
+use crate::experiments::engine::CacheConfig;
 
 /// The default ladder for a server of context `m` and requests of `out` output tokens.
 pub fn default_ladder(m: u32, out: u32) -> Vec<u32> {

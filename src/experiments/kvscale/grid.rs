@@ -1,24 +1,32 @@
 //! The concurrency × sequence-length grid.
 
-use super::*;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::args::KvScaleArgs;
+use super::held::{GroupState, HeldGroup, Watch, pause};
+use super::{ATTEMPTS, BACK_TO_BACK};
+use crate::experiments::engine::{RequestSpec, ServerSnapshot, Target};
+use crate::experiments::report::GridCell;
 
 /// The grid's verdict on one cell, from what was seen in known states.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub(crate) struct CellEvidence {
+pub(super) struct CellEvidence {
     /// A body read after every sequence started and before any ended showed all of them
     /// running and none waiting.
-    pub(crate) all_resident: bool,
+    pub(super) all_resident: bool,
     /// Two bodies, read while every running sequence was past its prefill and none had ended,
     /// with more than one engine step between them (the generation counter grew by more than
     /// the running count), both showed one waiting: it was not admitted in a step where the
     /// token budget was free, so the KV cache (or the sequence limit) kept it out.
-    pub(crate) one_waiting: bool,
+    pub(super) one_waiting: bool,
     /// The last body that showed one waiting in that state: (started, generated, running).
-    pub(crate) pending: Option<(u32, f64, f64)>,
+    pub(super) pending: Option<(u32, f64, f64)>,
 }
 
 impl CellEvidence {
-    pub(crate) fn add(&mut self, c: u32, at_send: GroupState, s: &ServerSnapshot) {
+    pub(super) fn add(&mut self, c: u32, at_send: GroupState, s: &ServerSnapshot) {
         let running = s.running.unwrap_or(0.0);
         let waiting = s.waiting.unwrap_or(0.0);
         if at_send.ended > 0 {
@@ -71,7 +79,7 @@ pub fn cell_verdict(
 
 /// One grid cell: `c` sequences of the row's shape at once, watched until they end. `None`
 /// when interrupted.
-pub(crate) async fn grid_cell<T: Target>(
+pub(super) async fn grid_cell<T: Target>(
     t: &Arc<T>,
     args: &KvScaleArgs,
     spec: RequestSpec,

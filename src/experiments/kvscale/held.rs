@@ -1,19 +1,29 @@
 //! Streams held open while `/metrics` is read: the group, the gauges' peaks, the release.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::RELEASE_DEADLINE;
+use crate::experiments::engine::{
+    Outcome, RequestSpec, Sample, ServerSnapshot, StreamProgress, Target,
+};
 
 /// Peaks of the server's gauges while something ran.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Watch {
-    pub(crate) samples: usize,
-    pub(crate) kv_peak: Option<f64>,
-    pub(crate) running_peak: Option<f64>,
-    pub(crate) waiting_peak: Option<f64>,
-    pub(crate) gpu_mem_peak: Option<f64>,
-    pub(crate) gpu_util_peak: Option<f64>,
+pub(super) struct Watch {
+    pub(super) samples: usize,
+    pub(super) kv_peak: Option<f64>,
+    pub(super) running_peak: Option<f64>,
+    pub(super) waiting_peak: Option<f64>,
+    pub(super) gpu_mem_peak: Option<f64>,
+    pub(super) gpu_util_peak: Option<f64>,
 }
 
-pub(crate) fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+pub(super) fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.max(y)),
         (x, None) => x,
@@ -22,14 +32,14 @@ pub(crate) fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 impl Watch {
-    pub(crate) fn add(&mut self, s: &ServerSnapshot) {
+    pub(super) fn add(&mut self, s: &ServerSnapshot) {
         self.samples += 1;
         self.kv_peak = max_opt(self.kv_peak, s.kv_usage);
         self.running_peak = max_opt(self.running_peak, s.running);
         self.waiting_peak = max_opt(self.waiting_peak, s.waiting);
     }
 
-    pub(crate) fn add_gpu<T: Target>(&mut self, t: &T) {
+    pub(super) fn add_gpu<T: Target>(&mut self, t: &T) {
         if let Ok(g) = t.gpu() {
             self.gpu_mem_peak = max_opt(self.gpu_mem_peak, Some(g.memory_used_bytes));
             self.gpu_util_peak = max_opt(self.gpu_util_peak, Some(g.utilization));
@@ -39,23 +49,23 @@ impl Watch {
 
 /// Streams sent together and held open ([`Target::stream_held`]), each on its own task so that
 /// reading `/metrics` never delays them.
-pub(crate) struct HeldGroup {
-    pub(crate) progress: Vec<watch::Receiver<StreamProgress>>,
-    pub(crate) close: CancellationToken,
-    pub(crate) set: tokio::task::JoinSet<(usize, Sample)>,
+pub(super) struct HeldGroup {
+    pub(super) progress: Vec<watch::Receiver<StreamProgress>>,
+    pub(super) close: CancellationToken,
+    pub(super) set: tokio::task::JoinSet<(usize, Sample)>,
 }
 
 /// How far a group has got when a sample is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct GroupState {
+pub(super) struct GroupState {
     /// Streams past their first token.
-    pub(crate) started: u32,
+    pub(super) started: u32,
     /// Streams that have ended.
-    pub(crate) ended: u32,
+    pub(super) ended: u32,
 }
 
 impl HeldGroup {
-    pub(crate) fn start<T: Target>(t: &Arc<T>, specs: Vec<RequestSpec>) -> Self {
+    pub(super) fn start<T: Target>(t: &Arc<T>, specs: Vec<RequestSpec>) -> Self {
         let close = CancellationToken::new();
         let mut set = tokio::task::JoinSet::new();
         let mut progress = Vec::with_capacity(specs.len());
@@ -72,7 +82,7 @@ impl HeldGroup {
         }
     }
 
-    pub(crate) fn state(&self) -> GroupState {
+    pub(super) fn state(&self) -> GroupState {
         let mut st = GroupState {
             started: 0,
             ended: 0,
@@ -85,12 +95,12 @@ impl HeldGroup {
         st
     }
 
-    pub(crate) fn len(&self) -> u32 {
+    pub(super) fn len(&self) -> u32 {
         self.progress.len() as u32
     }
 
     /// Waits until every stream has started or ended. `false` when interrupted.
-    pub(crate) async fn all_started_or_ended(&mut self, token: &CancellationToken) -> bool {
+    pub(super) async fn all_started_or_ended(&mut self, token: &CancellationToken) -> bool {
         for p in &mut self.progress {
             tokio::select! {
                 r = p.wait_for(|p| p.started() || p.ended) => {
@@ -104,13 +114,13 @@ impl HeldGroup {
     }
 
     /// Closes every stream still open and collects the samples, in the order sent.
-    pub(crate) async fn finish(mut self) -> Vec<Sample> {
+    pub(super) async fn finish(mut self) -> Vec<Sample> {
         self.close.cancel();
         self.join().await
     }
 
     /// Waits for every stream to end by itself and collects the samples.
-    pub(crate) async fn join(&mut self) -> Vec<Sample> {
+    pub(super) async fn join(&mut self) -> Vec<Sample> {
         let mut out: Vec<Option<Sample>> = vec![None; self.progress.len()];
         while let Some(j) = self.set.join_next().await {
             match j {
@@ -137,7 +147,7 @@ impl Drop for HeldGroup {
 }
 
 /// Sleeps `d`; `false` when interrupted first.
-pub(crate) async fn pause(d: Duration, token: &CancellationToken) -> bool {
+pub(super) async fn pause(d: Duration, token: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => true,
         _ = token.cancelled() => false,
@@ -147,7 +157,7 @@ pub(crate) async fn pause(d: Duration, token: &CancellationToken) -> bool {
 /// Reads `/metrics` until the server shows nothing more running than `before` did, KV usage
 /// back at its level, and no token generated between two reads: a closed stream's request
 /// was aborted and its blocks freed. `Some(seconds)` when seen within [`RELEASE_DEADLINE`].
-pub(crate) async fn wait_released<T: Target>(
+pub(super) async fn wait_released<T: Target>(
     t: &Arc<T>,
     before: Option<&ServerSnapshot>,
     every: Duration,

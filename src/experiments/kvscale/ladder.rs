@@ -1,20 +1,35 @@
 //! The ladder (one held request per prompt length) and the boundary bisection.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::args::KvScaleArgs;
+use super::geometry::blocks_for;
+use super::held::{HeldGroup, Watch, pause, wait_released};
+use super::{ATTEMPTS, BACK_TO_BACK, MIN_HOLD_TOKENS, RELEASE_DEADLINE};
+use crate::experiments::common;
+use crate::experiments::engine::{
+    CacheConfig, Outcome, RequestSpec, Sample, ServerSnapshot, Target,
+};
+use crate::experiments::report::{Boundary, KvScaleSection, LadderRung};
 
 /// The KV usage of one held request, read from two bodies that show it running.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Residency {
-    pub(crate) watch: Watch,
+pub(super) struct Residency {
+    pub(super) watch: Watch,
     /// Bodies read during the request's decode that show it running.
-    pub(crate) resident: Vec<ServerSnapshot>,
+    pub(super) resident: Vec<ServerSnapshot>,
     /// Output events the client had received when the last resident body was read.
-    pub(crate) events_at_sample: u32,
+    pub(super) events_at_sample: u32,
 }
 
 /// Reads `/metrics` while a one-request group runs, until two bodies read after its first
 /// token and before it ended show it running, or it ends. `None` when interrupted.
-pub(crate) async fn observe_resident<T: Target>(
+pub(super) async fn observe_resident<T: Target>(
     t: &Arc<T>,
     g: &mut HeldGroup,
     every: Duration,
@@ -56,7 +71,7 @@ pub(crate) async fn observe_resident<T: Target>(
 
 /// One rung of the ladder: the request held, read twice while resident, closed, and its
 /// release checked. `None` when interrupted.
-pub(crate) async fn ladder_rung<T: Target>(
+pub(super) async fn ladder_rung<T: Target>(
     t: &Arc<T>,
     args: &KvScaleArgs,
     len: u32,
@@ -143,7 +158,7 @@ pub(crate) async fn ladder_rung<T: Target>(
 
 /// The report line of one rung.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rung_report(
+pub(super) fn rung_report(
     spec: RequestSpec,
     s: &Sample,
     res: &Residency,
@@ -222,7 +237,7 @@ pub(crate) fn rung_report(
     }
 }
 
-pub(crate) fn feasibility(s: &Sample, max_tokens: u32) -> &'static str {
+pub(super) fn feasibility(s: &Sample, max_tokens: u32) -> &'static str {
     if s.ok() {
         let short = s.output_tokens.is_some_and(|o| o < max_tokens);
         if short && s.finish_reason.as_deref() == Some("length") {
@@ -239,7 +254,7 @@ pub(crate) fn feasibility(s: &Sample, max_tokens: u32) -> &'static str {
 
 /// Notes on the ladder as a whole: rejections that did or did not touch the GPU, rungs whose
 /// KV usage was not measured or was off by more than a block, requests not released.
-pub(crate) fn ladder_notes(k: &KvScaleSection, notes: &mut Vec<String>) {
+pub(super) fn ladder_notes(k: &KvScaleSection, notes: &mut Vec<String>) {
     let rejected: Vec<&LadderRung> = k
         .ladder
         .iter()
@@ -301,7 +316,7 @@ pub(crate) fn ladder_notes(k: &KvScaleSection, notes: &mut Vec<String>) {
 }
 
 /// Bisects for the longest accepted prompt (`max_tokens` 1). `Ok(None)` when interrupted.
-pub(crate) async fn boundary<T: Target>(
+pub(super) async fn boundary<T: Target>(
     t: &Arc<T>,
     k: &KvScaleSection,
     max_model_len: Option<u32>,

@@ -49,27 +49,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{self, CommonArgs, Outputs};
-use super::engine::{
-    CacheConfig, Outcome, RequestSpec, Sample, ServerSnapshot, StreamProgress, Target, choose_model,
-};
+use super::common::{self, Outputs};
+use super::engine::{CacheConfig, RequestSpec, Target, choose_model};
 use super::plot::{self, GridRowPlot, LineChart, Series};
 use super::progress::Progress;
-use super::report::{
-    Boundary, CacheInfo, GridCell, GridRow, KvScaleSection, LadderRung, Report, TargetInfo,
-};
-use crate::units::parse_duration;
+use super::report::{CacheInfo, GridRow, KvScaleSection, LadderRung, Report, TargetInfo};
 
 pub use args::KvScaleArgs;
-pub use geometry::*;
+pub use geometry::{
+    blocks_for, blocks_per_sequence, capacity, default_grid_contexts, default_ladder,
+    grid_concurrencies, grid_shape,
+};
 pub use grid::cell_verdict;
-use grid::*;
-use held::*;
-use ladder::*;
+use grid::grid_cell;
+use ladder::{boundary, ladder_notes, ladder_rung};
 pub use plots::plots;
 
 /// A ladder rung with less context left than this (`max_model_len − prompt`) cannot be held

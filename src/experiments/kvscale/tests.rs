@@ -1,4 +1,7 @@
+use super::grid::CellEvidence;
+use super::held::GroupState;
 use super::*;
+use crate::experiments::engine::{Sample, ServerSnapshot};
 use crate::experiments::fake::{self, FakeServer, common_args};
 
 fn args() -> KvScaleArgs {
