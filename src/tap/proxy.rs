@@ -485,15 +485,22 @@ impl Drop for Tracker {
 /// The upstream response body on its way to the client. Passes every frame through as soon
 /// as it is read, measures it, bounds the wait for the next one (`idle_timeout`), and ends the
 /// request's [`Tracker`] when the body ends, fails, times out or is dropped.
-pub struct TapBody {
-    inner: Option<Incoming>,
+///
+/// The idle timer is lazy: a frame only notes its arrival time, and the timer (armed once, for
+/// `idle_timeout` after the response head) is moved to `last frame + idle_timeout` only when it
+/// fires. Re-arming a tokio timer takes the timer driver's lock; doing it once per streamed token
+/// was a measurable share of the tap's CPU per token (BENCHMARKS.md, "Tap overhead").
+pub struct TapBody<B = Incoming> {
+    inner: Option<B>,
     tracker: Tracker,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
+    /// When the last upstream frame arrived.
+    last_frame: tokio::time::Instant,
 }
 
-impl TapBody {
-    fn new(inner: Incoming, mut tracker: Tracker, idle_timeout: Duration) -> Self {
+impl<B: Body> TapBody<B> {
+    fn new(inner: B, mut tracker: Tracker, idle_timeout: Duration) -> Self {
         let inner = if inner.is_end_stream() {
             // No body at all (HEAD, 204, 304, Content-Length: 0): the response is complete.
             tracker.end(End::Complete);
@@ -501,14 +508,18 @@ impl TapBody {
         } else {
             Some(inner)
         };
+        let now = tokio::time::Instant::now();
         Self {
             inner,
             tracker,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
             idle_timeout,
+            last_frame: now,
         }
     }
+}
 
+impl<B> TapBody<B> {
     fn stop(&mut self, end: End) {
         // Drop the upstream body first: that closes the upstream connection.
         self.inner = None;
@@ -516,7 +527,11 @@ impl TapBody {
     }
 }
 
-impl Body for TapBody {
+impl<B> Body for TapBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -540,25 +555,31 @@ impl Body for TapBody {
                     // Trailers are the last frame of a body.
                     this.stop(End::Complete);
                 } else {
-                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    this.last_frame = tokio::time::Instant::now();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.stop(End::UpstreamError);
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
                 this.stop(End::Complete);
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.idle.as_mut().poll(cx).is_ready() {
-                    this.stop(End::IdleTimeout);
-                    return Poll::Ready(Some(Err(
-                        "vllm-sentinel tap: upstream idle timeout".into()
-                    )));
+                while this.idle.as_mut().poll(cx).is_ready() {
+                    let deadline = this.last_frame + this.idle_timeout;
+                    if deadline <= this.idle.deadline() {
+                        // No frame since the timer was armed: idle for the whole timeout.
+                        this.stop(End::IdleTimeout);
+                        return Poll::Ready(Some(Err(
+                            "vllm-sentinel tap: upstream idle timeout".into()
+                        )));
+                    }
+                    // Frames came since: wait on from the last one (polled again by the loop, so
+                    // the new deadline is registered with this waker).
+                    this.idle.as_mut().reset(deadline);
                 }
                 Poll::Pending
             }
@@ -577,9 +598,115 @@ impl Body for TapBody {
     }
 }
 
-impl Drop for TapBody {
+impl<B> Drop for TapBody<B> {
     fn drop(&mut self) {
         // Unfinished: the client (or the server on its side) dropped the response.
         self.stop(End::ClientGone);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+    use tokio::sync::mpsc;
+    use tokio::time::{Instant, sleep};
+
+    /// A response body fed by the test: one data frame per message, the end when the sender
+    /// is dropped.
+    struct ChanBody(mpsc::Receiver<Bytes>);
+
+    impl Body for ChanBody {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn tracker(registry: &mut Registry) -> Tracker {
+        let shared = Arc::new(Shared {
+            client: Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(HttpConnector::new()),
+            base: "http://127.0.0.1:9".into(),
+            target: "t".into(),
+            metrics: TrafficMetrics::register(registry, &Default::default()),
+            models: ModelSet::with(Vec::new()),
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_body_bytes: 1024,
+        });
+        let mut t = Tracker::new(shared, monotonic_ns(), None);
+        t.status = Some(200);
+        t
+    }
+
+    fn exposition(registry: &Registry) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, registry).unwrap_or_default();
+        s
+    }
+
+    /// Sends `gaps.len()` frames, each after its gap, then ends the body.
+    fn feed(gaps: &'static [u64]) -> ChanBody {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            for g in gaps {
+                sleep(Duration::from_millis(*g)).await;
+                if tx.send(Bytes::from_static(b"data: x\n\n")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ChanBody(rx)
+    }
+
+    /// Frames every 600 ms for 1.8 s with a 1 s idle timeout: the lazily re-armed timer fires
+    /// twice (at 1.0 s and 1.6 s), finds a frame since, and waits on; the body completes.
+    #[tokio::test(start_paused = true)]
+    async fn idle_timer_is_moved_on_by_frames_that_came_since() {
+        let mut registry = Registry::default();
+        let mut body = TapBody::new(
+            feed(&[600, 600, 600]),
+            tracker(&mut registry),
+            Duration::from_secs(1),
+        );
+        let t0 = Instant::now();
+        let mut frames = 0;
+        while let Some(f) = body.frame().await {
+            assert!(f.is_ok(), "frame {frames} at {:?}", t0.elapsed());
+            frames += 1;
+        }
+        assert_eq!(frames, 3);
+        assert_eq!(t0.elapsed(), Duration::from_millis(1800));
+        let text = exposition(&registry);
+        assert!(text.contains(r#"result="2xx""#), "{text}");
+        assert!(!text.contains(r#"result="upstream_timeout""#), "{text}");
+    }
+
+    /// A frame at 0.6 s, then nothing for 5 s: the body fails exactly one idle timeout after
+    /// the last frame (1.6 s), counted as an upstream timeout.
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_counts_from_the_last_frame() {
+        let mut registry = Registry::default();
+        let mut body = TapBody::new(
+            feed(&[600, 5000]),
+            tracker(&mut registry),
+            Duration::from_secs(1),
+        );
+        let t0 = Instant::now();
+        assert!(matches!(body.frame().await, Some(Ok(_))));
+        let err = body.frame().await;
+        assert!(matches!(err, Some(Err(_))), "expected the idle timeout");
+        assert_eq!(t0.elapsed(), Duration::from_millis(1600));
+        assert!(
+            body.frame().await.is_none(),
+            "the body ends after the timeout"
+        );
+        let text = exposition(&registry);
+        assert!(text.contains(r#"result="upstream_timeout""#), "{text}");
     }
 }
