@@ -51,8 +51,17 @@ impl ErrorInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError(pub String);
 
-/// Parses one event's JSON.
+/// Parses one event's JSON: the common chunk shapes through the one-pass scanner
+/// ([`super::fastscan`]), everything else (errors included) through serde.
 pub fn parse(data: &[u8]) -> Result<EventSummary, ParseError> {
+    match super::fastscan::scan(data) {
+        Some(summary) => Ok(summary),
+        None => parse_serde(data),
+    }
+}
+
+/// Parses one event's JSON with serde: the reference reader, for any shape.
+pub fn parse_serde(data: &[u8]) -> Result<EventSummary, ParseError> {
     let raw: RawEvent<'_> =
         serde_json::from_slice(data).map_err(|e| ParseError(short(&e.to_string())))?;
     let mut out = EventSummary {

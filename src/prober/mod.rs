@@ -20,6 +20,7 @@ pub mod arrivals;
 pub mod canary;
 pub mod discovery;
 pub mod event;
+mod fastscan;
 pub mod health;
 pub mod http1;
 pub mod labels;
