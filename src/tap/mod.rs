@@ -53,6 +53,7 @@ pub mod measure;
 pub mod metrics;
 pub mod models;
 pub mod proxy;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,8 +73,27 @@ pub use metrics::{TrafficMetrics, TrafficOutcome};
 pub use models::ModelSet;
 use proxy::Shared;
 
-/// How long a pooled upstream connection may sit idle (under uvicorn's 5 s keep-alive).
-const POOL_IDLE: Duration = Duration::from_secs(4);
+use upstream::POOL_IDLE;
+/// Idle upstream connections kept for users' requests.
+const MAX_IDLE_UPSTREAM: usize = 1024;
+
+/// `host:port` of an upstream base URL (port 80 when it names none).
+fn authority(url: &str) -> String {
+    let uri: http::Uri = url.parse().unwrap_or_default();
+    let host = uri.host().unwrap_or("127.0.0.1");
+    let port = uri.port_u16().unwrap_or(80);
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The path prefix of an upstream base URL, without a trailing slash (`""` for none).
+fn base_path(url: &str) -> String {
+    let uri: http::Uri = url.parse().unwrap_or_default();
+    uri.path().trim_end_matches('/').to_string()
+}
 
 /// The tap's registered families, before it starts.
 #[derive(Debug, Clone)]
@@ -201,6 +221,12 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         client,
         base: settings.upstream.clone(),
+        base_path: base_path(&settings.upstream),
+        pool: upstream::Pool::new(
+            authority(&settings.upstream),
+            settings.connect_timeout,
+            MAX_IDLE_UPSTREAM,
+        ),
         target: settings.target.clone(),
         metrics,
         models,
@@ -322,4 +348,19 @@ async fn fetch_models(
         .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
         .to_bytes();
     models::parse_models(&body).context("not a /v1/models list")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_authority_and_path_prefix() {
+        assert_eq!(authority("http://127.0.0.1:8000"), "127.0.0.1:8000");
+        assert_eq!(authority("http://vllm"), "vllm:80");
+        assert_eq!(authority("http://[::1]:8000/x"), "[::1]:8000");
+        assert_eq!(base_path("http://127.0.0.1:8000"), "");
+        assert_eq!(base_path("http://127.0.0.1:8000/"), "");
+        assert_eq!(base_path("http://h:1/prefix/"), "/prefix");
+    }
 }

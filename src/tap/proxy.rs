@@ -1,12 +1,14 @@
 //! Forwarding: one user request to the upstream and its response back, frame by frame.
 //!
-//! The request is re-targeted (absolute upstream URI, HTTP/1.1 upstream) with its method, path,
-//! query, headers and body unchanged except for the hop-by-hop headers (RFC 9110 §7.6.1), and
-//! sent on the pooled upstream client. The response's head is copied (hop-by-hop headers
-//! removed) and its body is a [`TapBody`]: each upstream frame is handed to the client as soon
-//! as it is read — hyper's server writes and flushes it before polling for the next — and
-//! measured on the way. Dropping a [`TapBody`] (the client went away) drops the upstream body at
-//! once, which closes that upstream connection: vLLM sees the disconnect and aborts.
+//! The request is re-targeted (origin-form path under the upstream's base path, HTTP/1.1
+//! upstream, `Host` kept, or set to the upstream when the client sent none, as over h2c) with its
+//! method, path, query, headers and body unchanged except for the hop-by-hop headers (RFC 9110
+//! §7.6.1), and sent on a pooled upstream connection ([`super::upstream`]). The response's head is
+//! copied (hop-by-hop headers removed) and its body is a [`TapBody`], which drives the upstream
+//! connection itself: the upstream chunks already read are handed to the client together, as
+//! soon as they are read — hyper's server writes and flushes them before polling for more — and
+//! each is measured on the way. Dropping a [`TapBody`] (the client went away) drops the upstream
+//! connection at once: vLLM sees the disconnect and aborts.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -27,6 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use super::measure::{End, Measure, RequestInfo, endpoint_of, scan_request, without_response};
 use super::metrics::{TargetLabels, TrafficMetrics, TrafficOutcome};
 use super::models::ModelSet;
+use super::upstream::{Pool, SendError, UpConn};
 use crate::clock::monotonic_ns;
 use crate::config::Endpoint;
 
@@ -39,9 +42,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What every request of one tap shares.
 pub struct Shared {
+    /// For the tap's own small reads (`/v1/models`).
     pub client: Client<HttpConnector, UpstreamBody>,
     /// Upstream base URL without a trailing slash (`http://host:port`, maybe a path prefix).
     pub base: String,
+    /// The base URL's path prefix (no trailing slash; empty for none).
+    pub base_path: String,
+    /// Users' requests go upstream on these connections.
+    pub pool: Pool,
     /// The `target` label value.
     pub target: String,
     pub metrics: TrafficMetrics,
@@ -79,7 +87,12 @@ pub async fn handle(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = match format!("{}{pq}", shared.base).parse() {
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(h) = HeaderValue::from_str(shared.pool.authority())
+    {
+        parts.headers.insert(header::HOST, h);
+    }
+    let uri: Uri = match format!("{}{pq}", shared.base_path).parse() {
         Ok(u) => u,
         Err(_) => {
             tracker.no_response(
@@ -112,9 +125,8 @@ pub async fn handle(
     let body_error = body.error.clone();
     let upstream_req = Request::from_parts(parts, Either::Left(body));
 
-    let sent =
-        tokio::time::timeout(shared.header_timeout, shared.client.request(upstream_req)).await;
-    let resp = match sent {
+    let sent = tokio::time::timeout(shared.header_timeout, shared.pool.send(upstream_req)).await;
+    let (resp, conn) = match sent {
         Err(_) => return Ok(header_timeout(&shared, &mut tracker)),
         Ok(Err(e)) => {
             let body_failed = body_error.load(Ordering::Relaxed);
@@ -138,7 +150,7 @@ pub async fn handle(
             shared.max_body_bytes,
         ));
     }
-    let body = TapBody::new(body, tracker, shared.idle_timeout);
+    let body = TapBody::new(body, Some(conn), tracker, shared.idle_timeout);
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
@@ -224,7 +236,7 @@ fn header_timeout(shared: &Shared, tracker: &mut Tracker) -> Response<ClientBody
 fn send_failed(
     shared: &Shared,
     tracker: &mut Tracker,
-    e: &hyper_util::client::legacy::Error,
+    e: &SendError,
     body_failed: bool,
 ) -> Response<ClientBody> {
     if body_failed {
@@ -235,7 +247,7 @@ fn send_failed(
             "BadRequestError",
         );
     }
-    let detail = error_chain(e);
+    let detail = crate::prober::event::short(&e.to_string());
     if is_timeout(e) {
         shared.metrics.upstream_error(&shared.target, "timeout");
         tracker.no_response(TrafficOutcome::UpstreamTimeout, "upstream_timeout");
@@ -266,22 +278,12 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         })
 }
 
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if let Some(io) = c.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        cur = c.source();
+fn is_timeout(e: &SendError) -> bool {
+    match e {
+        SendError::ConnectTimeout => true,
+        SendError::Connect(io) => io.kind() == std::io::ErrorKind::TimedOut,
+        SendError::Http(_) => false,
     }
-    false
-}
-
-/// The error and its sources (never a URL: the connector's errors do not carry one).
-fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
-    crate::prober::event::short(&crate::errchain::chain(e))
 }
 
 /// A user's request body on its way upstream: the prefix read before forwarding (see
@@ -482,9 +484,11 @@ impl Drop for Tracker {
     }
 }
 
-/// The upstream response body on its way to the client. Passes every frame through as soon
-/// as it is read, measures it, bounds the wait for the next one (`idle_timeout`), and ends the
-/// request's [`Tracker`] when the body ends, fails, times out or is dropped.
+/// The upstream response body on its way to the client. Drives the upstream connection, passes
+/// the frames already read through at once (data frames read together are handed on as one, up to
+/// [`MAX_COALESCE`] bytes; each is measured on its own), bounds the wait for the next one
+/// (`idle_timeout`), and ends the request's [`Tracker`] when the body ends, fails, times out or
+/// is dropped. A connection whose response ended cleanly goes back to the pool.
 ///
 /// The idle timer is lazy: a frame only notes its arrival time, and the timer (armed once, for
 /// `idle_timeout` after the response head) is moved to `last frame + idle_timeout` only when it
@@ -492,6 +496,10 @@ impl Drop for Tracker {
 /// was a measurable share of the tap's CPU per token (BENCHMARKS.md, "Tap overhead").
 pub struct TapBody<B = Incoming> {
     inner: Option<B>,
+    /// The upstream connection the body comes on (none in unit tests).
+    conn: Option<UpConn>,
+    /// What the last poll read after the data it returned: handed on by the next poll.
+    next: Option<Next>,
     tracker: Tracker,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
@@ -499,31 +507,119 @@ pub struct TapBody<B = Incoming> {
     last_frame: tokio::time::Instant,
 }
 
+/// The most bytes of upstream data frames handed on as one frame.
+pub const MAX_COALESCE: usize = 64 * 1024;
+
+/// A frame or an end read after data that was handed on first.
+enum Next {
+    Frame(Frame<Bytes>),
+    Error(BoxError),
+    End,
+}
+
 impl<B: Body> TapBody<B> {
-    fn new(inner: B, mut tracker: Tracker, idle_timeout: Duration) -> Self {
-        let inner = if inner.is_end_stream() {
-            // No body at all (HEAD, 204, 304, Content-Length: 0): the response is complete.
-            tracker.end(End::Complete);
-            None
-        } else {
-            Some(inner)
-        };
+    fn new(inner: B, conn: Option<UpConn>, tracker: Tracker, idle_timeout: Duration) -> Self {
         let now = tokio::time::Instant::now();
-        Self {
-            inner,
+        let mut body = Self {
+            inner: Some(inner),
+            conn,
+            next: None,
             tracker,
             idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
             idle_timeout,
             last_frame: now,
+        };
+        if body.inner.as_ref().is_some_and(|i| i.is_end_stream()) {
+            // No body at all (HEAD, 204, 304, Content-Length: 0): the response is complete.
+            body.stop(End::Complete);
         }
+        body
     }
 }
 
 impl<B> TapBody<B> {
     fn stop(&mut self, end: End) {
-        // Drop the upstream body first: that closes the upstream connection.
+        // Drop the upstream body first; a connection whose response ended cleanly is reused,
+        // any other is dropped, which closes it.
         self.inner = None;
+        if let Some(c) = self.conn.take()
+            && end == End::Complete
+        {
+            self.tracker.shared.pool.checkin(c);
+        }
         self.tracker.end(end);
+    }
+
+    /// Lets the upstream connection read and write; forgets it once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(c) = self.conn.as_mut()
+            && c.poll_drive(cx).is_ready()
+        {
+            self.conn = None;
+        }
+    }
+}
+
+impl<B> TapBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// One data frame read: measured, then more data frames already read appended to it.
+    fn data(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+        let now = monotonic_ns();
+        if let Some(m) = self.tracker.measure.as_mut() {
+            m.on_data(&first, now);
+        }
+        let mut acc: Option<bytes::BytesMut> = None;
+        while acc.as_ref().map_or(first.len(), |a| a.len()) < MAX_COALESCE {
+            self.drive(cx);
+            let Some(inner) = self.inner.as_mut() else {
+                break;
+            };
+            let next = match Pin::new(inner).poll_frame(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => Next::End,
+                Poll::Ready(Some(Err(e))) => Next::Error(e.into()),
+                Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                    Ok(d) => {
+                        if let Some(m) = self.tracker.measure.as_mut() {
+                            m.on_data(&d, now);
+                        }
+                        acc.get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                            .extend_from_slice(&d);
+                        continue;
+                    }
+                    Err(f) => Next::Frame(f),
+                },
+            };
+            self.next = Some(next);
+            break;
+        }
+        self.last_frame = tokio::time::Instant::now();
+        match acc {
+            Some(a) => a.freeze(),
+            None => first,
+        }
+    }
+
+    /// Hands on what was read after the data of the last poll.
+    fn next_ready(&mut self, next: Next) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match next {
+            Next::Frame(f) => {
+                // A non-data frame is the trailers, the last frame of a body.
+                self.stop(End::Complete);
+                Poll::Ready(Some(Ok(f)))
+            }
+            Next::Error(e) => {
+                self.stop(End::UpstreamError);
+                Poll::Ready(Some(Err(e)))
+            }
+            Next::End => {
+                self.stop(End::Complete);
+                Poll::Ready(None)
+            }
+        }
     }
 }
 
@@ -540,33 +636,34 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(next) = this.next.take() {
+            return this.next_ready(next);
+        }
+        this.drive(cx);
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         match Pin::new(&mut *inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let now = monotonic_ns();
-                if let Some(d) = frame.data_ref()
-                    && let Some(m) = this.tracker.measure.as_mut()
-                {
-                    m.on_data(d, now);
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(d) => {
+                    let d = this.data(d, cx);
+                    // The end, when it is known already, is handled now: hyper's server does not
+                    // poll again once a body with a known length has been written in full.
+                    let ended = match this.next {
+                        Some(Next::End) => true,
+                        Some(_) => false,
+                        None => this.inner.as_ref().is_none_or(|i| i.is_end_stream()),
+                    };
+                    if ended {
+                        this.next = None;
+                        this.stop(End::Complete);
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(d))))
                 }
-                if frame.is_trailers() || inner.is_end_stream() {
-                    // Trailers are the last frame of a body.
-                    this.stop(End::Complete);
-                } else {
-                    this.last_frame = tokio::time::Instant::now();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.stop(End::UpstreamError);
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                this.stop(End::Complete);
-                Poll::Ready(None)
-            }
+                Err(f) => this.next_ready(Next::Frame(f)),
+            },
+            Poll::Ready(Some(Err(e))) => this.next_ready(Next::Error(e.into())),
+            Poll::Ready(None) => this.next_ready(Next::End),
             Poll::Pending => {
                 while this.idle.as_mut().poll(cx).is_ready() {
                     let deadline = this.last_frame + this.idle_timeout;
@@ -587,13 +684,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+        self.next.is_none() && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(i) => i.size_hint(),
-            None => SizeHint::with_exact(0),
+        match (&self.inner, &self.next) {
+            (Some(i), None) => i.size_hint(),
+            (Some(_), Some(_)) => SizeHint::default(),
+            (None, _) => SizeHint::with_exact(0),
         }
     }
 }
@@ -632,6 +730,8 @@ mod tests {
             client: Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(HttpConnector::new()),
             base: "http://127.0.0.1:9".into(),
+            base_path: String::new(),
+            pool: Pool::new("127.0.0.1:9".into(), Duration::from_secs(1), 4),
             target: "t".into(),
             metrics: TrafficMetrics::register(registry, &Default::default()),
             models: ModelSet::with(Vec::new()),
@@ -671,6 +771,7 @@ mod tests {
         let mut registry = Registry::default();
         let mut body = TapBody::new(
             feed(&[600, 600, 600]),
+            None,
             tracker(&mut registry),
             Duration::from_secs(1),
         );
@@ -694,6 +795,7 @@ mod tests {
         let mut registry = Registry::default();
         let mut body = TapBody::new(
             feed(&[600, 5000]),
+            None,
             tracker(&mut registry),
             Duration::from_secs(1),
         );

@@ -1,0 +1,179 @@
+//! Upstream HTTP/1.1 connections driven by the task that forwards on them, and their idle pool.
+//!
+//! Why not hyper-util's pooled client: it runs each upstream connection in a task of its own and
+//! hands the response body over a one-slot channel, so every upstream chunk costs two task
+//! wake-ups and reaches the client alone. When one read from vLLM brings twenty SSE events (a
+//! busy server), that client still writes them to the user one syscall each, where nginx writes
+//! them in one; at 1,000 streams that was the tap's largest cost (BENCHMARKS.md, "Tap
+//! overhead"). Here the request's own task polls the connection (hyper's `client::conn::http1`)
+//! before its body, so the chunks already read can be handed on together, with no task hop.
+//!
+//! The pool keeps idle connections (most recent first) for [`POOL_IDLE`] at most, under the
+//! server's keep-alive timeout (uvicorn: 5 s), so a connection is not reused just as the server
+//! closes it. A connection is taken only when it is ready for a request after one poll (a closed
+//! one is dropped), and it is returned only after its response ended cleanly.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::proxy::UpstreamBody;
+
+/// How long an idle upstream connection is kept.
+pub const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// One upstream connection: the request sender and the connection itself, which must be polled
+/// for anything to be read or written.
+pub struct UpConn {
+    tx: http1::SendRequest<UpstreamBody>,
+    conn: http1::Connection<TokioIo<TcpStream>, UpstreamBody>,
+    idle_since: Instant,
+}
+
+impl UpConn {
+    /// Drives the connection (reads, writes). `Ready` once it has ended (closed or failed).
+    pub fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.conn).poll(cx).map(|_| ())
+    }
+
+    /// Whether it can take a request now (after the response before it ended).
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> bool {
+        matches!(self.tx.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+}
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum SendError {
+    /// No TCP connection within the connect timeout.
+    ConnectTimeout,
+    /// The TCP connection or the HTTP/1.1 handshake failed.
+    Connect(std::io::Error),
+    /// The connection failed or closed before the response head.
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::ConnectTimeout => f.write_str("connect timed out"),
+            SendError::Connect(e) => write!(f, "connect error: {e}"),
+            SendError::Http(e) => write!(f, "{}", crate::errchain::chain(e)),
+        }
+    }
+}
+
+/// Idle upstream connections to one `host:port`.
+pub struct Pool {
+    authority: String,
+    connect_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<UpConn>>,
+}
+
+impl Pool {
+    pub fn new(authority: String, connect_timeout: Duration, max_idle: usize) -> Self {
+        Self {
+            authority,
+            connect_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The `host:port` connected to.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// Sends `req` on an idle connection or a new one, driving the connection until the
+    /// response head arrives. Never retries a request that may have been sent.
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, UpConn), SendError> {
+        let mut up = match self.checkout().await {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        let mut fut = std::pin::pin!(up.tx.send_request(req));
+        let mut conn_done = false;
+        let head = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if !conn_done && up.poll_drive(cx).is_ready() {
+                // The connection ended: the request's future resolves (with an error) on the
+                // next poll.
+                conn_done = true;
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        })
+        .await;
+        head.map(|r| (r, up)).map_err(SendError::Http)
+    }
+
+    /// An idle connection that is still usable, most recent first.
+    async fn checkout(&self) -> Option<UpConn> {
+        loop {
+            let mut c = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.pop()?
+            };
+            if c.idle_since.elapsed() >= POOL_IDLE {
+                continue;
+            }
+            let usable = std::future::poll_fn(|cx| {
+                // Let the connection see a close or an error that came while it was idle.
+                if c.poll_drive(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                Poll::Ready(c.poll_ready(cx))
+            })
+            .await;
+            if usable {
+                return Some(c);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<UpConn, SendError> {
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(self.authority.as_str()),
+        )
+        .await
+        .map_err(|_| SendError::ConnectTimeout)?
+        .map_err(SendError::Connect)?;
+        stream.set_nodelay(true).map_err(SendError::Connect)?;
+        let (tx, conn) = http1::Builder::new()
+            .preserve_header_case(true)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Http)?;
+        Ok(UpConn {
+            tx,
+            conn,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Returns a connection whose response ended cleanly.
+    pub fn checkin(&self, mut c: UpConn) {
+        c.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(c);
+        }
+    }
+}
