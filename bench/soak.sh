@@ -22,11 +22,14 @@
 # Flat rule (reported, never asserted): after the first quarter (warm-up: 1,000 streams and the
 # first scrapes fill the pools and the status history), the last-quarter mean of RSS, fds,
 # threads and /metrics bytes is at most FLAT_PCT % (default 10) above the second-quarter mean,
-# and the last-quarter mean of /metrics latency at most LAT_PCT % (default 50: one sample a
-# minute on a shared machine is noisy) above it. A daemon that exited early is "NOT FLAT".
+# and the last-quarter mean of /metrics latency at most LAT_PCT % (default 50) or LAT_SLACK_MS
+# (default 5 ms) above it, whichever is larger: one median of 3 a minute on a shared machine
+# swings by milliseconds while the render itself takes ~1 ms. A daemon that exited early is
+# "NOT FLAT".
 #
 # Variables: BIN [target/release/vllm-sentinel], OUT [target/bench-soak], SAMPLE_S [60],
-# TIMING [20ms,5ms], PROMPT_TOKENS [16], MAX_TOKENS [32], FLAT_PCT [10], LAT_PCT [50],
+# TIMING [20ms,5ms], PROMPT_TOKENS [16], MAX_TOKENS [32] (with the timing, a request takes
+# ~175 ms: STREAMS/0.175 requests/s), FLAT_PCT [10], LAT_PCT [50], LAT_SLACK_MS [5],
 # NICE [10] (the whole script and its children run at `nice -n NICE`; empty: no nice).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +65,7 @@ PROMPT_TOKENS=${PROMPT_TOKENS:-16}
 MAX_TOKENS=${MAX_TOKENS:-32}
 FLAT_PCT=${FLAT_PCT:-10}
 LAT_PCT=${LAT_PCT:-50}
+LAT_SLACK_MS=${LAT_SLACK_MS:-5}
 [[ -x $BIN ]] || { echo "$BIN missing: cargo build --release --bin vllm-sentinel (or set BIN)" >&2; exit 2; }
 command -v curl >/dev/null || { echo "curl is needed" >&2; exit 2; }
 mkdir -p "$OUT"
@@ -210,7 +214,7 @@ echo "machine load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
 # Summary: quarters by elapsed time; slope over the samples after the first quarter.
-awk -F, -v D="$DURATION" -v fp="$FLAT_PCT" -v lp="$LAT_PCT" -v early="$EARLY_EXIT" '
+awk -F, -v D="$DURATION" -v fp="$FLAT_PCT" -v lp="$LAT_PCT" -v ls="$LAT_SLACK_MS" -v early="$EARLY_EXIT" '
 NR == 1 { for (i = 1; i <= NF; i++) name[i] = $i; next }
 {
     q = int(4 * $1 / D); if (q > 3) q = 3
@@ -233,7 +237,11 @@ END {
         lim = (name[i] == "metrics_s") ? lp : fp
         if (c[i, 1] && c[i, 3] && m2 > 0) {
             pct = (m4 / m2 - 1) * 100
-            ok = (pct <= lim); verdict = sprintf("%+.1f %% (limit +%s %%) %s", pct, lim, ok ? "flat" : "GROWS")
+            ok = (pct <= lim)
+            if (name[i] == "metrics_s") {
+                ok = ok || (m4 - m2) * 1000 <= ls
+                verdict = sprintf("%+.1f %% / %+.2f ms (limit +%s %% or +%s ms) %s", pct, (m4 - m2) * 1000, lim, ls, ok ? "flat" : "GROWS")
+            } else verdict = sprintf("%+.1f %% (limit +%s %%) %s", pct, lim, ok ? "flat" : "GROWS")
         } else { ok = 0; verdict = "too few samples" }
         if (!ok) flat = 0
         printf "%-14s %14.6g %14.6g %14.6g %14.6g %14.6g  %s\n", name[i], m1, m2, m4, slope, mx[i], verdict
