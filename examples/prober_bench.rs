@@ -431,3 +431,138 @@ fn execute_failed(_t0: Instant) -> vllm_sentinel::prober::request::RequestRecord
         response_bytes: 0,
     }
 }
+
+/// The null client (issue 14, defect 13): a `[DONE]` or chunked terminator split between two
+/// reads at any byte is still found, and a stalled stream ends as `timeout_request` instead of
+/// hanging the benchmark. Run with `cargo test --example prober_bench`.
+///
+/// The split is made deterministic with the paused clock: the server writes the first part,
+/// then sleeps; the clock only advances once the runtime is idle, i.e. once the client has
+/// read everything sent so far and waits for more, so the second part always arrives in a
+/// later read.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn request() -> ProbeRequest {
+        ProbeRequest {
+            endpoint: Endpoint::Completions,
+            model: "m".into(),
+            prompt: Prompt::TokenIds(vec![100, 101]),
+            max_tokens: 3,
+            ignore_eos: true,
+            temperature: None,
+            stream: true,
+            extra: Default::default(),
+        }
+    }
+
+    fn observer() -> Obs {
+        Obs {
+            events: Vec::new(),
+            missing: 0,
+            key: memchr::memmem::Finder::new(b"\"sim_sent_ns\":"),
+        }
+    }
+
+    /// A chunked SSE response: three token events, a usage event, `[DONE]`, the terminator.
+    fn response() -> Vec<u8> {
+        let mut body = Vec::new();
+        for i in 0..3 {
+            let ev =
+                format!("data: {{\"choices\":[{{\"text\":\"t{i}\"}}],\"sim_sent_ns\":{i}}}\n\n");
+            body.extend_from_slice(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
+        }
+        for ev in [
+            "data: {\"usage\":{\"completion_tokens\":3}}\n\n",
+            "data: [DONE]\n\n",
+        ] {
+            body.extend_from_slice(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        let mut r = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        r.extend_from_slice(&body);
+        r
+    }
+
+    /// Reads a request head and its body (by content-length) from the socket.
+    async fn read_request(s: &mut tokio::net::TcpStream) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "client closed before its request was complete");
+            got.extend_from_slice(&buf[..n]);
+            if let Some(end) = memchr::memmem::find(&got, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap();
+                if got.len() >= end + 4 + len {
+                    return;
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn null_client_finds_markers_split_at_every_byte() {
+        let resp = response();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server_resp = resp.clone();
+        let server = tokio::spawn(async move {
+            for cut in 1..server_resp.len() {
+                let (mut s, _) = listener.accept().await.unwrap();
+                read_request(&mut s).await;
+                s.write_all(&server_resp[..cut]).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                s.write_all(&server_resp[cut..]).await.unwrap();
+            }
+        });
+        for cut in 1..resp.len() {
+            let mut sock = None;
+            let mut obs = observer();
+            let rec = null_request(&mut sock, &base, &request(), &mut obs).await;
+            assert_eq!(rec.outcome, Outcome::Ok, "split at byte {cut}");
+            assert_eq!(rec.output_events, 3, "split at byte {cut}");
+            assert_eq!(obs.events.len(), 3, "split at byte {cut}");
+            assert!(sock.is_some(), "the socket is kept after a whole response");
+        }
+        server.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn null_client_times_out_on_a_stalled_stream() {
+        let resp = response();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        // Everything up to the `[DONE]` event, then silence with the connection open.
+        let stall_at = memchr::memmem::find(&resp, b"data: [DONE]").unwrap();
+        let (release, hold) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_request(&mut s).await;
+            s.write_all(&resp[..stall_at]).await.unwrap();
+            let _ = hold.await;
+        });
+        let mut sock = None;
+        let mut obs = observer();
+        let t0 = tokio::time::Instant::now();
+        let rec = null_request(&mut sock, &base, &request(), &mut obs).await;
+        assert_eq!(rec.outcome, Outcome::TimeoutRequest);
+        assert!(sock.is_none(), "a stalled socket is never reused");
+        // The timer wheel rounds a deadline up to the next millisecond.
+        let waited = t0.elapsed();
+        assert!(
+            waited >= NULL_READ_TIMEOUT && waited < NULL_READ_TIMEOUT + Duration::from_millis(10),
+            "{waited:?}"
+        );
+        let _ = release.send(());
+        server.await.unwrap();
+    }
+}

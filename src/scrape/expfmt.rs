@@ -129,6 +129,14 @@ impl MetricType {
     }
 }
 
+/// OpenMetrics: a family with a non-empty unit has a name ending in `_<unit>`.
+fn unit_matches(family: &str, unit: &str) -> bool {
+    unit.is_empty()
+        || family
+            .strip_suffix(unit)
+            .is_some_and(|head| head.ends_with('_'))
+}
+
 /// Which part of its family a sample is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Suffix {
@@ -156,7 +164,8 @@ pub enum ErrorKind {
     Empty,
     /// A line that is neither a comment nor a well-formed sample.
     Syntax,
-    /// A sample value that is not a number.
+    /// A sample value that is not a number, or (OpenMetrics) one its type forbids: a negative
+    /// or NaN counter `_total`, bucket or count, a `_created` that is not a finite timestamp.
     Value,
     /// A malformed label set: bad name, bad escape, unterminated value, repeated name.
     Label,
@@ -167,11 +176,13 @@ pub enum ErrorKind {
     /// A second `# TYPE`, metadata after samples, a family split in two, a sample suffix the
     /// type does not allow.
     TypeConflict,
-    /// A malformed `# HELP`/`# TYPE`/`# UNIT` line.
+    /// A malformed `# HELP`/`# TYPE`/`# UNIT` line, or (OpenMetrics) a unit that is not the
+    /// `_<unit>` suffix of its family's name.
     Metadata,
     /// Lines after OpenMetrics `# EOF`.
     AfterEof,
-    /// A histogram without `+Inf` bucket, with a non-numeric `le`, or with decreasing buckets.
+    /// A histogram without `+Inf` bucket, with a non-numeric `le`, or with decreasing buckets;
+    /// (OpenMetrics) a `_count`/`_gcount` that differs from the `+Inf` bucket.
     Histogram,
 }
 
@@ -573,9 +584,12 @@ impl<'a> Parser<'a> {
             }
             _ => {
                 let u = text.trim_end_matches([' ', '\t']);
-                // OpenMetrics wants a non-empty unit to be the `_<unit>` suffix of the family
-                // name; not checked: an existing unit test declares `foo` with unit `seconds`.
                 self.exp.families[fi as usize].unit = Some(u);
+                // OpenMetrics: a non-empty unit is the `_<unit>` suffix of the family name
+                // (0.0.4 has no `# UNIT`; there the line is only kept as read).
+                if self.exp.format == Format::OpenMetrics && !unit_matches(name, u) {
+                    self.damage(fi, ErrorKind::Metadata);
+                }
             }
         }
     }
@@ -821,10 +835,12 @@ struct HistState {
     sorted: bool,
     /// The `+Inf` bucket's value, once seen.
     inf: Option<f64>,
+    /// The `_count` (`_gcount`) value, once seen.
+    count: Option<f64>,
 }
 
 /// Histogram rules (every series has a `+Inf` bucket, `le` values are numbers, counts do not
-/// decrease with `le`), checked without allocating per family: one scratch map reused for the
+/// decrease with `le`; in OpenMetrics `_count`/`_gcount`, when present, equals `+Inf`), checked without allocating per family: one scratch map reused for the
 /// whole body. In 0.0.4 buckets exposed out of `le` order are accepted (the monotonic check is
 /// then skipped for that series; [`group_histograms`] sorts them); OpenMetrics requires them
 /// sorted. A series is its labels without `le` and its
@@ -844,6 +860,7 @@ fn histogram_ok_fast(
             last_count: f64::NEG_INFINITY,
             sorted: true,
             inf: None,
+            count: None,
         });
         match s.suffix {
             Suffix::Bucket => {
@@ -871,15 +888,23 @@ fn histogram_ok_fast(
                     e.inf = Some(s.value);
                 }
             }
-            Suffix::Sum | Suffix::Count | Suffix::Created => {}
+            Suffix::Count => e.count = Some(s.value),
+            Suffix::Sum | Suffix::Created => {}
             _ => return false,
         }
     }
-    scratch.values().all(|e| e.inf.is_some())
+    // OpenMetrics: the count is the `+Inf` bucket (0.0.4 documents the same equality, but
+    // scrapers do not enforce it there; see docs/scrape.md).
+    scratch.values().all(|e| match (e.inf, e.count) {
+        (None, _) => false,
+        (Some(inf), Some(count)) if strict => inf == count,
+        _ => true,
+    })
 }
 
-/// OpenMetrics rules on one sample's value and labels: bucket counts and counts are neither
-/// negative nor NaN, info values are 1, stateset values 0 or 1 with a label named as
+/// OpenMetrics rules on one sample's value and labels: counter totals, bucket counts and
+/// counts are neither negative nor NaN (`+Inf` is allowed), `_created` is a finite timestamp
+/// (it may precede the epoch), info values are 1, stateset values 0 or 1 with a label named as
 /// the family, summary quantiles between 0 and 1; counters, histograms and infos have no
 /// sample under the bare family name.
 fn om_sample_rules(
@@ -897,10 +922,10 @@ fn om_sample_rules(
         }
     };
     match (typ, suffix) {
-        // Counter `_total` values are not checked: the spec forbids negative and NaN, but the
-        // existing round-trip property test generates any f64 for OpenMetrics counters.
-        (MetricType::Histogram | MetricType::GaugeHistogram, Suffix::Bucket | Suffix::Count)
+        (MetricType::Counter, Suffix::Total)
+        | (MetricType::Histogram | MetricType::GaugeHistogram, Suffix::Bucket | Suffix::Count)
         | (MetricType::Summary, Suffix::Count) => non_negative(value),
+        (_, Suffix::Created) if !value.is_finite() => Err(ErrorKind::Value),
         (
             MetricType::Counter
             | MetricType::Histogram
@@ -1479,16 +1504,17 @@ vllm:iteration_tokens_total_sum{engine=\"0\",model_name=\"tiny\"} 13620.0\n";
 
     #[test]
     fn openmetrics_counter_info_exemplar_unit_eof() {
-        let body = "# TYPE foo counter\n# UNIT foo seconds\n# HELP foo A \\\"help\\\".\n\
-foo_total{a=\"x\"} 1.5 # {trace_id=\"abc\"} 0.5 123.25\nfoo_created{a=\"x\"} 1.7e9\n\
-# TYPE bar info\nbar_info{version=\"1\"} 1\n# EOF\n";
+        let body = "# TYPE foo_seconds counter\n# UNIT foo_seconds seconds\n\
+# HELP foo_seconds A \\\"help\\\".\n\
+foo_seconds_total{a=\"x\"} 1.5 # {trace_id=\"abc\"} 0.5 123.25\n\
+foo_seconds_created{a=\"x\"} 1.7e9\n# TYPE bar info\nbar_info{version=\"1\"} 1\n# EOF\n";
         let e = parse(body, Format::OpenMetrics);
         assert_eq!(e.error_total(), 0, "{:?}", e.errors);
         assert!(e.saw_eof);
         let f = &e.families[0];
         assert_eq!(
             (f.name, f.base_name(), f.unit),
-            ("foo", "foo", Some("seconds"))
+            ("foo_seconds", "foo_seconds", Some("seconds"))
         );
         assert_eq!(f.help.as_deref(), Some("A \"help\"."));
         let s = e.samples[0];
@@ -1589,6 +1615,63 @@ v abc\n!!!\n# TYPE ok counter\n";
             e.error_counts().collect::<Vec<_>>(),
             vec![(ErrorKind::TypeConflict, 1)]
         );
+    }
+
+    /// The three OpenMetrics rules 0.0.4 does not have: each flags (damages) only its own
+    /// family, with the fitting kind, and the same body parsed as 0.0.4 has no error.
+    #[test]
+    fn openmetrics_only_counter_unit_and_count_rules() {
+        for (body, kind) in [
+            ("# TYPE c counter\nc_total -1\n", ErrorKind::Value),
+            ("# TYPE c counter\nc_total NaN\n", ErrorKind::Value),
+            (
+                "# TYPE c counter\nc_total 1\nc_created NaN\n",
+                ErrorKind::Value,
+            ),
+            (
+                "# TYPE c gauge\n# UNIT c seconds\nc 1\n",
+                ErrorKind::Metadata,
+            ),
+            (
+                "# TYPE c_xseconds gauge\n# UNIT c_xseconds seconds\nc_xseconds 1\n",
+                ErrorKind::Metadata,
+            ),
+            (
+                "# TYPE c histogram\nc_bucket{le=\"+Inf\"} 2\nc_count 1\nc_sum 0\n",
+                ErrorKind::Histogram,
+            ),
+            (
+                "# TYPE c gaugehistogram\nc_bucket{le=\"+Inf\"} 2\nc_gcount 3\n",
+                ErrorKind::Histogram,
+            ),
+        ] {
+            let om = format!("# TYPE ok gauge\nok 1\n{body}# TYPE after gauge\nafter 2\n# EOF\n");
+            let e = parse(&om, Format::OpenMetrics);
+            assert_eq!(
+                e.error_counts().collect::<Vec<_>>(),
+                vec![(kind, 1)],
+                "{body}"
+            );
+            for f in &e.families {
+                assert_eq!(f.damaged, f.name.starts_with('c'), "{body}: {}", f.name);
+            }
+            assert_eq!(
+                e.samples
+                    .iter()
+                    .filter(|s| s.name == "ok" || s.name == "after")
+                    .count(),
+                2
+            );
+            let prom = format!("{body}ok 1\n");
+            let e = parse(&prom, Format::Prometheus);
+            assert_eq!(e.error_total(), 0, "0.0.4 {body}: {:?}", e.errors);
+        }
+        // What stays legal in OpenMetrics: +Inf totals, a _created before the epoch, an empty
+        // unit, a histogram without _count, a matching count.
+        let ok = "# TYPE c counter\nc_total +Inf\nc_created -5\n# TYPE u gauge\n# UNIT u\nu 1\n\
+# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\n# TYPE g histogram\ng_bucket{le=\"+Inf\"} 2\ng_count 2\n# EOF\n";
+        let e = parse(ok, Format::OpenMetrics);
+        assert_eq!(e.error_total(), 0, "{:?}", e.errors);
     }
 
     #[test]

@@ -214,11 +214,9 @@ fn encode_hist(
     h: &Hist,
 ) -> Result<(), std::fmt::Error> {
     let buckets = decumulate(&h.buckets);
-    let count = if h.count.is_finite() && h.count >= 0.0 {
-        h.count.round() as u64
-    } else {
-        0
-    };
+    // The count is what the encoder writes as the `+Inf` bucket: OpenMetrics requires them
+    // equal, and an upstream 0.0.4 body may not have them so.
+    let count = buckets.iter().map(|b| b.1).sum();
     enc.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
         if h.sum.is_nan() { 0.0 } else { h.sum },
         count,

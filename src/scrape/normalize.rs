@@ -14,6 +14,10 @@
 //!   and histograms, the maximum for ratios (summing a ratio across processes would exceed 1).
 //!   Histograms are only summed when their bucket layouts agree; otherwise the series is
 //!   dropped.
+//! * Nothing flagged by the parser is used: damaged families are skipped whole (in OpenMetrics
+//!   a negative/NaN counter total, a unit that is not the name's suffix and a `_count` that is
+//!   not the `+Inf` bucket all damage their family). Counter values 0.0.4 allows but a counter
+//!   cannot hold (negative, NaN) are skipped sample by sample.
 
 use std::collections::BTreeMap;
 
@@ -643,13 +647,19 @@ fn add_values(
         {
             continue;
         }
+        let v = s.value;
+        // A counter value OpenMetrics forbids (negative, NaN) is never used: an OpenMetrics
+        // body's family is already damaged; a 0.0.4 body's sample is skipped here, so that our
+        // own counter stays valid.
+        if concept.kind() == Kind::Counter && (v.is_nan() || v < 0.0) {
+            continue;
+        }
         let (model, engine_index) = lk.key_parts(engine, &labels);
         let key = Key {
             model,
             engine_index,
             reason: reason_of(alias, &labels),
         };
-        let v = s.value;
         out.values
             .entry((concept, key))
             .and_modify(|old| {
@@ -832,7 +842,10 @@ fn add_http_requests(lk: &Lookup<'_, '_>, out: &mut ServerSeries) {
         return;
     }
     for s in exp.family_samples(fam) {
-        if !matches!(s.suffix, Suffix::None | Suffix::Total) || !s.value.is_finite() {
+        if !matches!(s.suffix, Suffix::None | Suffix::Total)
+            || !s.value.is_finite()
+            || s.value < 0.0
+        {
             continue;
         }
         let Some(status) = exp.label(s, "status") else {
@@ -995,5 +1008,43 @@ vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\",pid=\"2\"} 0.5\n";
         assert_eq!(n.value(Concept::RequestsRunning, "m", "0"), Some(7.0));
         assert_eq!(n.value(Concept::KvCacheUsage, "m", "0"), Some(0.5));
         assert_eq!(n.value(Concept::RequestsWaiting, "m", "0"), None);
+    }
+
+    /// Values the parser flags in OpenMetrics (negative counter total, unit not the name's
+    /// suffix, `_count` not the `+Inf` bucket) never reach the normalised series; in 0.0.4 the
+    /// counter's negative sample is skipped and the histogram is kept.
+    #[test]
+    fn flagged_values_are_never_used() {
+        let body = "# TYPE vllm:prompt_tokens counter\n\
+vllm:prompt_tokens_total{engine=\"0\",model_name=\"m\",pid=\"1\"} 5\n\
+vllm:prompt_tokens_total{engine=\"0\",model_name=\"m\",pid=\"2\"} -3\n\
+# TYPE vllm:num_requests_running gauge\n# UNIT vllm:num_requests_running seconds\n\
+vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 4\n\
+# TYPE vllm:time_to_first_token_seconds histogram\n\
+vllm:time_to_first_token_seconds_bucket{engine=\"0\",model_name=\"m\",le=\"1.0\"} 1\n\
+vllm:time_to_first_token_seconds_bucket{engine=\"0\",model_name=\"m\",le=\"+Inf\"} 2\n\
+vllm:time_to_first_token_seconds_count{engine=\"0\",model_name=\"m\"} 9\n\
+vllm:time_to_first_token_seconds_sum{engine=\"0\",model_name=\"m\"} 1.5\n\
+# TYPE vllm:num_requests_waiting gauge\n\
+vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 1\n";
+        let key = Key {
+            model: "m".into(),
+            engine_index: "0".into(),
+            reason: None,
+        };
+        let om_body = format!("{body}# EOF\n");
+        let om = parse(&om_body, Format::OpenMetrics);
+        assert_eq!(om.error_total(), 3, "{:?}", om.errors);
+        let n = normalize(&om, "x");
+        assert_eq!(n.value(Concept::PromptTokens, "m", "0"), None);
+        assert_eq!(n.value(Concept::RequestsRunning, "m", "0"), None);
+        assert!(!n.histograms.contains_key(&(Concept::Ttft, key.clone())));
+        assert_eq!(n.value(Concept::RequestsWaiting, "m", "0"), Some(1.0));
+        let prom = parse(body, Format::Prometheus);
+        assert_eq!(prom.error_total(), 0, "{:?}", prom.errors);
+        let n = normalize(&prom, "x");
+        assert_eq!(n.value(Concept::PromptTokens, "m", "0"), Some(5.0));
+        assert_eq!(n.value(Concept::RequestsRunning, "m", "0"), Some(4.0));
+        assert!(n.histograms.contains_key(&(Concept::Ttft, key)));
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! Rules (also in docs/scrape.md):
 //! * Counters whose samples end in `_total` stay counters (prometheus-client appends `_total`
-//!   itself, so the family is registered without it); a counter without `_total` (TGI) is
-//!   re-exported untyped so that its name stays exactly as upstream wrote it.
+//!   itself, so the family is registered without it); a counter without `_total` (TGI), or
+//!   with a value a counter cannot hold (negative or NaN, legal in 0.0.4), is re-exported
+//!   untyped so that its name stays exactly as upstream wrote it and our OpenMetrics stays
+//!   valid.
+//! * A histogram's `_count` is re-exported as its `+Inf` bucket (OpenMetrics requires them
+//!   equal; an OpenMetrics upstream where they differ is damaged and not re-exported).
 //! * Gauges stay gauges; OpenMetrics `info` stays info; histograms keep their buckets; a
 //!   family whose samples carry different names (a counter with both `x` and `x_total`) is
 //!   treated like an untyped one;
@@ -221,7 +225,7 @@ fn histogram_family(
             continue;
         }
         let mut prev = 0.0f64;
-        let buckets = h
+        let buckets: Vec<(f64, u64)> = h
             .buckets
             .iter()
             .map(|(le, c)| {
@@ -230,12 +234,9 @@ fn histogram_family(
                 (*le, d)
             })
             .collect();
-        let count = h
-            .count
-            .or(h.buckets.last().map(|b| b.1))
-            .unwrap_or(0.0)
-            .max(0.0)
-            .round() as u64;
+        // `_count` is re-exported as the `+Inf` bucket the encoder writes (OpenMetrics requires
+        // them equal; a 0.0.4 upstream may differ).
+        let count = buckets.iter().map(|b| b.1).sum();
         pf.series.push(PassSeries {
             labels: relabel(target, &h.labels),
             value: PassValue::Histogram {
@@ -261,7 +262,7 @@ fn typed_family(
     let all_total = samples
         .iter()
         .filter(|s| s.suffix != Suffix::Created)
-        .all(|s| s.name.ends_with("_total"));
+        .all(|s| s.name.ends_with("_total") && s.value >= 0.0);
     let (name, typ) = match f.typ {
         MetricType::Counter if all_total => (
             samples

@@ -1,6 +1,7 @@
 //! The real binary, as a user runs it: `demo` starts, serves live metrics that a Prometheus text
 //! parser and `promtool check metrics` accept, and shuts down cleanly on SIGTERM; bad flags and a
-//! port in use fail with one clear line before anything starts.
+//! port in use fail with one clear line before anything starts; proxy variables in the
+//! environment never divert the scrape.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -173,6 +174,72 @@ fn check_with_promtool(body: &str) {
         out.status.success() && text.trim().is_empty(),
         "promtool check metrics complained:\n{text}"
     );
+}
+
+/// Proxy variables in the environment are ignored: the scraper talks to its server directly, so
+/// the credentials it sends never reach a proxy (issue 14, defect 8). The proxy here accepts
+/// nothing: a scrape sent through it could never succeed, and its listener would hold the
+/// connection.
+#[test]
+fn proxy_variables_are_ignored_by_the_scraper() {
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_url = format!("http://spy:S3CRET@{}", proxy.local_addr().unwrap());
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--sim-listen",
+        "127.0.0.1:0",
+        "--no-gpu",
+    ])
+    .env("RUST_LOG", "warn")
+    .env_remove("NO_PROXY")
+    .env_remove("no_proxy")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        cmd.env(var, &proxy_url);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = KillOnDrop(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let metrics_url = wait_for("the demo's metrics URL", Duration::from_secs(30), || {
+        let line = lines.next()?.ok()?;
+        line.contains("vllm-sentinel metrics:")
+            .then(|| line.split_whitespace().last().unwrap().to_string())
+    });
+    wait_for(
+        "a successful upstream scrape",
+        Duration::from_secs(60),
+        || {
+            let (_, _, body) = get(&metrics_url)?;
+            let ok: f64 = body
+                .lines()
+                .find(|l| {
+                    l.starts_with("vllm_sentinel_upstream_scrapes_total{")
+                        && l.contains("result=\"ok\"")
+                })?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            (ok >= 1.0).then_some(())
+        },
+    );
+    proxy.set_nonblocking(true).unwrap();
+    match proxy.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the proxy was contacted: {other:?}"),
+    }
 }
 
 #[test]

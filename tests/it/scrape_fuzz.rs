@@ -46,7 +46,8 @@ fn corpus() -> Vec<Vec<u8>> {
     .iter()
     .map(|n| data(n).into_bytes())
     .collect();
-    c.push(b"# TYPE foo counter\n# UNIT foo seconds\nfoo_total{a=\"x\"} 1.5 # {trace_id=\"abc\"} 0.5 123.25\nfoo_created{a=\"x\"} 1.7e9\n# TYPE bar info\nbar_info{version=\"1\"} 1\n# EOF\n".to_vec());
+    // A clean OpenMetrics body: its unit is the family name's suffix (else a `metadata` error).
+    c.push(b"# TYPE foo_seconds counter\n# UNIT foo_seconds seconds\nfoo_seconds_total{a=\"x\"} 1.5 # {trace_id=\"abc\"} 0.5 123.25\nfoo_seconds_created{a=\"x\"} 1.7e9\n# TYPE bar info\nbar_info{version=\"1\"} 1\n# EOF\n".to_vec());
     // Pieces of the real body keep mutants fast in debug builds.
     let busy = fixture("metrics_busy.txt");
     let lines: Vec<&str> = busy.lines().collect();
