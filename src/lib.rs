@@ -92,6 +92,9 @@ pub async fn run_async(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             let cfg = cli::load_config(&cli.global, &args.serve)?;
             let web = exporter::web_config::WebConfig::load(cfg.server.web_config_file.as_deref())?;
             println!("{}", config::describe(&cfg));
+            for d in workload::describe_datasets(&cfg) {
+                println!("{d}");
+            }
             println!("{}", web.describe());
             Ok(ExitCode::SUCCESS)
         }

@@ -246,9 +246,76 @@ impl Source {
     }
 }
 
+/// Reads and checks the dataset of every workload of `cfg` that has one (start-up, every
+/// reload, `check-config`), so a bad file stops them with a message naming the workload's key,
+/// the file, the line or entry, and the field. The datasets stay cached for the prober.
+pub fn check_config(cfg: &crate::config::Config) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    for (ti, t) in cfg.targets.iter().enumerate() {
+        for (wi, w) in t.workloads.iter().enumerate() {
+            if let (true, Some(p)) = (w.source.needs_path(), &w.path)
+                && let Err(e) = dataset::load_cached(w.source, p)
+            {
+                errors.push(format!("targets[{ti}].workloads[{wi}].path: {e}"));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("invalid workload dataset:\n  {}", errors.join("\n  "))
+    }
+}
+
+/// One line per workload dataset of `cfg` (for `check-config`); empty without any.
+pub fn describe_datasets(cfg: &crate::config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in &cfg.targets {
+        for (wi, w) in t.workloads.iter().enumerate() {
+            if let (true, Some(p)) = (w.source.needs_path(), &w.path)
+                && let Ok(d) = dataset::load_cached(w.source, p)
+            {
+                out.push(format!(
+                    "dataset of {} workload {}: {} {}",
+                    t.label(),
+                    w.label(wi),
+                    w.source.as_str(),
+                    d.describe()
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_check_names_the_workload_and_the_line() {
+        let (_d, p) = dataset::tests::file("bad.jsonl", "{\"prompt\": \"ok\"}\n{\"prompt\": []}\n");
+        let cfg = crate::config::from_toml(&format!(
+            "[[targets]]\nurl = \"http://127.0.0.1:8000\"\n[[targets.workloads]]\n[[targets.workloads]]\nname = \"d\"\nsource = \"jsonl\"\npath = {:?}\n",
+            p.display().to_string()
+        ))
+        .unwrap();
+        let e = check_config(&cfg).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "targets[0].workloads[1].path: {}:2: field \"prompt\": expected a string",
+                p.display()
+            )),
+            "{e}"
+        );
+        std::fs::write(&p, "{\"prompt\": \"ok\"}\n").unwrap();
+        check_config(&cfg).unwrap();
+        let d = describe_datasets(&cfg).join("\n");
+        assert!(
+            d.contains("workload d: jsonl") && d.contains("1 requests"),
+            "{d}"
+        );
+    }
 
     #[test]
     fn turns_fold_into_eight_plus() {
