@@ -12,8 +12,8 @@ use super::common::{self, CommonArgs, Outputs};
 use super::engine::{Outcome, RequestSpec, Sample, Target, choose_model};
 use super::progress::Progress;
 use super::report::{BenchMode, BenchSection, Report, RequestRow, TargetInfo};
-use super::workload::WorkloadArgs;
-use crate::workload::{Item, Source};
+use super::workload::{WorkloadArgs, send};
+use crate::workload::Source;
 
 /// Which modes `bench` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -159,7 +159,7 @@ pub async fn measure<T: Target>(
         for _ in 0..args.warmup {
             let item = source.as_mut().map(Source::next_item);
             tokio::select! {
-                _ = send(t, spec, item.as_ref()) => {}
+                _ = send(t, spec, item.as_ref(), tokio::time::Instant::now()) => {}
                 _ = token.cancelled() => {
                     report.mark_partial("interrupted during warm-up");
                     break 'modes;
@@ -172,7 +172,7 @@ pub async fn measure<T: Target>(
         for _ in 0..args.requests {
             let item = source.as_mut().map(Source::next_item);
             let s = tokio::select! {
-                s = send(t, spec, item.as_ref()) => s,
+                s = send(t, spec, item.as_ref(), tokio::time::Instant::now()) => s,
                 _ = token.cancelled() => {
                     report.mark_partial("interrupted");
                     break;
@@ -207,15 +207,6 @@ pub async fn measure<T: Target>(
     report.duration_s = started.elapsed().as_secs_f64();
     report.bench = Some(section);
     Ok(report)
-}
-
-/// Sends one request: the source's item, or (`random`) a random prompt of the spec's length.
-async fn send<T: Target>(t: &T, spec: RequestSpec, item: Option<&Item>) -> Sample {
-    let now = tokio::time::Instant::now();
-    match item {
-        Some(i) => t.execute_item(i, spec.stream, now).await,
-        None => t.execute(spec, now).await,
-    }
 }
 
 /// Checks the target and starts the report with the run's parameters.

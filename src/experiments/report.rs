@@ -320,6 +320,9 @@ pub struct SweepLevel {
     pub slo_attainment: Option<f64>,
     /// Requests per second that met every objective.
     pub goodput_rps: Option<f64>,
+    /// `--dataset multi-turn`: TTFT by turn over the level's window (absent otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<TurnRow>,
 }
 
 /// A level's view of the server's own `/metrics`.

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::engine::{Sample, Target};
+use super::engine::{RequestSpec, Sample, Target};
 use super::report::TurnRow;
 use super::stats::Summary;
 use crate::config::Endpoint;
 use crate::config::prober::Length;
 use crate::config::workload::{DEFAULT_PREFIX_GROUPS, DEFAULT_TURNS, SourceKind, SourceSettings};
-use crate::workload::{Workload, turn_bucket};
+use crate::workload::{Item, Workload, turn_bucket};
 
 /// Flags that choose where requests come from.
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
@@ -113,6 +113,28 @@ fn flag(setting: &str) -> &str {
         "endpoint" => "--endpoint",
         other => other,
     }
+}
+
+/// Sends one request: the source's item, or (`random`) a random prompt of the spec's length,
+/// charged from `intended`.
+pub async fn send<T: Target>(
+    t: &T,
+    spec: RequestSpec,
+    item: Option<&Item>,
+    intended: tokio::time::Instant,
+) -> Sample {
+    match item {
+        Some(i) => t.execute_item(i, spec.stream, intended).await,
+        None => t.execute(spec, intended).await,
+    }
+}
+
+/// The seed of stream `stream` of level `level` (distinct streams, distinct sequences).
+pub fn stream_seed(seed: u64, level: u64, stream: u64) -> u64 {
+    crate::workload::prefix::group_seed(
+        seed ^ level.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        stream as u32,
+    )
 }
 
 /// `lora`: binds the workload to the adapters the target lists.
