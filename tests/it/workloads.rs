@@ -1,7 +1,8 @@
 //! Workload sources end to end against the built-in simulator on 127.0.0.1:0: `bench` with a
 //! JSON Lines dataset and with multi-turn sessions (the per-turn TTFT section), the daemon's
-//! prober with `source = "jsonl"` and `source = "multi-turn"` workloads, and a bad dataset
-//! stopping `check-config` with the file, line and field.
+//! prober with `source = "jsonl"` and `source = "multi-turn"` workloads, LoRA adapters in both
+//! (the simulator listing them as vLLM does), and a bad dataset stopping `check-config` with the
+//! file, line and field.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,11 +17,17 @@ use crate::prober_support::harness::{parse_config, start_prober};
 use crate::prober_support::metric;
 
 async fn start_sim() -> (String, CancellationToken) {
+    start_sim_with(&[]).await
+}
+
+/// The simulator, serving `adapters` as LoRA adapters of its model `tiny`.
+async fn start_sim_with(adapters: &[&str]) -> (String, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cfg = vllm_sentinel::sim::SimConfig {
         model: "tiny".into(),
         fixed_timing: Some(vllm_sentinel::sim::parse_fixed_timing("2ms,1ms").unwrap()),
+        lora_modules: adapters.iter().map(|a| a.to_string()).collect(),
         ..Default::default()
     };
     let token = CancellationToken::new();
@@ -220,4 +227,79 @@ async fn check_config_names_the_bad_line() {
         )),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lora_requests_go_round_robin_to_the_listed_adapters() {
+    let (url, sim) = start_sim_with(&["sql", "chat"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let Command::Bench(a) = cli(&[
+        "bench",
+        "--target",
+        &url,
+        "--dataset",
+        "lora",
+        "--requests",
+        "4",
+        "--stream",
+        "stream",
+        "--json",
+        json.to_str().unwrap(),
+        "--no-progress",
+    ])
+    .command
+    else {
+        unreachable!()
+    };
+    let code = bench::run_cli(a, CancellationToken::new()).await.unwrap();
+    assert_eq!(code, ExitCode::SUCCESS);
+    let v = read_json(&json);
+    let reqs = v["bench"]["requests"].as_array().unwrap();
+    assert!(reqs.iter().all(|r| r["outcome"] == "ok"), "{reqs:?}");
+    let d = v["settings"]["dataset"].as_str().unwrap();
+    assert!(d.contains("(sql,chat)"), "{d}");
+
+    // an adapter the server does not list is refused before any request
+    let Command::Bench(a) = cli(&[
+        "bench",
+        "--target",
+        &url,
+        "--dataset",
+        "lora",
+        "--lora-modules",
+        "sql,nope",
+        "--no-progress",
+    ])
+    .command
+    else {
+        unreachable!()
+    };
+    let e = format!(
+        "{:#}",
+        bench::run_cli(a, CancellationToken::new())
+            .await
+            .unwrap_err()
+    );
+    assert!(e.contains("\"nope\" is not listed"), "{e}");
+
+    // the daemon: one series per adapter under the `model` label
+    let text = format!(
+        "[[targets]]\nname = \"sim\"\nurl = \"{url}\"\n[[targets.workloads]]\nname = \"l\"\nsource = \"lora\"\nprompt_tokens = 8\nmax_tokens = 2\n[targets.canary]\nenabled = false\n"
+    );
+    let h = start_prober(parse_config(&text));
+    let req = "vllm_sentinel_probe_requests_total";
+    let t = h
+        .wait_for("requests to both adapters", |t| {
+            metric(t, req, &["model=\"sql\"", "outcome=\"ok\""]) >= 2.0
+                && metric(t, req, &["model=\"chat\"", "outcome=\"ok\""]) >= 2.0
+        })
+        .await;
+    assert_eq!(
+        metric(&t, req, &["model=\"tiny\""]),
+        0.0,
+        "no request to the base model"
+    );
+    h.shutdown().await;
+    sim.cancel();
 }
