@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::metrics::WorkloadMetrics;
+use super::metrics::{TurnTtft, WorkloadMetrics};
 use super::prompt::{PromptBuilder, SharedPrefix};
 use super::request::{Conn, Endpoint, Outcome, ProbeRequest, Timeouts, execute_with};
 use crate::config::prober::{Load, WorkloadConfig};
@@ -105,6 +105,8 @@ pub struct WorkloadSpec {
     /// `lora`: the series of each adapter (the `model` label is the adapter's name); requests
     /// to another model are recorded in the workload's own series.
     pub model_metrics: Vec<(Arc<str>, WorkloadMetrics)>,
+    /// `multi-turn`: TTFT by turn.
+    pub turn_ttft: TurnTtft,
 }
 
 impl WorkloadSpec {
@@ -141,9 +143,9 @@ impl WorkloadSpec {
         prompts: &PromptBuilder,
         model: &str,
         source: &mut Source,
-    ) -> ProbeRequest {
+    ) -> (ProbeRequest, Option<u32>) {
         let item = source.next_item();
-        ProbeRequest {
+        let req = ProbeRequest {
             endpoint: self.endpoint,
             model: item.model.as_deref().unwrap_or(model).to_string(),
             prompt: prompts.render(&item, self.endpoint, self.max_prompt_tokens),
@@ -152,6 +154,21 @@ impl WorkloadSpec {
             temperature: self.cfg.temperature,
             stream: self.cfg.stream,
             extra: self.cfg.extra_body.clone(),
+        };
+        (req, item.turn)
+    }
+
+    /// Records a finished request: in the series of its model, and by turn (multi-turn).
+    pub fn record(
+        &self,
+        req: &ProbeRequest,
+        turn: Option<u32>,
+        rec: &super::request::RequestRecord,
+        default: &WorkloadMetrics,
+    ) {
+        self.metrics_for(&req.model, default).record(rec);
+        if let Some(t) = turn {
+            self.turn_ttft.record(t, rec);
         }
     }
 
@@ -175,16 +192,16 @@ struct StreamSource {
 }
 
 impl StreamSource {
-    /// The next request of `spec`.
+    /// The next request of `spec`, with its turn (multi-turn).
     fn request(
         &mut self,
         spec: &WorkloadSpec,
         shared: &TargetShared,
         rng: &mut SmallRng,
-    ) -> ProbeRequest {
+    ) -> (ProbeRequest, Option<u32>) {
         let Some(w) = &spec.workload else {
             self.current = None;
-            return spec.request(&shared.prompts, &shared.model, rng);
+            return (spec.request(&shared.prompts, &shared.model, rng), None);
         };
         let source = match &mut self.current {
             Some((cur, src)) if Arc::ptr_eq(cur, w) => src,
@@ -278,12 +295,12 @@ async fn closed_worker(
     let mut backoff = Duration::ZERO;
     while !stop.is_cancelled() && !shared.shutdown.is_cancelled() {
         let s = spec.borrow().clone();
-        let req = source.request(&s, &shared, &mut rng);
+        let (req, turn) = source.request(&s, &shared, &mut rng);
         let started = Instant::now();
         metrics.in_flight.inc();
         let rec = execute_with(&conn, &req, started, &mut ()).await;
         metrics.in_flight.dec();
-        s.metrics_for(&req.model, &metrics).record(&rec);
+        s.record(&req, turn, &rec, &metrics);
         let pause = match rec.outcome {
             Outcome::Cancelled => Duration::ZERO,
             Outcome::Ok => {
@@ -356,7 +373,7 @@ async fn open_scheduler(
             continue;
         }
         in_flight.fetch_add(1, Ordering::Relaxed);
-        let req = source.request(&s, &shared, &mut rng);
+        let (req, turn) = source.request(&s, &shared, &mut rng);
         let (sh, m, inf, intended) = (shared.clone(), metrics.clone(), in_flight.clone(), next);
         shared.tracker.spawn(async move {
             m.in_flight.inc();
@@ -370,7 +387,7 @@ async fn open_scheduler(
             {
                 sh.health.late_sends.fetch_add(1, Ordering::Relaxed);
             }
-            s.metrics_for(&req.model, &m).record(&rec);
+            s.record(&req, turn, &rec, &m);
         });
     }
 }

@@ -367,9 +367,15 @@ fn reconcile(
                     .collect()
             })
             .unwrap_or_default();
+        let turn_ttft = if w.source == SourceKind::MultiTurn {
+            deps.metrics.turn_ttft(&shared.label, &label)
+        } else {
+            Default::default()
+        };
         let spec = Arc::new(WorkloadSpec {
             workload,
             model_metrics,
+            turn_ttft,
             max_prompt_tokens,
             max_in_flight: w.max_in_flight.unwrap_or(run.prober.max_in_flight),
             error_backoff: run.prober.error_backoff,

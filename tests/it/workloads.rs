@@ -172,13 +172,16 @@ async fn serve_workloads_from_a_dataset_and_sessions() {
     let h = start_prober(parse_config(&text));
     let req = "vllm_sentinel_probe_requests_total";
     let ok = |w: &'static str| move |t: &str| metric(t, req, &[w, "outcome=\"ok\""]);
-    let t = h
-        .wait_for("requests of every workload", |t| {
-            ok("workload=\"data\"")(t) >= 4.0
-                && ok("workload=\"mt1\"")(t) >= 4.0
-                && ok("workload=\"mt4\"")(t) >= 4.0
-        })
-        .await;
+    h.wait_for("requests of every workload", |t| {
+        ok("workload=\"data\"")(t) >= 4.0
+            && ok("workload=\"mt1\"")(t) >= 4.0
+            && ok("workload=\"mt4\"")(t) >= 4.0
+    })
+    .await;
+    // The exposition after shutdown: no request is being recorded while it is encoded, so the
+    // families agree with each other.
+    let t = h.shutdown().await;
+    sim.cancel();
     let out = |w: &str| metric(&t, "vllm_sentinel_probe_output_tokens_total", &[w]);
     let n = |w: &'static str| ok(w)(&t);
     assert_eq!(
@@ -197,11 +200,33 @@ async fn serve_workloads_from_a_dataset_and_sessions() {
     );
     assert_eq!(
         metric(&t, req, &[]),
-        metric(&t, req, &["outcome=\"ok\""]),
-        "no failures"
+        metric(&t, req, &["outcome=\"ok\""]) + metric(&t, req, &["outcome=\"cancelled\""]),
+        "no failures (requests in flight at shutdown end as cancelled)"
     );
-    h.shutdown().await;
-    sim.cancel();
+    // TTFT by turn: mt4's third turn was recorded before its fourth request was sent
+    let turn = |w: &str, k: &str| {
+        let tl = format!("turn=\"{k}\"");
+        metric(
+            &t,
+            "vllm_sentinel_probe_turn_ttft_seconds_count",
+            &[w, tl.as_str()],
+        )
+    };
+    for k in ["1", "2", "3"] {
+        assert!(turn("workload=\"mt4\"", k) >= 1.0, "mt4 turn {k}");
+    }
+    assert_eq!(
+        turn("workload=\"mt1\"", "2"),
+        0.0,
+        "mt1 has single-turn sessions"
+    );
+    assert!(turn("workload=\"mt1\"", "1") >= 1.0);
+    assert!(
+        !t.lines()
+            .any(|l| l.starts_with("vllm_sentinel_probe_turn_ttft_seconds")
+                && l.contains("workload=\"data\"")),
+        "no turn series for other sources"
+    );
 }
 
 #[tokio::test]
