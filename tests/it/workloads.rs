@@ -137,6 +137,11 @@ async fn bench_multi_turn_reports_ttft_by_turn() {
     let code = bench::run_cli(a, CancellationToken::new()).await.unwrap();
     assert_eq!(code, ExitCode::SUCCESS);
     let v = read_json(&json);
+    let errs = crate::experiments_schema::validate(&v);
+    assert!(
+        errs.is_empty(),
+        "the report with turns fits the schema: {errs:#?}"
+    );
     assert_eq!(v["bench"]["requests"].as_array().unwrap().len(), 9);
     let turns = v["bench"]["turns"].as_array().unwrap();
     let names: Vec<&str> = turns.iter().map(|t| t["turn"].as_str().unwrap()).collect();
