@@ -50,9 +50,10 @@ impl SourceKind {
     }
 }
 
-/// Largest dataset file read, in bytes (256 MiB): a bigger file is refused, not streamed, so a
-/// wrong path cannot exhaust memory.
-pub const MAX_DATASET_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest dataset file read, in bytes (1 GiB, room for the usual ShareGPT dump): a bigger file
+/// is refused, so a wrong path cannot exhaust memory. Entries are read one at a time and only
+/// their prompts kept.
+pub const MAX_DATASET_BYTES: u64 = 1024 * 1024 * 1024;
 /// Most turns of one multi-turn session.
 pub const MAX_TURNS: u32 = 64;
 /// Most prefix groups.

@@ -66,6 +66,10 @@ pub fn estimate_tokens(text: &str) -> u32 {
 
 /// Opens `path` for reading after checking its size against the cap.
 pub(super) fn open_capped(path: &Path) -> Result<std::fs::File, WorkloadError> {
+    open_limited(path, MAX_DATASET_BYTES)
+}
+
+fn open_limited(path: &Path, limit: u64) -> Result<std::fs::File, WorkloadError> {
     let name = path.display();
     let file = std::fs::File::open(path)
         .map_err(|e| WorkloadError(format!("{name}: cannot read the dataset: {e}")))?;
@@ -75,9 +79,9 @@ pub(super) fn open_capped(path: &Path) -> Result<std::fs::File, WorkloadError> {
     if !meta.is_file() {
         return Err(WorkloadError(format!("{name}: not a regular file")));
     }
-    if meta.len() > MAX_DATASET_BYTES {
+    if meta.len() > limit {
         return Err(WorkloadError(format!(
-            "{name}: {} bytes is over the {MAX_DATASET_BYTES}-byte limit of a dataset file",
+            "{name}: {} bytes is over the {limit}-byte limit of a dataset file",
             meta.len()
         )));
     }
@@ -206,6 +210,17 @@ pub(super) mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_refused_unread() {
+        let (_d, p) = file("big.jsonl", &"x".repeat(11));
+        let e = open_limited(&p, 10).unwrap_err().to_string();
+        assert!(
+            e.contains("big.jsonl: 11 bytes is over the 10-byte limit"),
+            "{e}"
+        );
+        assert!(open_limited(&p, 11).is_ok());
     }
 
     #[test]
