@@ -151,7 +151,11 @@ impl ServeArgs {
 /// The configuration `serve` runs: defaults < the file (`--config`) < environment < flags,
 /// validated. Called again on every reload (re-reading the file).
 pub fn load_config(_global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<Config> {
-    config::load(args.config.as_deref(), &args.overrides())
+    let cfg = config::load(args.config.as_deref(), &args.overrides())?;
+    // Dataset files are read here, once per load, so a bad one stops start-up, a reload and
+    // check-config alike.
+    crate::workload::check_config(&cfg)?;
+    Ok(cfg)
 }
 
 #[derive(Debug, Clone, Args)]

@@ -285,6 +285,9 @@ mod tests {
             }
         }
         pm.target_configured("sim");
+        let mut r = RequestRecord::new(0, 0);
+        r.ttft = Some(Duration::from_millis(20));
+        pm.turn_ttft("sim", "chat").record(2, &r);
     }
 
     /// The tap: one request per outcome, streamed and not, passthrough, upstream errors.

@@ -13,6 +13,7 @@
 //! | 0 leaf | [`process`] | this process's CPU, memory, fds (`process_*` metrics, prober self-health) |
 //! | 0 leaf | [`shutdown`] | the SIGINT/SIGTERM token |
 //! | 1 config | [`config`] | the TOML config tree, one plain-data section per submodule, and its validation; names no subsystem and not [`cli`] |
+//! | 2 sources | [`workload`] | workload sources: datasets (ShareGPT, JSON Lines), prefix groups, multi-turn sessions, LoRA adapters, as plain request descriptions (names only `config`) |
 //! | 2 runtime | [`runtime`] | what every subsystem starts with: `RunContext` (tracker, shutdown tokens, config channel), `Readiness`, `StatusBoard` |
 //! | 3 subsystems | [`prober`] | continuous synthetic streaming traffic and its measurement |
 //! | 3 subsystems | [`scrape`] | scraping the server's own `/metrics`, our exposition parser, normalisation |
@@ -50,6 +51,7 @@ pub mod status;
 pub mod tap;
 pub mod telemetry;
 pub mod units;
+pub mod workload;
 
 use std::process::ExitCode;
 
@@ -90,6 +92,9 @@ pub async fn run_async(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             let cfg = cli::load_config(&cli.global, &args.serve)?;
             let web = exporter::web_config::WebConfig::load(cfg.server.web_config_file.as_deref())?;
             println!("{}", config::describe(&cfg));
+            for d in workload::describe_datasets(&cfg) {
+                println!("{d}");
+            }
             println!("{}", web.describe());
             Ok(ExitCode::SUCCESS)
         }

@@ -16,7 +16,6 @@ Waits have deadlines only to turn a hang into a failure, never to decide a verdi
 """
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -24,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -237,25 +235,59 @@ def compare_counters(args, s, v, v0, what):
           f"{canary:.0f} x {args.max_model_len - 1} canary")
 
 
+class Daemon:
+    """One `vllm-sentinel serve` of a section: its config file (rewritten by `write_config` with
+    the given workload parts), its log, readiness on entry, and on leaving the `with` block a
+    SIGTERM whose clean exit (status 0) is checked."""
+
+    def __init__(self, args, out, name, fmt=lambda part: part):
+        self.args, self.name, self.fmt = args, name, fmt
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = self.base + "/metrics"
+        self.cfg_path = os.path.join(out, f"{name}.toml")
+        self.log_path = os.path.join(out, f"{name}.log")
+        self.proc = None
+
+    def write_config(self, *parts):
+        with open(self.cfg_path, "w") as f:
+            f.write(CONFIG.format(port=self.port, vllm=self.args.vllm,
+                                  workloads="".join(self.fmt(p) for p in parts)))
+
+    def __enter__(self):
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([self.args.bin, "serve", "--config", self.cfg_path],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(f"the {self.name} daemon's /readyz", 120, lambda: http_get(self.base + "/readyz") and True)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            rc = None
+        self.log.close()
+        check(rc == 0, f"the {self.name} daemon stopped cleanly on SIGTERM (exit {rc})")
+        return False
+
+
 def daemon_checks(args, out):
-    port = free_port()
-    metrics_url = f"http://127.0.0.1:{port}/metrics"
-    cfg_path = os.path.join(out, "sentinel.toml")
     too_long = args.max_model_len + 100
-
-    def write_config(*parts):
-        with open(cfg_path, "w") as f:
-            f.write(CONFIG.format(port=port, vllm=args.vllm,
-                                  workloads="".join(p.format(too_long=too_long) for p in parts)))
-
+    d = Daemon(args, out, "daemon", fmt=lambda p: p.format(too_long=too_long))
+    port, metrics_url, cfg_path, write_config = d.port, d.metrics_url, d.cfg_path, d.write_config
     write_config(STEADY)
     v0 = wait_until("vLLM idle before the daemon starts", 120,
                     lambda: (lambda v: v if v["running"] == 0 and v["waiting"] == 0 else None)(vllm_counters(args)))
     log(f"vLLM before the daemon: generation_tokens_total {v0['gen']:.0f}, request_success_total {v0['success']:.0f}")
-    daemon_log = open(os.path.join(out, "daemon.log"), "w")
-    proc = subprocess.Popen([args.bin, "serve", "--config", cfg_path], stdout=daemon_log, stderr=subprocess.STDOUT)
-    try:
-        wait_until("the daemon's /readyz", 120, lambda: http_get(f"http://127.0.0.1:{port}/readyz") and True)
+    with d:
+        proc = d.proc
 
         # --- 1. steady state -------------------------------------------------------------------
         def steady_enough():
@@ -371,15 +403,6 @@ def daemon_checks(args, out):
               >= total(before, "vllm_sentinel_probe_requests_total", workload="steady", outcome="ok"),
               "reload kept the counters (no reset)")
         compare_counters(args, after, v2, v0, "after the burst")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = None
-        daemon_log.close()
-    check(rc == 0, f"daemon stopped cleanly on SIGTERM (exit {rc})")
 
 
 # Long streams, so that probes are certainly in flight when vLLM is killed (each takes seconds).
@@ -413,19 +436,11 @@ def chaos_checks(args, out):
     """kill -9 vLLM while probes stream, restart it on the same port: the daemon classifies the
     probes that were in flight, keeps serving /metrics, recovers on its own, and leaves no stale
     series of the killed instance."""
-    port = free_port()
-    metrics_url = f"http://127.0.0.1:{port}/metrics"
-    cfg_path = os.path.join(out, "chaos.toml")
-
-    def write_config(*parts):
-        with open(cfg_path, "w") as f:
-            f.write(CONFIG.format(port=port, vllm=args.vllm, workloads="".join(parts)))
-
+    d = Daemon(args, out, "chaos-daemon")
+    metrics_url, cfg_path, write_config = d.metrics_url, d.cfg_path, d.write_config
     write_config(CHAOS)
-    daemon_log = open(os.path.join(out, "chaos-daemon.log"), "w")
-    proc = subprocess.Popen([args.bin, "serve", "--config", cfg_path], stdout=daemon_log, stderr=subprocess.STDOUT)
-    try:
-        wait_until("the daemon's /readyz", 120, lambda: http_get(f"http://127.0.0.1:{port}/readyz") and True)
+    with d:
+        proc = d.proc
 
         def failures(x):
             return sum(v for l, v in values(x, "vllm_sentinel_probe_requests_total", workload="long") if l["outcome"] != "ok")
@@ -497,15 +512,6 @@ def chaos_checks(args, out):
         gen = values(s, "vllm_sentinel_server_generation_tokens_total", target="vllm")
         check(gen and gen[0][1] == v["gen"], f"normalised generation tokens are the new instance's {v['gen']:.0f} ({gen[0][1] if gen else None})")
         check(total(s, "vllm_sentinel_server_requests_running", target="vllm") == 0, "no request shown running after the restart")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = None
-        daemon_log.close()
-    check(rc == 0, f"daemon stopped cleanly on SIGTERM after the chaos (exit {rc})")
 
 
 def run_cmd(args, out, name, argv):
@@ -531,8 +537,7 @@ def experiment_checks(args, out):
     blocks, bs = int(info["num_gpu_blocks"]), int(info["block_size"])
 
     rep, d = run_cmd(args, out, "bench", ["--requests", "8", "--warmup", "2", "--prompt-tokens", "64", "--max-tokens", "32"])
-    b = rep["bench"]
-    modes = b["modes"] if isinstance(b, dict) and "modes" in b else b
+    check(isinstance(rep.get("bench"), dict), "bench report has its bench section")
     check(not rep.get("partial", False), "bench report is complete")
     text = json.dumps(rep)
     check('"ttft_s"' in text and '"tpot_s"' in text, "bench report has TTFT and TPOT summaries")

@@ -122,13 +122,7 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:$sentinel_port"]
 EOF
-promtool check config "$tmp/prometheus.yml" >/dev/null || ops_die "generated prometheus config invalid"
-ops_step "starting Prometheus on 127.0.0.1:$prom_port"
-prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/data" \
-    --web.listen-address="127.0.0.1:$prom_port" >"$tmp/prometheus.log" 2>&1 &
-pids+=($!)
-prom="http://127.0.0.1:$prom_port"
-Q --wait-http "$prom/-/ready" --deadline 60 || ops_die "Prometheus did not become ready"
+ops_start_prometheus "$tmp/prometheus.yml" "$tmp" "$prom_port"
 
 ops_step "waiting for data (probe traffic, recording rules)"
 Q --prom "$prom" --wait-query 'up{job="vllm-sentinel"} == 1' --deadline 60 || ops_die "Prometheus cannot scrape the sidecar"

@@ -155,14 +155,7 @@ scrape_configs:
     static_configs:
       - targets: ['127.0.0.1:$port']
 EOF
-if command -v promtool >/dev/null 2>&1; then
-    promtool check config "$tmp/prometheus.yml" >/dev/null || ops_die "generated prometheus config invalid"
-fi
-prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/data" \
-    --web.listen-address="127.0.0.1:$prom_port" > "$tmp/prometheus.log" 2>&1 &
-pids+=($!)
-prom="http://127.0.0.1:$prom_port"
-wait_for "Prometheus to be ready" curl -sf --max-time 5 "$prom/-/ready"
+ops_start_prometheus "$tmp/prometheus.yml" "$tmp" "$prom_port"
 up_is_1() {
     curl -sf --max-time 5 "$prom/api/v1/query" --data-urlencode 'query=up{job="sentinel-tls"} == 1' \
         | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["data"]["result"] else 1)'

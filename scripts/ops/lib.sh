@@ -32,3 +32,20 @@ ops_venv_python() {
     fi
     echo "$venv/bin/python"
 }
+
+# ops_start_prometheus CONFIG DIR PORT: checks CONFIG with promtool, starts Prometheus on
+# 127.0.0.1:PORT with its TSDB and log in DIR, adds its pid to the caller's `pids` array, and
+# waits (at most 60 s) until it answers /-/ready. Sets `prom` to its base URL.
+ops_start_prometheus() {
+    local config=$1 dir=$2 port=$3 end=$((SECONDS + 60))
+    promtool check config "$config" >/dev/null || ops_die "generated prometheus config invalid"
+    ops_step "starting Prometheus on 127.0.0.1:$port"
+    prometheus --config.file="$config" --storage.tsdb.path="$dir/data" \
+        --web.listen-address="127.0.0.1:$port" >"$dir/prometheus.log" 2>&1 &
+    pids+=($!)
+    prom="http://127.0.0.1:$port"
+    until curl -sf --max-time 5 "$prom/-/ready" >/dev/null 2>&1; do
+        [ $SECONDS -lt $end ] || ops_die "Prometheus did not become ready (log: $dir/prometheus.log)"
+        sleep 0.2 # poll interval of a bounded wait
+    done
+}

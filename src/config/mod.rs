@@ -17,6 +17,7 @@
 //! | [`scrape`] | `[scrape]`, `[targets.scrape]` |
 //! | [`gpu`] | `[gpu]` |
 //! | [`tap`] | `[tap]` |
+//! | [`workload`] | a workload's source (`source`, `path`, … of `[[targets.workloads]]`; `--dataset`) |
 //!
 //! `[server]` is here. The subsystems re-export their section (`prober::ProberConfig`).
 
@@ -25,6 +26,7 @@ pub mod prober;
 pub mod scrape;
 pub mod tap;
 pub mod target;
+pub mod workload;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

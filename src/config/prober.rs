@@ -7,6 +7,9 @@ use std::time::Duration;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use std::path::PathBuf;
+
+use super::workload::{SourceKind, SourceSettings};
 use super::{Endpoint, TargetConfig};
 
 /// `[prober]`: settings for every target.
@@ -228,6 +231,21 @@ pub struct WorkloadConfig {
     pub extra_body: serde_json::Map<String, serde_json::Value>,
     /// Endpoint for this workload (default: the target's).
     pub endpoint: Option<Endpoint>,
+    /// Where the requests come from: `random` (default), `sharegpt`, `jsonl`, `prefix`,
+    /// `multi-turn` or `lora` (docs/config.md, "Workload sources").
+    pub source: SourceKind,
+    /// The dataset file of `sharegpt` and `jsonl` (read once, at start-up and on reload).
+    pub path: Option<PathBuf>,
+    /// `sharegpt`: `max_tokens` of every request, instead of the reference answer's length.
+    pub sharegpt_output_len: Option<u32>,
+    /// `sharegpt`/`jsonl`: random prompts of the dataset's lengths instead of its text.
+    pub lengths_only: bool,
+    /// `prefix`: number of groups, each with its own shared prefix of `shared_prefix_tokens`.
+    pub prefix_groups: u32,
+    /// `multi-turn`: turns per session.
+    pub turns: u32,
+    /// `lora`: the adapters to spread requests over (empty: every adapter the server lists).
+    pub lora_adapters: Vec<String>,
 }
 
 impl Default for WorkloadConfig {
@@ -246,6 +264,13 @@ impl Default for WorkloadConfig {
             shared_prefix_tokens: 0,
             extra_body: serde_json::Map::new(),
             endpoint: None,
+            source: SourceKind::Random,
+            path: None,
+            sharegpt_output_len: None,
+            lengths_only: false,
+            prefix_groups: super::workload::DEFAULT_PREFIX_GROUPS,
+            turns: super::workload::DEFAULT_TURNS,
+            lora_adapters: Vec::new(),
         }
     }
 }
@@ -257,6 +282,23 @@ impl WorkloadConfig {
             Some(n) => n.clone(),
             None if index == 0 => "default".to_string(),
             None => format!("w{index}"),
+        }
+    }
+
+    /// Its source settings, for requests to `endpoint` (the workload's effective endpoint).
+    pub fn source_settings(&self, endpoint: Endpoint) -> SourceSettings {
+        SourceSettings {
+            kind: self.source,
+            path: self.path.clone(),
+            prompt_tokens: self.prompt_tokens,
+            max_tokens: self.max_tokens,
+            sharegpt_output_len: self.sharegpt_output_len,
+            lengths_only: self.lengths_only,
+            prefix_groups: self.prefix_groups,
+            prefix_tokens: self.shared_prefix_tokens,
+            turns: self.turns,
+            lora_adapters: self.lora_adapters.clone(),
+            endpoint,
         }
     }
 
@@ -378,6 +420,14 @@ pub fn validate_target(
         check_workload_load(&k, w, errors);
         check_workload_ceilings(&k, w, errors);
         check_workload_shape(&k, w, errors);
+        let settings = w.source_settings(w.endpoint.unwrap_or(t.endpoint));
+        errors.extend(settings.problems(&|name| {
+            let name = match name {
+                "prefix_tokens" => "shared_prefix_tokens",
+                n => n,
+            };
+            format!("{k}.{name}")
+        }));
     }
     check_canary(key, &t.canary, errors);
 }
@@ -621,12 +671,17 @@ pub fn describe_workloads(t: &TargetConfig) -> String {
                 )
                 .to_lowercase(),
             };
+            let endpoint = w.endpoint.unwrap_or(t.endpoint);
+            let source = match w.source {
+                SourceKind::Random => String::new(),
+                _ => format!(", source {}", w.source_settings(endpoint).describe()),
+            };
             format!(
-                "{}({load}, prompt {} tok, max_tokens {}, {})",
+                "{}({load}, prompt {} tok, max_tokens {}, {}{source})",
                 w.label(i),
                 w.prompt_tokens.describe(),
                 w.max_tokens,
-                w.endpoint.unwrap_or(t.endpoint).as_str()
+                endpoint.as_str()
             )
         })
         .collect();

@@ -12,6 +12,8 @@ use super::common::{self, CommonArgs, Outputs};
 use super::engine::{Outcome, RequestSpec, Sample, Target, choose_model};
 use super::progress::Progress;
 use super::report::{BenchMode, BenchSection, Report, RequestRow, TargetInfo};
+use super::workload::{WorkloadArgs, send};
+use crate::workload::Source;
 
 /// Which modes `bench` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -45,6 +47,12 @@ pub struct BenchArgs {
     /// max_tokens of each request.
     #[arg(long, default_value_t = 64, env = "VLLM_SENTINEL_MAX_TOKENS")]
     pub max_tokens: u32,
+    /// Where requests come from (--dataset …): see docs/experiments.md, "Workload sources".
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Seed of a --dataset other than random: the same seed sends the same requests.
+    #[arg(long, default_value_t = 0, env = "VLLM_SENTINEL_SEED")]
+    pub seed: u64,
 }
 
 impl BenchArgs {
@@ -77,7 +85,11 @@ pub fn finish(report: &Report, outputs: &Outputs) -> anyhow::Result<ExitCode> {
     let code = common::emit(
         report,
         outputs,
-        &super::table::bench(&b),
+        &format!(
+            "{}{}",
+            super::table::bench(&b),
+            super::table::turns(&b.turns)
+        ),
         &[(outputs.csv.clone(), super::report::bench_csv(&b))],
         |_| Ok(Vec::new()),
     )?;
@@ -108,7 +120,21 @@ pub async fn measure<T: Target>(
     args: &BenchArgs,
     token: &CancellationToken,
 ) -> anyhow::Result<Report> {
+    // The dataset is read before the target is contacted: a bad file must not cost a run.
+    let mut workload = args.workload.load(
+        args.prompt_tokens,
+        args.max_tokens,
+        args.common.endpoint,
+        args.seed,
+    )?;
     let mut report = start_report(t, args).await?;
+    if let Some(w) = workload.as_mut() {
+        super::workload::bind_adapters(t, w).await?;
+        report.set("dataset", super::workload::describe(Some(w)));
+        report.set("seed", args.seed);
+    }
+    let mut source = workload.as_ref().map(|w| w.source(args.seed));
+    let mut turn_samples: Vec<(u32, Sample)> = Vec::new();
     let modes: Vec<bool> = match args.stream {
         StreamMode::Both => vec![true, false],
         StreamMode::Stream => vec![true],
@@ -131,8 +157,9 @@ pub async fn measure<T: Target>(
         let label = if stream { "streaming" } else { "non-streaming" };
         progress.message(format!("{label} warm-up"));
         for _ in 0..args.warmup {
+            let item = source.as_mut().map(Source::next_item);
             tokio::select! {
-                _ = t.execute(spec, tokio::time::Instant::now()) => {}
+                _ = send(t, spec, item.as_ref(), tokio::time::Instant::now()) => {}
                 _ = token.cancelled() => {
                     report.mark_partial("interrupted during warm-up");
                     break 'modes;
@@ -143,8 +170,9 @@ pub async fn measure<T: Target>(
         progress.message(label);
         let mut samples: Vec<Sample> = Vec::new();
         for _ in 0..args.requests {
+            let item = source.as_mut().map(Source::next_item);
             let s = tokio::select! {
-                s = t.execute(spec, tokio::time::Instant::now()) => s,
+                s = send(t, spec, item.as_ref(), tokio::time::Instant::now()) => s,
                 _ = token.cancelled() => {
                     report.mark_partial("interrupted");
                     break;
@@ -153,6 +181,11 @@ pub async fn measure<T: Target>(
             section
                 .requests
                 .push(request_row(section.requests.len(), stream, &s));
+            if let Some(turn) = item.as_ref().and_then(|i| i.turn)
+                && stream
+            {
+                turn_samples.push((turn, s.clone()));
+            }
             samples.push(s);
             progress.inc(1);
         }
@@ -170,6 +203,7 @@ pub async fn measure<T: Target>(
         }
     }
     progress.finish();
+    section.turns = super::workload::turn_rows(turn_samples.iter().map(|(t, s)| (*t, s)));
     report.duration_s = started.elapsed().as_secs_f64();
     report.bench = Some(section);
     Ok(report)
@@ -244,6 +278,8 @@ mod tests {
             stream,
             prompt_tokens: 16,
             max_tokens: 8,
+            workload: WorkloadArgs::default(),
+            seed: 0,
         }
     }
 
@@ -321,6 +357,78 @@ mod tests {
             format!("{err:#}").contains("cannot reach the target"),
             "{err:#}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn multi_turn_reports_ttft_by_turn() {
+        let f = FakeServer::new(4);
+        let mut a = args(7, StreamMode::Stream);
+        a.warmup = 0;
+        a.common.endpoint = crate::config::Endpoint::Chat;
+        a.workload.dataset = crate::config::workload::SourceKind::MultiTurn;
+        a.workload.multi_turn_turns = 3;
+        let r = measure(&f, &a, &CancellationToken::new()).await.unwrap();
+        let b = r.bench.unwrap();
+        assert_eq!(b.requests.len(), 7);
+        let rows: Vec<(&str, usize)> = b
+            .turns
+            .iter()
+            .map(|t| (t.turn.as_str(), t.requests))
+            .collect();
+        assert_eq!(rows, vec![("1", 3), ("2", 2), ("3", 2)]);
+        // the fake counts the whole history: 16, then 16 + 8 + 16, then 64 prompt tokens
+        let p50: Vec<Option<f64>> = b.turns.iter().map(|t| t.prompt_tokens.p50).collect();
+        assert_eq!(p50, vec![Some(16.0), Some(40.0), Some(64.0)]);
+        assert!(b.turns.iter().all(|t| t.ttft_s.count == t.ok && t.ok > 0));
+        assert!(
+            r.settings["dataset"]
+                .as_str()
+                .unwrap()
+                .contains("multi-turn 3 turns")
+        );
+        let table = crate::experiments::table::turns(&b.turns);
+        assert!(table.contains("TTFT by turn"), "{table}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jsonl_requests_take_their_output_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        std::fs::write(
+            &p,
+            "{\"prompt\": \"a b c d e f g h\", \"output_tokens\": 5}\n",
+        )
+        .unwrap();
+        let f = FakeServer::new(4);
+        let mut a = args(3, StreamMode::Stream);
+        a.workload.dataset = crate::config::workload::SourceKind::Jsonl;
+        a.workload.dataset_path = Some(p.clone());
+        let r = measure(&f, &a, &CancellationToken::new()).await.unwrap();
+        let b = r.bench.unwrap();
+        assert!(b.turns.is_empty());
+        assert!(b.requests.iter().all(|q| q.output_tokens == Some(5)));
+        std::fs::write(&p, "{\"prompt\": 3}\n").unwrap();
+        let e = format!(
+            "{:#}",
+            measure(&f, &a, &CancellationToken::new())
+                .await
+                .unwrap_err()
+        );
+        assert!(e.contains("d.jsonl:1: field \"prompt\""), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lora_needs_adapters_from_the_server() {
+        let f = FakeServer::new(4);
+        let mut a = args(1, StreamMode::Stream);
+        a.workload.dataset = crate::config::workload::SourceKind::Lora;
+        let e = format!(
+            "{:#}",
+            measure(&f, &a, &CancellationToken::new())
+                .await
+                .unwrap_err()
+        );
+        assert!(e.contains("lists no LoRA adapter"), "{e}");
     }
 
     #[test]

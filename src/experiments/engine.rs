@@ -16,6 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::prober::request::{Outcome, RequestRecord};
+use crate::workload::Item;
+use crate::workload::lora::Listed;
 
 /// One model the server offers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -283,6 +285,27 @@ pub trait Target: Send + Sync + 'static {
             });
             s
         }
+    }
+    /// Sends the request a workload source describes ([`crate::workload::Item`]: its prompt,
+    /// `max_tokens`, model) and measures it. The default sends a random prompt of the item's
+    /// length through [`Target::execute`] (what a target without prompt rendering can do).
+    fn execute_item(
+        &self,
+        item: &Item,
+        stream: bool,
+        intended: Instant,
+    ) -> impl Future<Output = Sample> + Send {
+        let spec = RequestSpec {
+            prompt_tokens: item.prompt.approx_tokens(),
+            max_tokens: item.max_tokens,
+            stream,
+        };
+        self.execute(spec, intended)
+    }
+    /// `/v1/models` with each entry's `parent` (LoRA adapters have one). The default lists
+    /// nothing.
+    fn listed_models(&self) -> impl Future<Output = anyhow::Result<Vec<Listed>>> + Send {
+        async { Ok(Vec::new()) }
     }
     /// Reads the server's gauges from its `/metrics`. Fails when there is no `/metrics`.
     fn metrics(&self) -> impl Future<Output = anyhow::Result<ServerSnapshot>> + Send;

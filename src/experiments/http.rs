@@ -124,6 +124,33 @@ impl HttpTarget {
     }
 }
 
+impl HttpTarget {
+    /// The probe request for a workload item, rendered with the prepared prompt builder.
+    fn item_request(
+        &self,
+        item: &crate::workload::Item,
+        stream: bool,
+    ) -> Result<ProbeRequest, &'static str> {
+        let Some((model, builder)) = self.prepared.get() else {
+            return Err("internal: target used before prepare()");
+        };
+        Ok(ProbeRequest {
+            endpoint: self.endpoint,
+            model: item.model.as_deref().unwrap_or(model).to_string(),
+            prompt: builder.render(
+                item,
+                self.endpoint,
+                crate::config::prober::MAX_TOKENS_CEILING,
+            ),
+            max_tokens: item.max_tokens,
+            ignore_eos: true,
+            temperature: None,
+            stream,
+            extra: serde_json::Map::new(),
+        })
+    }
+}
+
 /// Publishes a held stream's progress: one more output event each time an event carrying
 /// generated output arrives (the engine's own reading of the same event decides the record).
 struct ProgressObserver<'a> {
@@ -200,6 +227,30 @@ impl Target for HttpTarget {
         let intended = intended.into_std();
         let rec = request::execute_with(&self.conn(None), &req, intended, &mut ()).await;
         Sample::from_record(&rec, spec.stream)
+    }
+
+    async fn execute_item(
+        &self,
+        item: &crate::workload::Item,
+        stream: bool,
+        intended: tokio::time::Instant,
+    ) -> Sample {
+        let req = match self.item_request(item, stream) {
+            Ok(r) => r,
+            Err(why) => return Sample::failed(Outcome::ClientError, why),
+        };
+        let rec = request::execute_with(&self.conn(None), &req, intended.into_std(), &mut ()).await;
+        Sample::from_record(&rec, stream)
+    }
+
+    async fn listed_models(&self) -> anyhow::Result<Vec<crate::workload::lora::Listed>> {
+        Ok(discovery::list_listed_with(
+            self.client.http(),
+            &self.base_url,
+            self.auth(),
+            self.timeouts.connect.max(Duration::from_secs(10)),
+        )
+        .await?)
     }
 
     async fn stream_held(

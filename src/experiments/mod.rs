@@ -16,6 +16,7 @@ pub mod report;
 pub mod stats;
 pub mod sweep;
 pub mod table;
+pub mod workload;
 
 #[cfg(test)]
 pub(crate) mod fake;

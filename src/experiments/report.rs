@@ -141,6 +141,24 @@ pub struct BenchSection {
     pub modes: Vec<BenchMode>,
     /// Every measured request (warm-ups excluded), in order.
     pub requests: Vec<RequestRow>,
+    /// `--dataset multi-turn`: TTFT by turn of the session (absent for other sources).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<TurnRow>,
+}
+
+/// Multi-turn: the requests of one turn of the sessions (`1` … `7`; later turns fold into `8+`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TurnRow {
+    /// `1` … `7` or `8+`.
+    pub turn: String,
+    /// Measured requests of this turn.
+    pub requests: usize,
+    /// Of which succeeded.
+    pub ok: usize,
+    /// TTFT of the successful streaming requests, seconds.
+    pub ttft_s: Summary,
+    /// Prompt tokens (the whole history) as the server counted them.
+    pub prompt_tokens: Summary,
 }
 
 /// `bench`: one mode.
@@ -302,6 +320,9 @@ pub struct SweepLevel {
     pub slo_attainment: Option<f64>,
     /// Requests per second that met every objective.
     pub goodput_rps: Option<f64>,
+    /// `--dataset multi-turn`: TTFT by turn over the level's window (absent otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<TurnRow>,
 }
 
 /// A level's view of the server's own `/metrics`.
@@ -738,6 +759,7 @@ mod tests {
     #[test]
     fn bench_csv_has_one_row_per_request() {
         let b = BenchSection {
+            turns: vec![],
             modes: vec![],
             requests: vec![
                 RequestRow {

@@ -3,7 +3,7 @@
 
 use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
 
-use super::report::{BenchSection, KvScaleSection, SweepSection};
+use super::report::{BenchSection, KvScaleSection, SweepSection, TurnRow};
 use super::stats::Summary;
 
 fn new_table(header: Vec<String>, text_last: bool) -> Table {
@@ -282,6 +282,39 @@ pub fn kv_scale(k: &KvScaleSection) -> String {
     out
 }
 
+/// Multi-turn runs: TTFT by turn of the sessions (empty without turns).
+pub fn turns(rows: &[TurnRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut t = new_table(
+        [
+            "turn",
+            "requests",
+            "ok",
+            "TTFT p50 (ms)",
+            "TTFT p90 (ms)",
+            "TTFT p99 (ms)",
+            "prompt tokens p50",
+        ]
+        .map(String::from)
+        .to_vec(),
+        false,
+    );
+    for r in rows {
+        t.add_row(vec![
+            r.turn.clone(),
+            r.requests.to_string(),
+            r.ok.to_string(),
+            ms(r.ttft_s.p50),
+            ms(r.ttft_s.p90),
+            ms(r.ttft_s.p99),
+            num(r.prompt_tokens.p50),
+        ]);
+    }
+    format!("TTFT by turn (multi-turn sessions)\n{t}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +332,7 @@ mod tests {
     #[test]
     fn bench_table_lists_streaming_metrics() {
         let b = BenchSection {
+            turns: vec![],
             modes: vec![BenchMode {
                 stream: true,
                 requests: 3,

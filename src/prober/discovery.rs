@@ -73,6 +73,9 @@ struct ModelEntry {
     id: String,
     #[serde(default)]
     max_model_len: Option<u64>,
+    /// vLLM: the base model of a LoRA adapter (`null` for a base model).
+    #[serde(default)]
+    parent: Option<String>,
 }
 
 /// `Bearer <key>` for an API key.
@@ -162,6 +165,36 @@ pub fn parse_models(body: &[u8]) -> Result<Vec<ModelInfo>, DiscoveryError> {
         .map(|m| ModelInfo {
             id: m.id,
             max_model_len: m.max_model_len.map(|n| n.min(u64::from(u32::MAX)) as u32),
+        })
+        .collect())
+}
+
+/// `GET {base}/v1/models`: every entry with its `parent` (LoRA adapters have one), for the
+/// `lora` workload source.
+pub async fn list_listed_with(
+    client: &reqwest::Client,
+    base_url: &str,
+    authorization: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<crate::workload::lora::Listed>, DiscoveryError> {
+    let b = auth(client.get(format!("{base_url}/v1/models")), authorization);
+    let body = get_json(b, "/v1/models", timeout).await?;
+    parse_listed(&body)
+}
+
+/// Parses a `/v1/models` body into its entries and their parents.
+pub fn parse_listed(body: &[u8]) -> Result<Vec<crate::workload::lora::Listed>, DiscoveryError> {
+    let list: ModelList =
+        serde_json::from_slice(body).map_err(|e| DiscoveryError::BadResponse {
+            path: "/v1/models",
+            message: event::short(&e.to_string()),
+        })?;
+    Ok(list
+        .data
+        .into_iter()
+        .map(|m| crate::workload::lora::Listed {
+            id: m.id,
+            parent: m.parent,
         })
         .collect())
 }
@@ -258,6 +291,31 @@ mod tests {
             "cannot reach the server: connect error: Connection refused (os error 111)"
         );
         assert_eq!(e.reason(), "connect");
+    }
+
+    #[test]
+    fn lists_lora_adapters_with_their_parent() {
+        use crate::workload::lora::Listed;
+        let base = parse_listed(include_bytes!(
+            "../../tests/data/vllm-0.32.0-cpu/v1_models.body"
+        ))
+        .unwrap();
+        assert_eq!(
+            base,
+            vec![Listed {
+                id: "tiny".into(),
+                parent: None
+            }]
+        );
+        // vLLM lists an adapter of --lora-modules as a model whose parent is the base model.
+        let body = br#"{"object":"list","data":[{"id":"tiny","object":"model","root":"/models/tiny","parent":null,"max_model_len":2048},{"id":"sql-lora","object":"model","root":"/adapters/sql","parent":"tiny","max_model_len":null}]}"#;
+        let l = parse_listed(body).unwrap();
+        assert_eq!(l[1].parent.as_deref(), Some("tiny"));
+        assert_eq!(
+            crate::workload::lora::choose(&l, &[]).unwrap(),
+            vec![std::sync::Arc::<str>::from("sql-lora")]
+        );
+        assert!(parse_listed(b"{}").is_err());
     }
 
     #[test]

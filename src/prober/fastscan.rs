@@ -393,7 +393,9 @@ mod tests {
             .unwrap_or_default();
         names.sort();
         for p in names {
-            let Ok(text) = std::fs::read(&p) else { continue };
+            let Ok(text) = std::fs::read(&p) else {
+                continue;
+            };
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if text.starts_with(b"data: ") {
                 for line in text.split(|b| *b == b'\n') {
@@ -446,10 +448,22 @@ mod tests {
         let cases: &[(&str, bool)] = &[
             (r#"{"choices":[{"text":"a"}]}"#, true),
             (r#" {"choices":null,"usage":null} "#, true),
-            (r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#, true),
-            (r#"{"choices":[{"delta":{"tool_calls":[]}}],"x":[1,-2.5e3,true,false,null,{}]}"#, true),
-            (r#"{"choices":[{"text":"\n\"\u00e9\\"}],"usage":{"prompt_tokens":0,"completion_tokens":4294967295}}"#, true),
-            (r#"{"choices":[{"text":"a","finish_reason":"stop"},{"text":"","finish_reason":null}]}"#, true),
+            (
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#,
+                true,
+            ),
+            (
+                r#"{"choices":[{"delta":{"tool_calls":[]}}],"x":[1,-2.5e3,true,false,null,{}]}"#,
+                true,
+            ),
+            (
+                r#"{"choices":[{"text":"\n\"\u00e9\\"}],"usage":{"prompt_tokens":0,"completion_tokens":4294967295}}"#,
+                true,
+            ),
+            (
+                r#"{"choices":[{"text":"a","finish_reason":"stop"},{"text":"","finish_reason":null}]}"#,
+                true,
+            ),
             (r#"{"object":"chat.completion.chunk","choices":[]}"#, true),
             // left to serde:
             (r#"{"choices":[{"text":"a"}],"choices":[]}"#, false),

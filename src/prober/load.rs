@@ -19,10 +19,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::metrics::WorkloadMetrics;
+use super::metrics::{TurnTtft, WorkloadMetrics};
 use super::prompt::{PromptBuilder, SharedPrefix};
 use super::request::{Conn, Endpoint, Outcome, ProbeRequest, Timeouts, execute_with};
 use crate::config::prober::{Load, WorkloadConfig};
+use crate::workload::{Source, Workload};
 
 /// Counters the self-health task reads (shared by every workload of the prober).
 #[derive(Debug, Default)]
@@ -50,6 +51,9 @@ pub struct TargetShared {
     pub timeouts: Timeouts,
     pub max_response_bytes: u64,
     pub prompts: PromptBuilder,
+    /// `/v1/models` with each entry's parent, read at discovery when a workload uses the
+    /// `lora` source (empty otherwise).
+    pub listed: Vec<crate::workload::lora::Listed>,
     /// Cancelled when shutdown starts: no new request is sent; in-flight ones go on.
     pub shutdown: CancellationToken,
     /// Cancelled when the shutdown grace is over: in-flight requests end as `cancelled`.
@@ -96,6 +100,13 @@ pub struct WorkloadSpec {
     /// Longest prompt sent: `max_model_len + 1` when the server advertises it (a longer one
     /// is rejected all the same), else [`crate::config::prober::MAX_TOKENS_CEILING`].
     pub max_prompt_tokens: u32,
+    /// The workload's source, unless it is `random` (which keeps [`WorkloadSpec::request`]).
+    pub workload: Option<Arc<Workload>>,
+    /// `lora`: the series of each adapter (the `model` label is the adapter's name); requests
+    /// to another model are recorded in the workload's own series.
+    pub model_metrics: Vec<(Arc<str>, WorkloadMetrics)>,
+    /// `multi-turn`: TTFT by turn.
+    pub turn_ttft: TurnTtft,
 }
 
 impl WorkloadSpec {
@@ -122,6 +133,84 @@ impl WorkloadSpec {
             stream: self.cfg.stream,
             extra: self.cfg.extra_body.clone(),
         }
+    }
+}
+
+impl WorkloadSpec {
+    /// The next request of a workload with a source: its item rendered for this target.
+    pub fn request_from(
+        &self,
+        prompts: &PromptBuilder,
+        model: &str,
+        source: &mut Source,
+    ) -> (ProbeRequest, Option<u32>) {
+        let item = source.next_item();
+        let req = ProbeRequest {
+            endpoint: self.endpoint,
+            model: item.model.as_deref().unwrap_or(model).to_string(),
+            prompt: prompts.render(&item, self.endpoint, self.max_prompt_tokens),
+            max_tokens: item.max_tokens,
+            ignore_eos: self.cfg.ignore_eos,
+            temperature: self.cfg.temperature,
+            stream: self.cfg.stream,
+            extra: self.cfg.extra_body.clone(),
+        };
+        (req, item.turn)
+    }
+
+    /// Records a finished request: in the series of its model, and by turn (multi-turn).
+    pub fn record(
+        &self,
+        req: &ProbeRequest,
+        turn: Option<u32>,
+        rec: &super::request::RequestRecord,
+        default: &WorkloadMetrics,
+    ) {
+        self.metrics_for(&req.model, default).record(rec);
+        if let Some(t) = turn {
+            self.turn_ttft.record(t, rec);
+        }
+    }
+
+    /// The series a request to `model` is recorded in.
+    pub fn metrics_for<'a>(
+        &'a self,
+        model: &str,
+        default: &'a WorkloadMetrics,
+    ) -> &'a WorkloadMetrics {
+        self.model_metrics
+            .iter()
+            .find(|(m, _)| &**m == model)
+            .map_or(default, |(_, w)| w)
+    }
+}
+
+/// One stream's generator, rebuilt when the workload's source changes (a reload).
+#[derive(Default)]
+struct StreamSource {
+    current: Option<(Arc<Workload>, Source)>,
+}
+
+impl StreamSource {
+    /// The next request of `spec`, with its turn (multi-turn).
+    fn request(
+        &mut self,
+        spec: &WorkloadSpec,
+        shared: &TargetShared,
+        rng: &mut SmallRng,
+    ) -> (ProbeRequest, Option<u32>) {
+        let Some(w) = &spec.workload else {
+            self.current = None;
+            return (spec.request(&shared.prompts, &shared.model, rng), None);
+        };
+        let source = match &mut self.current {
+            Some((cur, src)) if Arc::ptr_eq(cur, w) => src,
+            _ => {
+                let src = w.source(rng.random());
+                &mut self.current.insert((w.clone(), src)).1
+            }
+        };
+        spec.request_from(&shared.prompts, &shared.model, source)
     }
 }
 
@@ -201,16 +290,17 @@ async fn closed_worker(
     seed: u64,
 ) {
     let mut rng = SmallRng::seed_from_u64(seed);
+    let mut source = StreamSource::default();
     let conn = shared.conn();
     let mut backoff = Duration::ZERO;
     while !stop.is_cancelled() && !shared.shutdown.is_cancelled() {
         let s = spec.borrow().clone();
-        let req = s.request(&shared.prompts, &shared.model, &mut rng);
+        let (req, turn) = source.request(&s, &shared, &mut rng);
         let started = Instant::now();
         metrics.in_flight.inc();
         let rec = execute_with(&conn, &req, started, &mut ()).await;
         metrics.in_flight.dec();
-        metrics.record(&rec);
+        s.record(&req, turn, &rec, &metrics);
         let pause = match rec.outcome {
             Outcome::Cancelled => Duration::ZERO,
             Outcome::Ok => {
@@ -257,6 +347,7 @@ async fn open_scheduler(
     in_flight: Arc<AtomicU32>,
 ) {
     let mut rng = SmallRng::seed_from_u64(rand::rng().random());
+    let mut source = StreamSource::default();
     let mut next = Instant::now();
     loop {
         let s = spec.borrow_and_update().clone();
@@ -282,7 +373,7 @@ async fn open_scheduler(
             continue;
         }
         in_flight.fetch_add(1, Ordering::Relaxed);
-        let req = s.request(&shared.prompts, &shared.model, &mut rng);
+        let (req, turn) = source.request(&s, &shared, &mut rng);
         let (sh, m, inf, intended) = (shared.clone(), metrics.clone(), in_flight.clone(), next);
         shared.tracker.spawn(async move {
             m.in_flight.inc();
@@ -296,7 +387,7 @@ async fn open_scheduler(
             {
                 sh.health.late_sends.fetch_add(1, Ordering::Relaxed);
             }
-            m.record(&rec);
+            s.record(&req, turn, &rec, &m);
         });
     }
 }

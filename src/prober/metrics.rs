@@ -59,6 +59,14 @@ pub struct WorkloadLabels {
     pub workload: String,
 }
 
+/// `target, workload, turn` (multi-turn workloads: `1` … `7`, `8+`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TurnLabels {
+    pub target: String,
+    pub workload: String,
+    pub turn: String,
+}
+
 /// `target` (discovery state).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
@@ -118,6 +126,7 @@ pub struct ProberMetrics {
     pub target_rate: Family<ProbeLabels, FGauge>,
     pub schedule_lag: HFam<WorkloadLabels>,
     pub dropped: Family<WorkloadLabels, Counter>,
+    pub turn_ttft: HFam<TurnLabels>,
     pub canary_max_model_len: Family<CanaryLabels, Gauge>,
     pub canary_max_served: Family<CanaryLabels, Gauge>,
     pub canary_honoured: Family<CanaryLabels, Gauge>,
@@ -147,6 +156,7 @@ impl ProberMetrics {
             target_rate: Family::default(),
             schedule_lag: Family::new_with_constructor(Hist(b.lag.clone())),
             dropped: Family::default(),
+            turn_ttft: Family::new_with_constructor(Hist(b.ttft.clone())),
             canary_max_model_len: Family::default(),
             canary_max_served: Family::default(),
             canary_honoured: Family::default(),
@@ -231,6 +241,11 @@ impl ProberMetrics {
             "vllm_sentinel_probe_dropped_arrivals",
             "Open-loop arrivals not sent because the in-flight cap was reached",
             m.dropped.clone(),
+        );
+        r.register(
+            "vllm_sentinel_probe_turn_ttft_seconds",
+            "Multi-turn workloads only: TTFT of successful streamed requests by turn of the chat session (1 to 7, later turns in 8+); the same requests are also in vllm_sentinel_probe_ttft_seconds",
+            m.turn_ttft.clone(),
         );
         r.register(
             "vllm_sentinel_canary_max_model_len_tokens",
@@ -323,6 +338,23 @@ impl ProberMetrics {
         }
     }
 
+    /// The per-turn TTFT histograms of a multi-turn workload, index `turn - 1` (the last one
+    /// holds every later turn), created at 0.
+    pub fn turn_ttft(&self, target: &str, workload: &str) -> TurnTtft {
+        let n = crate::workload::TURN_BUCKETS;
+        TurnTtft(
+            (1..=n)
+                .map(|t| {
+                    self.turn_ttft.get_or_create_owned(&TurnLabels {
+                        target: target.to_string(),
+                        workload: workload.to_string(),
+                        turn: crate::workload::turn_bucket(t),
+                    })
+                })
+                .collect(),
+        )
+    }
+
     /// Resolves the handles of one workload.
     pub fn workload(&self, l: &ProbeLabels) -> WorkloadMetrics {
         let outcome = |o: Outcome| OutcomeLabels {
@@ -360,6 +392,24 @@ impl ProberMetrics {
             target_rate: self.target_rate.get_or_create_owned(l),
             schedule_lag: self.schedule_lag.get_or_create_owned(&wl),
             dropped: self.dropped.get_or_create_owned(&wl),
+        }
+    }
+}
+
+/// A multi-turn workload's TTFT histograms by turn (empty for other workloads).
+#[derive(Debug, Clone, Default)]
+pub struct TurnTtft(Vec<Histogram>);
+
+impl TurnTtft {
+    /// Records the TTFT of a successful request of turn `turn` (turns beyond the last bucket
+    /// fold into it).
+    pub fn record(&self, turn: u32, r: &RequestRecord) {
+        if r.outcome != Outcome::Ok || self.0.is_empty() {
+            return;
+        }
+        if let Some(t) = r.ttft {
+            let i = (turn.max(1) as usize - 1).min(self.0.len() - 1);
+            self.0[i].observe(t.as_secs_f64());
         }
     }
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::discovery::{self, DiscoveryError, TokenizeInput};
-use super::request::{Endpoint, Prompt};
+use super::request::{ChatMessage, Endpoint, Prompt};
+use crate::workload::{Item, PromptSpec};
 
 /// Common English words that are one token each in the usual BPE vocabularies.
 pub const WORDS: &[&str] = &[
@@ -301,6 +302,62 @@ impl PromptBuilder {
         }
     }
 
+    /// The prompt a workload source's [`Item`] describes, its random parts drawn from the
+    /// item's seeds (the same item always renders the same prompt). Random lengths are capped
+    /// at `max_tokens` (the prober's `max_model_len + 1`).
+    pub fn render(&self, item: &Item, endpoint: Endpoint, max_tokens: u32) -> Prompt {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(item.seed);
+        match &item.prompt {
+            PromptSpec::Random { tokens } => self.build(
+                &mut rng,
+                endpoint,
+                (*tokens).clamp(1, max_tokens.max(1)),
+                &SharedPrefix::default(),
+            ),
+            PromptSpec::Prefixed {
+                prefix_seed,
+                prefix_tokens,
+                tokens,
+            } => {
+                let shared = self.shared_prefix(*prefix_tokens, *prefix_seed);
+                self.build(
+                    &mut rng,
+                    endpoint,
+                    (*tokens).clamp(1, max_tokens.max(1)),
+                    &shared,
+                )
+            }
+            PromptSpec::Text(t) => Prompt::Text(t.to_string()),
+            PromptSpec::Chat(parts) => Prompt::Messages(
+                parts
+                    .iter()
+                    .map(|p| ChatMessage {
+                        role: p.role.as_str(),
+                        content: self.message_text(p.tokens, p.seed),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Random words for one chat message of about `tokens` tokens (the calibrated tokens per
+    /// word when known, else one word per token), drawn with `seed`.
+    fn message_text(&self, tokens: u32, seed: u64) -> String {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        let per_word = self.chat.map_or(1.0, |c| c.per_word);
+        let words = (f64::from(tokens.max(1)) / per_word).round().max(1.0) as usize;
+        let mut s = String::with_capacity(words * 8);
+        for i in 0..words {
+            if i > 0 {
+                s.push(' ');
+            }
+            s.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        }
+        s
+    }
+
     /// A fixed shared prefix of `len` tokens drawn with `seed` (the same on every call).
     pub fn shared_prefix(&self, len: u32, seed: u64) -> SharedPrefix {
         use rand::SeedableRng;
@@ -372,6 +429,77 @@ mod tests {
         };
         assert_eq!(a[..16], c[..16]);
         assert_ne!(a[16..], c[16..]);
+    }
+
+    #[test]
+    fn rendering_is_deterministic_and_prefixes_are_shared() {
+        use crate::workload::{ChatPart, Role};
+        let b = PromptBuilder::with_vocab((100..200).collect(), None);
+        let item = |prompt, seed| Item {
+            prompt,
+            max_tokens: 4,
+            model: None,
+            turn: None,
+            seed,
+        };
+        let pre = |seed| {
+            item(
+                PromptSpec::Prefixed {
+                    prefix_seed: 9,
+                    prefix_tokens: 8,
+                    tokens: 24,
+                },
+                seed,
+            )
+        };
+        let Prompt::TokenIds(a) = b.render(&pre(1), Endpoint::Completions, 1000) else {
+            panic!()
+        };
+        let Prompt::TokenIds(a2) = b.render(&pre(1), Endpoint::Completions, 1000) else {
+            panic!()
+        };
+        let Prompt::TokenIds(c) = b.render(&pre(2), Endpoint::Completions, 1000) else {
+            panic!()
+        };
+        assert_eq!(a, a2, "same item, same prompt");
+        assert_eq!(a.len(), 24);
+        assert_eq!(a[..8], c[..8], "the group's prefix is shared");
+        assert_ne!(a[8..], c[8..], "the suffix is not");
+        let Prompt::TokenIds(capped) = b.render(
+            &item(PromptSpec::Random { tokens: 500 }, 3),
+            Endpoint::Completions,
+            100,
+        ) else {
+            panic!()
+        };
+        assert_eq!(capped.len(), 100);
+        let chat = item(
+            PromptSpec::Chat(vec![
+                ChatPart {
+                    role: Role::User,
+                    tokens: 5,
+                    seed: 1,
+                },
+                ChatPart {
+                    role: Role::Assistant,
+                    tokens: 3,
+                    seed: 2,
+                },
+            ]),
+            0,
+        );
+        let Prompt::Messages(ms) = b.render(&chat, Endpoint::Chat, 1000) else {
+            panic!()
+        };
+        assert_eq!(ms.len(), 2);
+        assert_eq!((ms[0].role, ms[1].role), ("user", "assistant"));
+        assert_eq!(ms[0].content.split(' ').count(), 5);
+        assert_eq!(ms[1].content.split(' ').count(), 3);
+        let text = item(PromptSpec::Text("hello".into()), 0);
+        assert_eq!(
+            b.render(&text, Endpoint::Chat, 1000),
+            Prompt::Text("hello".into())
+        );
     }
 
     #[test]

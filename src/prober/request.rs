@@ -48,6 +48,17 @@ pub enum Prompt {
     TokenIds(Vec<u32>),
     /// Text: a completions `prompt` string, or the user message of a chat request.
     Text(String),
+    /// A chat history (`messages`), oldest first; on the completions endpoint the contents are
+    /// joined by line breaks into one prompt.
+    Messages(Vec<ChatMessage>),
+}
+
+/// One message of a [`Prompt::Messages`] history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `user` or `assistant`.
+    pub role: &'static str,
+    pub content: String,
 }
 
 impl Prompt {
@@ -55,7 +66,7 @@ impl Prompt {
     pub fn token_len(&self) -> Option<usize> {
         match self {
             Prompt::TokenIds(v) => Some(v.len()),
-            Prompt::Text(_) => None,
+            Prompt::Text(_) | Prompt::Messages(_) => None,
         }
     }
 }
@@ -95,7 +106,7 @@ impl ProbeRequest {
             #[serde(skip_serializing_if = "Option::is_none")]
             prompt: Option<PromptRef<'a>>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            messages: Option<[Msg<'a>; 1]>,
+            messages: Option<Vec<Msg<'a>>>,
             max_tokens: u32,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             ignore_eos: bool,
@@ -119,7 +130,7 @@ impl ProbeRequest {
             (Endpoint::Completions, Prompt::Text(t)) => (Some(PromptRef::Text(t)), None),
             (Endpoint::Chat, Prompt::Text(t)) => (
                 None,
-                Some([Msg {
+                Some(vec![Msg {
                     role: "user",
                     content: t,
                 }]),
@@ -128,11 +139,30 @@ impl ProbeRequest {
                 joined = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
                 (
                     None,
-                    Some([Msg {
+                    Some(vec![Msg {
                         role: "user",
                         content: &joined,
                     }]),
                 )
+            }
+            (Endpoint::Chat, Prompt::Messages(ms)) => (
+                None,
+                Some(
+                    ms.iter()
+                        .map(|m| Msg {
+                            role: m.role,
+                            content: &m.content,
+                        })
+                        .collect(),
+                ),
+            ),
+            (Endpoint::Completions, Prompt::Messages(ms)) => {
+                joined = ms
+                    .iter()
+                    .map(|m| m.content.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                (Some(PromptRef::Text(&joined)), None)
             }
         };
         let body = Body {
@@ -1129,6 +1159,38 @@ mod tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["ignore_eos"], true);
         assert_eq!(v["max_tokens"], 8);
+        assert!(v.get("messages").is_none());
+    }
+
+    #[test]
+    fn message_histories_on_both_endpoints() {
+        let ms = vec![
+            ChatMessage {
+                role: "user",
+                content: "a b".into(),
+            },
+            ChatMessage {
+                role: "assistant",
+                content: "c".into(),
+            },
+            ChatMessage {
+                role: "user",
+                content: "d".into(),
+            },
+        ];
+        let r = req(Endpoint::Chat, Prompt::Messages(ms.clone()));
+        let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(
+            v["messages"],
+            serde_json::json!([
+                {"role": "user", "content": "a b"},
+                {"role": "assistant", "content": "c"},
+                {"role": "user", "content": "d"}
+            ])
+        );
+        let r = req(Endpoint::Completions, Prompt::Messages(ms));
+        let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(v["prompt"], "a b\nc\nd");
         assert!(v.get("messages").is_none());
     }
 

@@ -18,8 +18,10 @@ use super::prompt::{PromptBuilder, SharedPrefix};
 use super::request::{Endpoint, build_client};
 use crate::config::TargetConfig;
 use crate::config::prober::{CanaryConfig, Load, ProberConfig, effective_workloads};
+use crate::config::workload::SourceKind;
 use crate::runtime::ReadySlot;
 use crate::runtime::StatusBoard;
+use crate::workload::Workload;
 
 /// The settings a target task runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +150,7 @@ pub async fn run_target(
     mark_discovered(&deps, &label, &info);
 
     let prompts = calibrate_prompts(&discovering, t, &info.id).await;
+    let listed = list_adapters(&discovering, t).await;
 
     if let Some(limit) = info.max_model_len {
         warn_over_max_model_len(&label, t, &info, limit, &deps.metrics);
@@ -163,6 +166,7 @@ pub async fn run_target(
         timeouts,
         max_response_bytes: run.prober.max_response_bytes,
         prompts,
+        listed,
         shutdown: deps.shutdown.clone(),
         abort: deps.abort.clone(),
         health: deps.health.clone(),
@@ -339,7 +343,39 @@ fn reconcile(
                 l.saturating_add(1)
             })
             .min(crate::config::prober::MAX_TOKENS_CEILING);
+        let previous = running.get(&label).map(|r| r.tx.borrow().clone());
+        let Some(workload) = build_source(shared, &label, &w, endpoint, previous.as_deref()) else {
+            if let Some(old) = running.remove(&label) {
+                retire(old);
+            }
+            continue;
+        };
+        let model_metrics = workload
+            .as_ref()
+            .map(|w| {
+                w.adapters()
+                    .iter()
+                    .map(|a| {
+                        let m = deps.metrics.workload(&ProbeLabels {
+                            target: shared.label.clone(),
+                            model: a.to_string(),
+                            workload: label.clone(),
+                            endpoint,
+                        });
+                        (a.clone(), m)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let turn_ttft = if w.source == SourceKind::MultiTurn {
+            deps.metrics.turn_ttft(&shared.label, &label)
+        } else {
+            Default::default()
+        };
         let spec = Arc::new(WorkloadSpec {
+            workload,
+            model_metrics,
+            turn_ttft,
             max_prompt_tokens,
             max_in_flight: w.max_in_flight.unwrap_or(run.prober.max_in_flight),
             error_backoff: run.prober.error_backoff,
@@ -391,6 +427,60 @@ fn reconcile(
     for k in gone {
         if let Some(old) = running.remove(&k) {
             retire(old);
+        }
+    }
+}
+
+/// The workload's source (`None`: `random`, the built-in path), reusing the running one when
+/// its settings did not change (so multi-turn sessions survive a reload). `None` from the outer
+/// option: the source cannot be built (logged; the workload does not run).
+fn build_source(
+    shared: &TargetShared,
+    label: &str,
+    w: &crate::config::prober::WorkloadConfig,
+    endpoint: Endpoint,
+    previous: Option<&WorkloadSpec>,
+) -> Option<Option<Arc<Workload>>> {
+    if w.source == SourceKind::Random {
+        return Some(None);
+    }
+    let settings = w.source_settings(endpoint);
+    if let Some(old) = previous.and_then(|p| p.workload.as_ref())
+        && *old.settings() == settings
+    {
+        return Some(Some(old.clone()));
+    }
+    let built = Workload::load(&settings, seed_of(label)).and_then(|mut wl| {
+        if wl.needs_adapters() {
+            wl.bind_adapters(&shared.listed)?;
+        }
+        Ok(wl)
+    });
+    match built {
+        Ok(wl) => Some(Some(Arc::new(wl))),
+        Err(e) => {
+            tracing::error!(target = %shared.label, workload = %label, error = %e, "workload source unusable; the workload does not run");
+            None
+        }
+    }
+}
+
+/// `/v1/models` with parents, when a workload uses the `lora` source.
+async fn list_adapters(
+    d: &Discovering<'_>,
+    t: &TargetConfig,
+) -> Vec<crate::workload::lora::Listed> {
+    if !effective_workloads(t)
+        .iter()
+        .any(|w| w.source == SourceKind::Lora)
+    {
+        return Vec::new();
+    }
+    match discovery::list_listed_with(d.client, d.base_url, d.authorization, d.timeout).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(target = %d.label, error = %e, "cannot list the LoRA adapters");
+            Vec::new()
         }
     }
 }

@@ -118,6 +118,10 @@ pub struct SimArgs {
     /// (e.g. '{"error_status":500,"error_every":10}').
     #[arg(long, value_parser = parse_faults, env = "VLLM_SENTINEL_SIM_FAULTS")]
     pub faults: Option<Faults>,
+    /// LoRA adapter names to serve beside --model (comma-separated): /v1/models lists each with
+    /// --model as its parent, as vLLM does, and requests may name them (same behaviour).
+    #[arg(long, value_delimiter = ',', env = "VLLM_SENTINEL_SIM_LORA_MODULES")]
+    pub lora_modules: Vec<String>,
 }
 
 fn parse_faults(s: &str) -> Result<Faults, String> {
@@ -151,6 +155,9 @@ pub struct SimConfig {
     pub seed: u64,
     /// Faults at start.
     pub faults: Faults,
+    /// LoRA adapter names served beside the model: `/v1/models` lists each with the model as
+    /// its `parent`, as vLLM does for `--lora-modules`, and requests may name them.
+    pub lora_modules: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -167,6 +174,7 @@ impl Default for SimConfig {
             send_log: None,
             seed: 0,
             faults: Faults::default(),
+            lora_modules: Vec::new(),
         }
     }
 }
@@ -195,6 +203,7 @@ impl From<&SimArgs> for SimConfig {
             send_log: a.send_log.clone(),
             seed: a.seed,
             faults: a.faults.clone().unwrap_or_default(),
+            lora_modules: a.lora_modules.clone(),
         }
     }
 }
@@ -208,6 +217,13 @@ impl SimConfig {
         }
         if self.max_model_len == 0 {
             errs.push("--max-model-len: must be > 0".into());
+        }
+        if self
+            .lora_modules
+            .iter()
+            .any(|a| a.is_empty() || *a == self.model)
+        {
+            errs.push("--lora-modules: names must be non-empty and differ from --model".into());
         }
         let e = &self.engine;
         if e.block_size == 0 {

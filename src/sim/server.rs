@@ -316,12 +316,48 @@ impl IntoResponse for ApiError {
 async fn models(State(st): State<Arc<Shared>>) -> Response {
     let name = serde_json::to_string(&st.cfg.model).unwrap_or_default();
     let c = st.created_secs;
-    let body = format!(
-        "{{\"object\":\"list\",\"data\":[{{\"id\":{name},\"object\":\"model\",\"created\":{c},\"owned_by\":\"vllm\",\"root\":{name},\"parent\":null,\"max_model_len\":{},\"permission\":[{{\"id\":\"modelperm-{:016x}\",\"object\":\"model_permission\",\"created\":{c},\"allow_create_engine\":false,\"allow_sampling\":true,\"allow_logprobs\":true,\"allow_search_indices\":false,\"allow_view\":true,\"allow_fine_tuning\":false,\"organization\":\"*\",\"group\":null,\"is_blocking\":false}}]}}]}}",
-        st.max_model_len(),
-        mix64(st.cfg.seed ^ 0x77)
-    );
+    let card = |id: &str, root: &str, parent: &str, max_len: &str, perm: u64| {
+        format!(
+            "{{\"id\":{id},\"object\":\"model\",\"created\":{c},\"owned_by\":\"vllm\",\"root\":{root},\"parent\":{parent},\"max_model_len\":{max_len},\"permission\":[{{\"id\":\"modelperm-{perm:016x}\",\"object\":\"model_permission\",\"created\":{c},\"allow_create_engine\":false,\"allow_sampling\":true,\"allow_logprobs\":true,\"allow_search_indices\":false,\"allow_view\":true,\"allow_fine_tuning\":false,\"organization\":\"*\",\"group\":null,\"is_blocking\":false}}]}}"
+        )
+    };
+    let mut cards = vec![card(
+        &name,
+        &name,
+        "null",
+        &st.max_model_len().to_string(),
+        mix64(st.cfg.seed ^ 0x77),
+    )];
+    // vLLM lists a LoRA adapter with its path as root, the base model as parent and no
+    // max_model_len of its own.
+    for (i, a) in st.cfg.lora_modules.iter().enumerate() {
+        let id = serde_json::to_string(a).unwrap_or_default();
+        let root = serde_json::to_string(&format!("/adapters/{a}")).unwrap_or_default();
+        cards.push(card(
+            &id,
+            &root,
+            &name,
+            "null",
+            mix64(st.cfg.seed ^ 0x78 ^ i as u64),
+        ));
+    }
+    let body = format!("{{\"object\":\"list\",\"data\":[{}]}}", cards.join(","));
     json_response(StatusCode::OK, body)
+}
+
+/// The LoRA adapter a request body names, if it names one of `adapters` (then it is served as
+/// the model is). Reads the body only when adapters are configured.
+fn requested_adapter<'a>(adapters: &'a [String], body: &[u8]) -> Option<&'a str> {
+    if adapters.is_empty() {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<String>,
+    }
+    let named: Named = serde_json::from_slice(body).ok()?;
+    let m = named.model?;
+    adapters.iter().find(|a| **a == m).map(String::as_str)
 }
 
 async fn version(State(st): State<Arc<Shared>>) -> Response {
@@ -492,7 +528,8 @@ async fn generate(st: Arc<Shared>, kind: Kind, body: Bytes) -> Response {
     {
         return ApiError::injected(status).into_response();
     }
-    let req = match api::parse(kind, &body, &st.cfg.model, st.max_model_len()) {
+    let served = requested_adapter(&st.cfg.lora_modules, &body).unwrap_or(&st.cfg.model);
+    let req = match api::parse(kind, &body, served, st.max_model_len()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -511,7 +548,7 @@ async fn generate(st: Arc<Shared>, kind: Kind, body: Bytes) -> Response {
             text_seed
         ),
         created: crate::clock::unix_seconds() as u64,
-        model: st.cfg.model.clone(),
+        model: served.to_string(),
         fingerprint: st.fingerprint.clone(),
         prompt_tokens: req.prompt.len() as u32,
         include_usage: req.include_usage,

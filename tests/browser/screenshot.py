@@ -9,10 +9,8 @@ Exits non-zero (with the reason) if a chart stays empty, a script error is logge
 requests anything outside BASE_URL.
 """
 import base64
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -37,14 +35,7 @@ def main():
         cdp.call("Page.navigate", url=base + "/")
 
         # Every chart of a target has data (GPU and tap charts may be empty states on this host).
-        def ready():
-            r = cdp.eval("""(() => { const f = [...document.querySelectorAll('figure[data-chart]')];
-                return {rendered: +(document.body.dataset.rendered || 0),
-                        target: f.filter(e => (e.dataset.chart || '').startsWith(%s)).length,
-                        empty: f.filter(e => (e.dataset.chart || '').startsWith(%s) && !(+e.dataset.points >= %d))
-                                .map(e => e.dataset.chart)}; })()""" % (json.dumps(target + "/"), json.dumps(target + "/"), min_samples))
-            return r if r["rendered"] >= 2 and r["target"] > 0 and not r["empty"] else None
-        r = sp.wait_for("every target chart to have data", ready)
+        r = sp.wait_for("every target chart to have data", lambda: sp.charts_ready(cdp, target + "/", min_samples))
         h = cdp.eval("Math.ceil(document.documentElement.scrollHeight)")
         cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=min(h, 4000), deviceScaleFactor=1, mobile=False)
         sp.wait_for("a render at the screenshot size", lambda: cdp.eval("document.body.dataset.rendered") and True)
@@ -59,7 +50,7 @@ def main():
                    and not e["params"]["request"]["url"].startswith(base + "/")]
         if outside:
             sp.fail(f"the page requested URLs outside {base}/: {outside[:5]}")
-        print(f"ok: {r['target']} target charts with data; screenshot {shot} ({len(png)} bytes, 1280x{min(h, 4000)})")
+        print(f"ok: {r['n']} target charts with data; screenshot {shot} ({len(png)} bytes, 1280x{min(h, 4000)})")
     finally:
         browser.kill()
         browser.wait()

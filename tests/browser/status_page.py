@@ -227,6 +227,18 @@ def start_prefix_proxy(upstream_port):
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
+def charts_ready(cdp, prefix="", min_points=1):
+    """The page's chart state once it has rendered twice and every chart whose id starts with
+    `prefix` has at least `min_points` points (None before): rendered (count of renders), n (such
+    charts), empty (their ids still short of points). Shared by the browser scripts."""
+    r = cdp.eval("""(() => { const f = [...document.querySelectorAll('figure[data-chart]')]
+                    .filter(e => (e.dataset.chart || '').startsWith(%s));
+        return {rendered: +(document.body.dataset.rendered || 0), n: f.length,
+                empty: f.filter(e => !(+e.dataset.points >= %d)).map(e => e.dataset.chart)}; })()"""
+                 % (json.dumps(prefix), min_points))
+    return r if r["rendered"] >= 2 and r["n"] > 0 and not r["empty"] else None
+
+
 def metric_sum(text, name, **labels):
     """Sum of the samples of `name` whose labels include `labels`; None when there is none."""
     total, found = 0.0, False
@@ -288,12 +300,7 @@ def main():
         cdp.call("Page.navigate", url=page_url)
 
         # 1. Every chart has data; the empty states say what is missing.
-        def charts_ready():
-            r = cdp.eval("""(() => { const f = [...document.querySelectorAll('figure[data-chart]')];
-                return {rendered: +(document.body.dataset.rendered || 0), n: f.length,
-                        empty: f.filter(e => !(+e.dataset.points > 0)).map(e => e.dataset.chart)}; })()""")
-            return r if r["rendered"] >= 2 and r["n"] > 0 and not r["empty"] else None
-        ready = wait_for("every chart to have data", charts_ready)
+        ready = wait_for("every chart to have data", lambda: charts_ready(cdp))
         expected = 7 + 2 * 4 + 3  # per target, per GPU, prober
         if ready["n"] != expected:
             fail(f"{ready['n']} charts on the page, expected {expected}")

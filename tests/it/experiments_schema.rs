@@ -150,7 +150,7 @@ fn check(root: &Value, s: &Value, v: &Value, path: &str, errs: &mut Vec<String>)
     }
 }
 
-fn validate(v: &Value) -> Vec<String> {
+pub fn validate(v: &Value) -> Vec<String> {
     let root = schema();
     let mut errs = Vec::new();
     check(&root, &root, v, "$", &mut errs);

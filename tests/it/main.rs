@@ -32,3 +32,4 @@ mod scrape_support;
 mod sim_bench;
 mod sim_wire;
 mod tap;
+mod workloads;

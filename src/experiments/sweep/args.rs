@@ -76,9 +76,13 @@ pub struct SweepArgs {
     /// Rate mode: most requests in flight at once; arrivals beyond it are dropped and counted.
     #[arg(long, default_value_t = 1024, env = "VLLM_SENTINEL_MAX_IN_FLIGHT")]
     pub max_in_flight: u32,
-    /// Rate mode: seed of the arrival process (the same seed gives the same schedule).
+    /// Rate mode: seed of the arrival process (the same seed gives the same schedule); with a
+    /// --dataset other than random, also of the requests.
     #[arg(long, default_value_t = 0, env = "VLLM_SENTINEL_SEED")]
     pub seed: u64,
+    /// Where requests come from (--dataset …): see docs/experiments.md, "Workload sources".
+    #[command(flatten)]
+    pub workload: super::super::workload::WorkloadArgs,
 }
 
 /// The load of one level.

@@ -41,6 +41,7 @@ use super::engine::{RequestSpec, Target, choose_model};
 use super::knee::{self, KneeParams, LevelPoint};
 use super::progress::Progress;
 use super::report::{Report, SloSection, SweepLevel, SweepSection, TargetInfo};
+use crate::workload::Workload;
 pub use args::{Load, SweepArgs};
 pub use plots::plots;
 use run::{LevelPlan, run_level};
@@ -60,7 +61,7 @@ pub fn finish(report: &Report, outputs: &Outputs) -> anyhow::Result<ExitCode> {
     let code = common::emit(
         report,
         outputs,
-        &super::table::sweep(&s),
+        &format!("{}{}", super::table::sweep(&s), turn_tables(&s)),
         &[(outputs.csv.clone(), super::report::sweep_csv(&s))],
         |dir| plots(dir, &s),
     )?;
@@ -80,6 +81,15 @@ pub fn finish(report: &Report, outputs: &Outputs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+/// Multi-turn: the TTFT-by-turn table of each level (empty otherwise).
+fn turn_tables(s: &SweepSection) -> String {
+    s.levels
+        .iter()
+        .filter(|l| !l.turns.is_empty())
+        .map(|l| format!("level {}: {}", l.load, super::table::turns(&l.turns)))
+        .collect()
+}
+
 /// Measures the sweep against `t`. Stops early (a partial report) when `token` is cancelled.
 pub async fn measure<T: Target>(
     t: Arc<T>,
@@ -88,8 +98,19 @@ pub async fn measure<T: Target>(
 ) -> anyhow::Result<Report> {
     args.validate()?;
     let loads = args.loads()?;
+    // The dataset is read before the target is contacted: a bad file must not cost a run.
+    let mut workload = args.workload.load(
+        args.prompt_tokens,
+        args.max_tokens,
+        args.common.endpoint,
+        args.seed,
+    )?;
     let mut report = start_report(&t, args, &loads).await?;
-    let plan = level_plan(args);
+    if let Some(w) = workload.as_mut() {
+        super::workload::bind_adapters(&*t, w).await?;
+        report.set("dataset", super::workload::describe(Some(w)));
+    }
+    let plan = level_plan(args, workload.map(Arc::new));
     let params = args.knee_params();
     let progress = Progress::new(!args.common.no_progress, loads.len() as u64, "sweep");
     let started = Instant::now();
@@ -193,8 +214,9 @@ async fn start_report<T: Target>(
 }
 
 /// How every level sends its requests.
-fn level_plan(args: &SweepArgs) -> LevelPlan {
+fn level_plan(args: &SweepArgs, workload: Option<Arc<Workload>>) -> LevelPlan {
     LevelPlan {
+        workload,
         spec: RequestSpec {
             prompt_tokens: args.prompt_tokens,
             max_tokens: args.max_tokens,
@@ -314,7 +336,37 @@ mod tests {
             no_server_metrics: false,
             max_in_flight: 1024,
             seed: 1,
+            workload: Default::default(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn multi_turn_levels_report_ttft_by_turn() {
+        let f = Arc::new(FakeServer::new(4));
+        let mut a = args(&[2]);
+        a.requests = Some(12);
+        a.common.endpoint = crate::config::Endpoint::Chat;
+        a.workload.dataset = crate::config::workload::SourceKind::MultiTurn;
+        a.workload.multi_turn_turns = 3;
+        let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
+        let l = &r.sweep.unwrap().levels[0];
+        let turns: Vec<&str> = l.turns.iter().map(|t| t.turn.as_str()).collect();
+        assert_eq!(turns, vec!["1", "2", "3"], "{:?}", l.turns);
+        let counted: usize = l.turns.iter().map(|t| t.requests).sum();
+        assert_eq!(
+            counted,
+            l.ok + l.failed,
+            "every measured request has its turn"
+        );
+        // later turns carry the history: their prompts are longer
+        let p = |i: usize| l.turns[i].prompt_tokens.p50.unwrap();
+        assert!(p(0) < p(1) && p(1) < p(2), "{:?}", l.turns);
+        assert!(
+            r.settings["dataset"]
+                .as_str()
+                .unwrap()
+                .contains("multi-turn")
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 use super::super::engine::{GpuSnapshot, RequestSpec, Sample, ServerSnapshot, Target};
 use super::super::knee::Slo;
 use super::super::report::SweepLevel;
+use super::super::workload::{send, stream_seed};
 use super::Load;
 use super::gate::{Admit, Gate};
 use super::summary::summarize_level;
 use crate::config::prober::Arrival;
 use crate::prober::arrivals::Schedule;
+use crate::workload::Workload;
 
 /// One request with its times, seconds after the level started.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub(super) struct Timed {
     pub(super) start: f64,
     pub(super) end: f64,
     pub(super) sample: Sample,
+    /// Multi-turn: the request's turn in its session.
+    pub(super) turn: Option<u32>,
 }
 
 /// One sample of the server and the GPUs, seconds after the level started.
@@ -40,6 +44,8 @@ pub(super) struct Probe {
 }
 
 pub(super) struct LevelPlan {
+    /// The source of the requests (`None`: random prompts of `spec`'s length).
+    pub(super) workload: Option<Arc<Workload>>,
     pub(super) spec: RequestSpec,
     pub(super) warmup: Duration,
     pub(super) duration: Duration,
@@ -119,7 +125,7 @@ pub(super) async fn run_level<T: Target>(
                 &mut tasks,
                 &t,
                 c,
-                plan.spec,
+                (plan, index),
                 &gate,
                 &tx,
                 &level_token,
@@ -156,6 +162,12 @@ pub(super) async fn run_level<T: Target>(
         we = we.min(interrupted_at);
     }
     let mut level = summarize_level(load, &records, ws, we, &probes, &plan.slo);
+    level.turns = super::super::workload::turn_rows(
+        records
+            .iter()
+            .filter(|r| r.intended >= ws && r.intended <= we)
+            .filter_map(|r| Some((r.turn?, &r.sample))),
+    );
     level.partial = interrupted;
     if dropped > 0 {
         *level
@@ -238,15 +250,20 @@ fn spawn_streams<T: Target>(
     tasks: &mut JoinSet<()>,
     t: &Arc<T>,
     c: u32,
-    spec: RequestSpec,
+    (plan, level): (&LevelPlan, u64),
     gate: &Arc<Gate>,
     tx: &mpsc::UnboundedSender<Timed>,
     level_token: &CancellationToken,
     epoch: Instant,
 ) {
     let rel = move |i: Instant| i.saturating_duration_since(epoch).as_secs_f64();
-    for _ in 0..c {
+    let spec = plan.spec;
+    for i in 0..c {
         let (t, tx, lt, gate) = (t.clone(), tx.clone(), level_token.clone(), gate.clone());
+        let mut source = plan
+            .workload
+            .as_ref()
+            .map(|w| w.source(stream_seed(plan.seed, level, u64::from(i))));
         tasks.spawn(async move {
             let mut first = true;
             let mut measured_started = false;
@@ -257,8 +274,9 @@ fn spawn_streams<T: Target>(
                     Admit::Measured => measured_started = true,
                     Admit::Warmup => {}
                 }
+                let item = source.as_mut().map(|s| s.next_item());
                 let s = tokio::select! {
-                    s = t.execute(spec, start) => s,
+                    s = send(&*t, spec, item.as_ref(), start) => s,
                     _ = lt.cancelled() => break,
                 };
                 let end = Instant::now();
@@ -272,6 +290,7 @@ fn spawn_streams<T: Target>(
                     start: st,
                     end: rel(end),
                     sample: s,
+                    turn: item.and_then(|i| i.turn),
                 });
             }
         });
@@ -307,6 +326,10 @@ async fn open_loop<T: Target>(
         rand::rngs::SmallRng::seed_from_u64(plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
     );
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut source = plan
+        .workload
+        .as_ref()
+        .map(|w| w.source(stream_seed(plan.seed, index, u64::from(u32::MAX))));
     let mut next = epoch;
     loop {
         next = arrivals.next_after(next);
@@ -330,10 +353,11 @@ async fn open_loop<T: Target>(
         );
         let spec = plan.spec;
         let intended = next;
+        let item = source.as_mut().map(|s| s.next_item());
         tasks.spawn(async move {
             let start = Instant::now();
             let s = tokio::select! {
-                s = t.execute(spec, intended) => Some(s),
+                s = send(&*t, spec, item.as_ref(), intended) => Some(s),
                 _ = lt.cancelled() => None,
             };
             inf.fetch_sub(1, Ordering::SeqCst);
@@ -343,6 +367,7 @@ async fn open_loop<T: Target>(
                     start: rel(start),
                     end: rel(Instant::now()),
                     sample: s,
+                    turn: item.and_then(|i| i.turn),
                 });
             }
         });

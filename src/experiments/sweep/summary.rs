@@ -29,6 +29,7 @@ pub(super) fn summarize_level(
     let f = window_figures(records, &samples, (ws, we), slo);
     let (server, gpu) = gauges(probes, (ws, we));
     SweepLevel {
+        turns: Vec::new(),
         load: load.value(),
         concurrency: match load {
             Load::Concurrency(c) => Some(c),
