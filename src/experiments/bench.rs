@@ -85,11 +85,7 @@ pub fn finish(report: &Report, outputs: &Outputs) -> anyhow::Result<ExitCode> {
     let code = common::emit(
         report,
         outputs,
-        &format!(
-            "{}{}",
-            super::table::bench(&b),
-            super::table::turns(&b.turns)
-        ),
+        &super::table::bench(&b).then(super::table::turns(&b.turns)),
         &[(outputs.csv.clone(), super::report::bench_csv(&b))],
         |_| Ok(Vec::new()),
     )?;
@@ -386,7 +382,7 @@ mod tests {
                 .unwrap()
                 .contains("multi-turn 3 turns")
         );
-        let table = crate::experiments::table::turns(&b.turns);
+        let table = crate::experiments::table::turns(&b.turns).to_string();
         assert!(table.contains("TTFT by turn"), "{table}");
     }
 

@@ -214,7 +214,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub fn emit(
     report: &Report,
     outputs: &Outputs,
-    table: &str,
+    table: &super::table::Printed,
     csvs: &[(Option<PathBuf>, String)],
     plots: impl FnOnce(&Path) -> anyhow::Result<Vec<PathBuf>>,
 ) -> anyhow::Result<ExitCode> {

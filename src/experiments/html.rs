@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use super::report::Report;
+use super::table::Printed;
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -30,8 +31,9 @@ pub fn script_json(json: &str) -> String {
         .replace('&', "\\u0026")
 }
 
-/// The page of `report`: `summary` is the terminal's table, `svgs` the plots (title, SVG text).
-pub fn render(report: &Report, summary: &str, svgs: &[(String, String)]) -> String {
+/// The page of `report`: `summary` is what the terminal prints (its tables as `<table>`s), `svgs`
+/// the plots (title, SVG text).
+pub fn render(report: &Report, summary: &Printed, svgs: &[(String, String)]) -> String {
     let title = format!("vllm-sentinel {} — {}", report.kind, report.target.model);
     let mut h = String::new();
     let _ = write!(
@@ -72,7 +74,7 @@ pub fn render(report: &Report, summary: &str, svgs: &[(String, String)]) -> Stri
             escape(report.partial_reason.as_deref().unwrap_or("interrupted"))
         );
     }
-    let _ = writeln!(h, "<pre>{}</pre>", escape(summary));
+    h.push_str(&summary.to_html());
     if !report.notes.is_empty() {
         h.push_str("<ul>\n");
         for n in &report.notes {
@@ -145,7 +147,7 @@ mod tests {
 
     #[test]
     fn hostile_strings_are_escaped() {
-        let page = render(&report(), HOSTILE, &[]);
+        let page = render(&report(), &Printed::text(HOSTILE), &[]);
         assert!(!page.contains("<img"), "{page}");
         assert_eq!(page.matches("</script>").count(), 1, "{page}");
         assert!(page.contains("&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"));
@@ -159,7 +161,11 @@ mod tests {
     #[test]
     fn every_section_is_present() {
         let svg = "<?xml version=\"1.0\"?>\n<svg width=\"10\" height=\"10\" xmlns=\"http://www.w3.org/2000/svg\"><rect/></svg>";
-        let page = render(&report(), "summary table", &[("TTFT".into(), svg.into())]);
+        let page = render(
+            &report(),
+            &Printed::text("summary table"),
+            &[("TTFT".into(), svg.into())],
+        );
         for needle in [
             "<html lang=\"en\">",
             "<title>",

@@ -1,10 +1,83 @@
 //! Summary tables printed at the end of each experiment (comfy-table). Latencies are shown in
 //! milliseconds, throughput in tokens or requests per second; the JSON keeps base units.
+//!
+//! A summary is a [`Printed`]: lines of text and tables, drawn with box characters on the
+//! terminal and as real `<table>`s in the HTML report.
 
 use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
 
 use super::report::{BenchSection, KvScaleSection, SweepSection, TurnRow};
 use super::stats::Summary;
+
+/// A summary: text lines and tables, in order.
+#[derive(Default)]
+pub struct Printed(Vec<Block>);
+
+enum Block {
+    Line(String),
+    Table(Box<Table>),
+}
+
+impl Printed {
+    fn line(&mut self, s: impl Into<String>) {
+        self.0.push(Block::Line(s.into()));
+    }
+
+    fn table(&mut self, t: Table) {
+        self.0.push(Block::Table(Box::new(t)));
+    }
+
+    /// One line of text.
+    pub fn text(s: impl Into<String>) -> Printed {
+        Printed(vec![Block::Line(s.into())])
+    }
+
+    /// This summary followed by `other`.
+    pub fn then(mut self, other: Printed) -> Printed {
+        self.0.extend(other.0);
+        self
+    }
+
+    /// The summary as HTML: each line a `<p>`, each table a `<table>` with a header row; every
+    /// cell escaped.
+    pub fn to_html(&self) -> String {
+        use super::html::escape;
+        let mut h = String::new();
+        for b in &self.0 {
+            match b {
+                Block::Line(l) => h.push_str(&format!("<p>{}</p>\n", escape(l))),
+                Block::Table(t) => {
+                    h.push_str("<table>\n<thead><tr>");
+                    for c in t.header().into_iter().flat_map(|r| r.cell_iter()) {
+                        h.push_str(&format!("<th scope=\"col\">{}</th>", escape(&c.content())));
+                    }
+                    h.push_str("</tr></thead>\n<tbody>\n");
+                    for r in t.row_iter() {
+                        h.push_str("<tr>");
+                        for c in r.cell_iter() {
+                            h.push_str(&format!("<td>{}</td>", escape(&c.content())));
+                        }
+                        h.push_str("</tr>\n");
+                    }
+                    h.push_str("</tbody>\n</table>\n");
+                }
+            }
+        }
+        h
+    }
+}
+
+impl std::fmt::Display for Printed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0 {
+            match b {
+                Block::Line(l) => writeln!(f, "{l}")?,
+                Block::Table(t) => writeln!(f, "{t}")?,
+            }
+        }
+        Ok(())
+    }
+}
 
 fn new_table(header: Vec<String>, text_last: bool) -> Table {
     let mut t = Table::new();
@@ -64,8 +137,8 @@ fn summary_row(name: &str, s: &Summary, f: fn(Option<f64>) -> String) -> Vec<Str
 }
 
 /// The bench table: one block of rows per mode.
-pub fn bench(b: &BenchSection) -> String {
-    let mut out = String::new();
+pub fn bench(b: &BenchSection) -> Printed {
+    let mut out = Printed::default();
     for m in &b.modes {
         let mut t = new_table(
             ["metric", "n", "mean", "p50", "p90", "p99", "min", "max"]
@@ -92,8 +165,8 @@ pub fn bench(b: &BenchSection) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        out.push_str(&format!(
-            "{} — {} requests, {} ok; errors: {}\n{t}\n",
+        out.line(format!(
+            "{} — {} requests, {} ok; errors: {}",
             if m.stream {
                 "streaming"
             } else {
@@ -103,12 +176,13 @@ pub fn bench(b: &BenchSection) -> String {
             m.ok,
             errors
         ));
+        out.table(t);
     }
     out
 }
 
 /// The sweep table: one row per level, the knee and the goodput level marked.
-pub fn sweep(s: &SweepSection) -> String {
+pub fn sweep(s: &SweepSection) -> Printed {
     let load_name = if s.mode == "rate" {
         "rate (req/s)"
     } else {
@@ -165,30 +239,29 @@ pub fn sweep(s: &SweepSection) -> String {
             mark.join(", "),
         ]);
     }
-    let mut out = format!("latencies in ms\n{t}\n");
+    let mut out = Printed::default();
+    out.line("latencies in ms");
+    out.table(t);
     match &s.knee {
-        Some(k) => out.push_str(&format!(
-            "saturation knee at {}: {}\n",
-            k.load, k.explanation
-        )),
-        None => out.push_str("no saturation knee within the levels run\n"),
+        Some(k) => out.line(format!("saturation knee at {}: {}", k.load, k.explanation)),
+        None => out.line("no saturation knee within the levels run"),
     }
     if let Some(r) = &s.stop_reason {
-        out.push_str(&format!("stopped early: {r}\n"));
+        out.line(format!("stopped early: {r}"));
     }
     if let Some(g) = &s.slo {
         match (g.best_load, g.best_goodput_rps) {
-            (Some(load), Some(gp)) => out.push_str(&format!(
-                "highest load meeting the SLOs: {load} ({gp:.2} req/s within SLO)\n"
+            (Some(load), Some(gp)) => out.line(format!(
+                "highest load meeting the SLOs: {load} ({gp:.2} req/s within SLO)"
             )),
-            _ => out.push_str("no level met the SLOs\n"),
+            _ => out.line("no level met the SLOs"),
         }
     }
     out
 }
 
 /// The kv-scale tables: the ladder, the boundary and the grid.
-pub fn kv_scale(k: &KvScaleSection) -> String {
+pub fn kv_scale(k: &KvScaleSection) -> Printed {
     let mut t = new_table(
         [
             "prompt",
@@ -224,10 +297,11 @@ pub fn kv_scale(k: &KvScaleSection) -> String {
                 .unwrap_or_default(),
         ]);
     }
-    let mut out = format!("{t}\n");
+    let mut out = Printed::default();
+    out.table(t);
     if let Some(b) = &k.boundary {
-        out.push_str(&format!(
-            "context boundary: longest accepted prompt {} tokens, shortest rejected {} (max_model_len {}), {} probes\n",
+        out.line(format!(
+            "context boundary: longest accepted prompt {} tokens, shortest rejected {} (max_model_len {}), {} probes",
             b.max_accepted_prompt_tokens,
             b.min_rejected_prompt_tokens,
             k.max_model_len
@@ -275,17 +349,17 @@ pub fn kv_scale(k: &KvScaleSection) -> String {
                     .join(" "),
             ]);
         }
-        out.push_str(&format!("{g}\n"));
+        out.table(g);
     }
-    out.push_str(&k.gpu_memory_note);
-    out.push('\n');
+    out.line(k.gpu_memory_note.clone());
     out
 }
 
 /// Multi-turn runs: TTFT by turn of the sessions (empty without turns).
-pub fn turns(rows: &[TurnRow]) -> String {
+pub fn turns(rows: &[TurnRow]) -> Printed {
+    let mut out = Printed::default();
     if rows.is_empty() {
-        return String::new();
+        return out;
     }
     let mut t = new_table(
         [
@@ -312,7 +386,9 @@ pub fn turns(rows: &[TurnRow]) -> String {
             num(r.prompt_tokens.p50),
         ]);
     }
-    format!("TTFT by turn (multi-turn sessions)\n{t}\n")
+    out.line("TTFT by turn (multi-turn sessions)");
+    out.table(t);
+    out
 }
 
 #[cfg(test)]
@@ -345,7 +421,7 @@ mod tests {
             }],
             requests: vec![],
         };
-        let s = bench(&b);
+        let s = bench(&b).to_string();
         assert!(s.contains("TTFT (ms)"), "{s}");
         assert!(s.contains("20.0"), "{s}");
         assert!(s.contains("errors: none"), "{s}");
@@ -374,8 +450,17 @@ mod tests {
             }),
             ..Default::default()
         };
-        let text = sweep(&s);
+        let printed = sweep(&s);
+        let text = printed.to_string();
         assert!(text.contains("knee"), "{text}");
         assert!(text.contains("saturation knee at 2: flat"), "{text}");
+        let html = printed.to_html();
+        assert!(
+            html.contains("<th scope=\"col\">concurrency</th>"),
+            "{html}"
+        );
+        assert!(html.contains("<td>knee</td>"), "{html}");
+        assert!(html.contains("<p>saturation knee at 2: flat</p>"), "{html}");
+        assert!(!html.contains('│'), "no box drawing in HTML: {html}");
     }
 }

@@ -69,11 +69,16 @@ def main():
                 title: document.title,
                 lang: document.documentElement.lang,
                 params: document.querySelectorAll('#parameters tbody tr').length,
+                summary_rows: document.querySelectorAll('#summary table tbody tr').length,
+                summary_pre: document.querySelectorAll('#summary pre').length,
                 svgs: [...document.querySelectorAll('svg')].map(s => { const r = s.getBoundingClientRect(); return [r.width, r.height]; }),
                 report: document.getElementById('report') ? document.getElementById('report').textContent : null,
             }))()""")
             if not state["title"] or state["lang"] != "en":
                 sp.fail(f"{name}.html: title {state['title']!r}, lang {state['lang']!r}")
+            if state["summary_rows"] < 1 or state["summary_pre"]:
+                sp.fail(f"{name}.html: the summary is not a table ({state['summary_rows']} rows, "
+                        f"{state['summary_pre']} <pre>)")
             if state["params"] < 3:
                 sp.fail(f"{name}.html: the settings table has {state['params']} rows")
             # bench draws no plot; sweep and kv-scale draw several.
@@ -96,7 +101,7 @@ def main():
             if requests:
                 sp.fail(f"{name}.html requested {requests[:5]}")
             print(f"ok: {name}.html: {len(state['svgs'])} plots rendered, {state['params']} settings, "
-                  f"embedded report = --json, no error, no request")
+                  f"{state['summary_rows']} summary rows, embedded report = --json, no error, no request")
     finally:
         for p in procs:
             p.kill()

@@ -61,7 +61,7 @@ pub fn finish(report: &Report, outputs: &Outputs) -> anyhow::Result<ExitCode> {
     let code = common::emit(
         report,
         outputs,
-        &format!("{}{}", super::table::sweep(&s), turn_tables(&s)),
+        &super::table::sweep(&s).then(turn_tables(&s)),
         &[(outputs.csv.clone(), super::report::sweep_csv(&s))],
         |dir| plots(dir, &s),
     )?;
@@ -82,12 +82,14 @@ pub fn finish(report: &Report, outputs: &Outputs) -> anyhow::Result<ExitCode> {
 }
 
 /// Multi-turn: the TTFT-by-turn table of each level (empty otherwise).
-fn turn_tables(s: &SweepSection) -> String {
-    s.levels
-        .iter()
-        .filter(|l| !l.turns.is_empty())
-        .map(|l| format!("level {}: {}", l.load, super::table::turns(&l.turns)))
-        .collect()
+fn turn_tables(s: &SweepSection) -> super::table::Printed {
+    s.levels.iter().filter(|l| !l.turns.is_empty()).fold(
+        super::table::Printed::default(),
+        |acc, l| {
+            acc.then(super::table::Printed::text(format!("level {}:", l.load)))
+                .then(super::table::turns(&l.turns))
+        },
+    )
 }
 
 /// Measures the sweep against `t`. Stops early (a partial report) when `token` is cancelled.
