@@ -32,10 +32,10 @@ VLLM_BENCH=${VLLM_BENCH-}
 VLLM_BENCH_TOKENIZER=${VLLM_BENCH_TOKENIZER-}
 PRIO=${PRIO-nice -n -20}
 mkdir -p "$OUT"
-# With scheduler autogroups (one per session) `nice` only ranks processes inside their own
-# session's group, and each other session (a compiler, say) gets as much CPU as this whole
-# benchmark. Raise this session's group too, for the few seconds of each run.
-if [[ -n $PRIO && -w /proc/self/autogroup ]]; then echo -20 >/proc/self/autogroup || true; fi
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+raise_autogroup
+trap restore_autogroup EXIT
 concs=("$@")
 [[ ${#concs[@]} -gt 0 ]] || concs=(1 100 1000)
 
@@ -69,7 +69,7 @@ stop_sim() {
     fi
     SIM_PID=
 }
-trap stop_sim EXIT
+trap 'stop_sim; restore_autogroup' EXIT
 
 # A reference client that prints "Starting main benchmark run" and "Serving Benchmark Result"
 # (Python's `vllm bench serve`, Rust `vllm-bench`): its CPU between the two lines, its peak RSS

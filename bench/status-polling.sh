@@ -43,7 +43,10 @@ RUNS=${1:-1}
 [[ -x $BIN ]] || { echo "$BIN missing: cargo build --release --bin vllm-sentinel" >&2; exit 2; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-if [[ -n $PRIO && -w /proc/self/autogroup ]]; then echo -20 >/proc/self/autogroup || true; fi
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+raise_autogroup
+trap restore_autogroup EXIT
 TCK=$(getconf CLK_TCK)
 
 # The browsers: N threads until $OUT/stop exists; one line per poll to stdout (mode bytes secs).
@@ -127,7 +130,7 @@ for run in $(seq 1 "$RUNS"); do
     $PRIO taskset -c "$DAEMON_CPU" "$BIN" demo --listen "127.0.0.1:$port" --sim-listen "127.0.0.1:$sport" \
         --fake-gpus 8 --concurrency "$STREAMS" --status-interval "$INTERVAL" >"$OUT/demo.log" 2>&1 &
     pid=$!
-    trap 'kill $pid 2>/dev/null || true' EXIT
+    trap 'kill $pid 2>/dev/null || true; restore_autogroup' EXIT
     for _ in $(seq 1 600); do
         n=$(curl -sf "$base/api/v1/status?points=1" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["ring_samples"])' 2>/dev/null || echo 0)
         [[ $n -ge 360 ]] && break
@@ -169,7 +172,7 @@ for run in $(seq 1 "$RUNS"); do
     done
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    trap - EXIT
+    trap restore_autogroup EXIT
 done
 
 # Ratios against the same run's `ref`.

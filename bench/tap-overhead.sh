@@ -42,7 +42,10 @@ SIM_CPU=${SIM_CPU:-1}
 PROXY_CPU=${PROXY_CPU:-1}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-if [[ -n $PRIO && -w /proc/self/autogroup ]]; then echo -20 >/proc/self/autogroup || true; fi
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+raise_autogroup
+trap restore_autogroup EXIT
 concs=("$@")
 [[ ${#concs[@]} -gt 0 ]] || concs=(1 100 1000)
 for f in "$BIN" "$CLIENT_BIN"; do
@@ -68,7 +71,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     PIDS=()
 }
-trap cleanup EXIT
+trap 'cleanup; restore_autogroup' EXIT
 
 start_sim() {
     SIM_PORT=$(free_port)
