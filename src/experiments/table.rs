@@ -103,6 +103,19 @@ pub fn bench(b: &BenchSection) -> String {
             m.ok,
             errors
         ));
+        if let (Some(a), Some(g), Some(slo)) = (m.slo_attainment, m.goodput_rps, &b.slo) {
+            out.push_str(&format!(
+                "SLO attainment {} ({} needed: {}), goodput {g:.3} req/s over {:.2} s\n",
+                pct(Some(a)),
+                pct(Some(slo.min_attainment)),
+                if m.slo_met == Some(true) {
+                    "met"
+                } else {
+                    "NOT met"
+                },
+                m.duration_s
+            ));
+        }
     }
     out
 }
@@ -184,6 +197,35 @@ pub fn sweep(s: &SweepSection) -> String {
             _ => out.push_str("no level met the SLOs\n"),
         }
     }
+    if let Some(g) = &s.search {
+        out.push_str(&search_lines(g));
+    }
+    out
+}
+
+/// `--rate-search`: every probe in the order run, then the answer.
+fn search_lines(g: &super::report::RateSearch) -> String {
+    let mut out = String::from("rate search (probes in order):\n");
+    for (i, p) in g.probes.iter().enumerate() {
+        out.push_str(&format!(
+            "  {}. {:.3} req/s: attainment {}, goodput {:.2} req/s, {}\n",
+            i + 1,
+            p.rate_rps,
+            pct(Some(p.slo_attainment)),
+            p.goodput_rps,
+            if p.passed { "pass" } else { "FAIL" }
+        ));
+    }
+    let answer = match (g.best_rate_rps, g.lowest_failing_rps) {
+        (Some(b), Some(f)) => {
+            format!("highest rate meeting the SLOs: {b:.3} req/s ({f:.3} failed)")
+        }
+        (Some(b), None) => {
+            format!("{b:.3} req/s (--rate-max) still meets the SLOs: raise --rate-max")
+        }
+        (None, _) => "even --rate-min misses the SLOs: lower it".to_string(),
+    };
+    out.push_str(&format!("{answer}; stopped: {}\n", g.stop_reason));
     out
 }
 
@@ -307,14 +349,57 @@ mod tests {
                     ttft_s: Summary::of([0.01, 0.02, 0.03]),
                     ..Default::default()
                 },
+                duration_s: 2.0,
+                slo_attainment: Some(2.0 / 3.0),
+                goodput_rps: Some(1.0),
+                slo_met: Some(false),
                 ..Default::default()
             }],
             requests: vec![],
+            slo: Some(crate::experiments::report::BenchSlo {
+                objectives: Default::default(),
+                min_attainment: 0.9,
+            }),
         };
         let s = bench(&b);
         assert!(s.contains("TTFT (ms)"), "{s}");
         assert!(s.contains("20.0"), "{s}");
         assert!(s.contains("errors: none"), "{s}");
+        assert!(
+            s.contains("SLO attainment 66.7% (90.0% needed: NOT met), goodput 1.000 req/s"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn search_lists_probes_and_answer() {
+        use crate::experiments::sweep::search::{RateSearch, SearchProbe};
+        let probe = |r: f64, passed: bool| SearchProbe {
+            rate_rps: r,
+            slo_attainment: if passed { 0.95 } else { 0.5 },
+            goodput_rps: r / 2.0,
+            passed,
+        };
+        let mut g = RateSearch {
+            probes: vec![probe(1.0, true), probe(16.0, false), probe(4.0, true)],
+            best_rate_rps: Some(4.0),
+            lowest_failing_rps: Some(16.0),
+            stop_reason: "max_probes".into(),
+            ..Default::default()
+        };
+        let t = search_lines(&g);
+        assert!(
+            t.contains("2. 16.000 req/s: attainment 50.0%, goodput 8.00 req/s, FAIL"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "highest rate meeting the SLOs: 4.000 req/s (16.000 failed); stopped: max_probes"
+            ),
+            "{t}"
+        );
+        g.best_rate_rps = None;
+        assert!(search_lines(&g).contains("even --rate-min misses"));
     }
 
     #[test]

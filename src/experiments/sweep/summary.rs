@@ -4,6 +4,7 @@
 
 use super::super::common;
 use super::super::engine::{GpuSnapshot, Sample, ServerSnapshot};
+use super::super::goodput;
 use super::super::knee::Slo;
 use super::super::report::{GpuLevelStats, ServerLevelStats, SweepLevel, Window};
 use super::super::stats::GaugeStats;
@@ -57,6 +58,10 @@ pub(super) fn summarize_level(
         gpu,
         slo_attainment: f.slo_attainment,
         goodput_rps: f.goodput_rps,
+        records: in_window
+            .iter()
+            .map(|r| (r.start, r.sample.clone()))
+            .collect(),
     }
 }
 
@@ -118,7 +123,7 @@ fn window_figures(
         .map(|r| (r.end.min(we) - r.start.max(ws)).max(0.0))
         .sum();
     let (slo_attainment, goodput_rps) = if slo.is_set() {
-        let meets = |s: &Sample| s.ok() && slo.met_by(s.ttft_s, s.tpot_s, Some(s.e2e_s));
+        let meets = |s: &Sample| goodput::is_good(slo, s);
         let met = samples.iter().filter(|s| meets(s)).count();
         let good: f64 = oks
             .iter()
