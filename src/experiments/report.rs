@@ -340,7 +340,8 @@ pub struct SweepLevel {
     pub slo_attainment: Option<f64>,
     /// Requests per second that met every objective.
     pub goodput_rps: Option<f64>,
-    /// The window's requests, (sent at, seconds after the level started; measurement): kept
+    /// The window's requests, (intended send time, seconds after the level started, from which
+    /// its latencies count; measurement): kept
     /// for `--vllm-bench-json`, not written to the report.
     #[serde(skip)]
     pub records: Vec<(f64, Sample)>,

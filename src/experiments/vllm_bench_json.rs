@@ -15,13 +15,15 @@
 //! - `queue_times` are 0: our open loop has no client-side semaphore to wait on (requests past
 //!   `--max-in-flight` are dropped, not queued, and are not listed);
 //! - `start_times` are seconds since the run (bench) or level (sweep) started, not a
-//!   `perf_counter` reading;
+//!   `perf_counter` reading; in a sweep they are the *intended* send times, from which our
+//!   latencies count (so `start + latency` is still when the last token came);
 //! - `date` is UTC, not local time; `tokenizer_id` is the model id (we use the server's counts,
 //!   no tokenizer of our own); `backend` and `endpoint_type` are `openai` or `openai-chat`, the
 //!   names vLLM's client gives the same endpoints;
 //! - `bench` is sequential: `request_rate` is `"inf"` and `max_concurrency` 1, as
 //!   `vllm bench serve --max-concurrency 1` runs; a sweep level's file covers the requests of
-//!   its steady-state window and `duration` is that window.
+//!   its steady-state window, and `duration` runs from the window's start to the last token of
+//!   the last of them (vLLM's meaning: the benchmark's wall time), not the window's length.
 
 use std::path::{Path, PathBuf};
 
@@ -127,6 +129,8 @@ pub struct Run {
     /// `None`: `"inf"`.
     pub request_rate: Option<f64>,
     pub max_concurrency: Option<u32>,
+    /// vLLM's `--burstiness`: 1 for Poisson arrivals, infinite for constant gaps.
+    pub burstiness: f64,
     pub duration_s: f64,
     pub slo: Slo,
     pub requests: Vec<Req>,
@@ -241,7 +245,15 @@ pub fn document(run: &Run) -> Value {
         "request_rate",
         run.request_rate.map_or(json!("inf"), |r| json!(r)),
     );
-    put("burstiness", json!(1.0));
+    // vLLM's file writes an infinite burstiness as Python's `Infinity`; [`to_text`] does too
+    put(
+        "burstiness",
+        if run.burstiness.is_finite() {
+            json!(run.burstiness)
+        } else {
+            json!(INFINITY)
+        },
+    );
     put("max_concurrency", json!(run.max_concurrency));
     put("duration", json!(run.duration_s));
     put("completed", json!(oks.len()));
@@ -314,7 +326,12 @@ pub fn document(run: &Run) -> Value {
     Value::Object(m)
 }
 
-/// `doc` as one line of JSON with its fields in [`FIELDS`]' order (vLLM's).
+/// How the document holds an infinite `burstiness` until [`to_text`] writes it.
+const INFINITY: &str = "Infinity";
+
+/// `doc` as one line of JSON with its fields in [`FIELDS`]' order (vLLM's). An infinite
+/// `burstiness` (constant arrivals) is written `Infinity`, as Python's `json.dump` writes it in
+/// vLLM's file (Python reads it back; strict JSON parsers do not).
 pub fn to_text(doc: &Value) -> anyhow::Result<String> {
     let mut out = String::from("{");
     for (i, (k, _)) in FIELDS.iter().enumerate() {
@@ -324,6 +341,10 @@ pub fn to_text(doc: &Value) -> anyhow::Result<String> {
         let v = doc.get(*k).unwrap_or(&Value::Null);
         out.push_str(&serde_json::to_string(k).context("serialising a field name")?);
         out.push_str(": ");
+        if *k == "burstiness" && v.as_str() == Some(INFINITY) {
+            out.push_str(INFINITY);
+            continue;
+        }
         out.push_str(&serde_json::to_string(v).context("serialising the vLLM bench result")?);
     }
     out.push('}');
@@ -380,6 +401,7 @@ pub fn write_bench(report: &Report, path: &Path) -> anyhow::Result<()> {
         started_unix_s: report.started_unix_s,
         request_rate: None,
         max_concurrency: Some(1),
+        burstiness: 1.0,
         duration_s: mode.map_or(0.0, |m| m.duration_s),
         slo: b.slo.map(|s| s.objectives).unwrap_or_default(),
         requests,
@@ -414,6 +436,10 @@ pub fn write_sweep(report: &Report, path: &Path, slo: &Slo) -> anyhow::Result<Ve
         .get("prompt_tokens")
         .and_then(Value::as_u64)
         .unwrap_or(0) as u32;
+    let burstiness = match report.settings.get("arrival").and_then(Value::as_str) {
+        Some("constant") => f64::INFINITY,
+        _ => 1.0,
+    };
     let mut out = Vec::new();
     for l in &s.levels {
         let mut p = level_path(path, l);
@@ -433,7 +459,14 @@ pub fn write_sweep(report: &Report, path: &Path, slo: &Slo) -> anyhow::Result<Ve
             started_unix_s: report.started_unix_s,
             request_rate: l.rate_rps,
             max_concurrency: l.concurrency,
-            duration_s: l.window.duration_s,
+            burstiness,
+            // vLLM's duration: from the start to the last request's last token
+            duration_s: l
+                .records
+                .iter()
+                .map(|(start, s)| start + vllm_latency(s))
+                .fold(l.window.start_s, f64::max)
+                - l.window.start_s,
             slo: *slo,
             requests: l
                 .records
@@ -457,7 +490,7 @@ pub fn has_kind(v: &Value, k: Kind) -> bool {
     match k {
         Kind::Str => v.is_string(),
         Kind::Int => v.is_u64() || v.is_i64(),
-        Kind::Float => float(v),
+        Kind::Float => float(v) || v.as_str() == Some(INFINITY),
         Kind::FloatOrInf => float(v) || v.as_str() == Some("inf"),
         Kind::IntOrNull => v.is_null() || v.is_u64() || v.is_i64(),
         Kind::FloatOrNull => v.is_null() || float(v),
@@ -500,6 +533,7 @@ mod tests {
             started_unix_s: 1_796_000_000.0,
             request_rate: Some(5.0),
             max_concurrency: None,
+            burstiness: 1.0,
             duration_s: 2.0,
             slo,
             requests,
@@ -613,6 +647,9 @@ mod tests {
         let d = document(&r);
         assert_eq!(d["request_rate"], "inf");
         assert_eq!(d["max_concurrency"], 1);
+        r.burstiness = f64::INFINITY;
+        let text = to_text(&document(&r)).unwrap();
+        assert!(text.contains("\"burstiness\": Infinity, "), "{text}");
         assert!(has_kind(&d["request_rate"], Kind::FloatOrInf));
         let l = SweepLevel {
             rate_rps: Some(2.5),

@@ -88,9 +88,38 @@ pub struct SweepArgs {
     /// result: FILE's stem plus `-rate<R>` or `-concurrency<C>` (see docs/experiments.md).
     #[arg(long, env = "VLLM_SENTINEL_VLLM_BENCH_JSON")]
     pub vllm_bench_json: Option<std::path::PathBuf>,
+    /// Rate mode: Poisson arrivals, or constant gaps of 1/R (vLLM's `--burstiness inf`).
+    #[arg(long, value_enum, default_value_t = SweepArrival::Poisson, env = "VLLM_SENTINEL_ARRIVAL")]
+    pub arrival: SweepArrival,
     /// Rate mode: seed of the arrival process (the same seed gives the same schedule).
     #[arg(long, default_value_t = 0, env = "VLLM_SENTINEL_SEED")]
     pub seed: u64,
+}
+
+/// `--arrival`: the open loop's arrival process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SweepArrival {
+    /// Exponential gaps (vLLM's default `--burstiness 1`).
+    Poisson,
+    /// Equal gaps of 1/R (vLLM's `--burstiness inf`).
+    Constant,
+}
+
+impl SweepArrival {
+    pub(super) fn process(self) -> crate::config::prober::Arrival {
+        match self {
+            SweepArrival::Poisson => crate::config::prober::Arrival::Poisson,
+            SweepArrival::Constant => crate::config::prober::Arrival::Constant,
+        }
+    }
+
+    /// Its name in the report's settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SweepArrival::Poisson => "poisson",
+            SweepArrival::Constant => "constant",
+        }
+    }
 }
 
 /// The load of one level.

@@ -43,7 +43,7 @@ use super::engine::{RequestSpec, Target, choose_model};
 use super::knee::{self, KneeParams, LevelPoint};
 use super::progress::Progress;
 use super::report::{Report, SloSection, SweepLevel, SweepSection, TargetInfo};
-pub use args::{Load, SweepArgs};
+pub use args::{Load, SweepArgs, SweepArrival};
 pub use plots::plots;
 use run::{LevelPlan, run_level};
 
@@ -273,6 +273,7 @@ async fn start_report<T: Target>(
     report.set("metrics_interval_s", args.metrics_interval.as_secs_f64());
     report.set("max_in_flight", args.max_in_flight);
     report.set("seed", args.seed);
+    report.set("arrival", args.arrival.as_str());
     if args.rate_search {
         report.set("rate_search", true);
         report.set("search_precision", args.search_precision);
@@ -306,6 +307,7 @@ fn level_plan(args: &SweepArgs) -> LevelPlan {
         max_in_flight: args.max_in_flight as usize,
         seed: args.seed,
         slo: args.slo.slo(),
+        arrival: args.arrival.process(),
     }
 }
 
@@ -413,6 +415,7 @@ mod tests {
             no_server_metrics: false,
             max_in_flight: 1024,
             seed: 1,
+            arrival: SweepArrival::Poisson,
             rate_search: false,
             rate_min: None,
             rate_max: None,
@@ -527,6 +530,29 @@ mod tests {
                 "{achieved} vs {offered}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn constant_arrivals_fill_the_window_exactly() {
+        let f = Arc::new(FakeServer::new(4));
+        let mut a = args(&[]);
+        a.rate = vec![10.0];
+        a.requests = Some(20);
+        a.warmup = Duration::ZERO;
+        a.arrival = SweepArrival::Constant;
+        let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
+        assert_eq!(r.settings["arrival"], "constant");
+        let l = &r.sweep.unwrap().levels[0];
+        // arrivals at 0.1, 0.2, …, 2.0 s: the 20th closes the window at 20 / 10 req/s
+        assert_eq!(l.ok, 20);
+        assert!((l.window.duration_s - 2.0).abs() < 1e-6, "{:?}", l.window);
+        let starts: Vec<f64> = l.records.iter().map(|(s, _)| *s).collect();
+        assert!(
+            starts
+                .windows(2)
+                .all(|w| ((w[1] - w[0]) - 0.1).abs() < 1e-3),
+            "{starts:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -49,6 +49,7 @@ pub(super) struct LevelPlan {
     pub(super) max_in_flight: usize,
     pub(super) seed: u64,
     pub(super) slo: Slo,
+    pub(super) arrival: Arrival,
 }
 
 async fn sampler<T: Target>(
@@ -302,7 +303,7 @@ async fn open_loop<T: Target>(
     let rel = move |i: Instant| i.saturating_duration_since(epoch).as_secs_f64();
     let mut dropped = 0usize;
     let mut arrivals = Schedule::new(
-        Arrival::Poisson,
+        plan.arrival,
         r,
         rand::rngs::SmallRng::seed_from_u64(plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
     );

@@ -60,7 +60,7 @@ pub(super) fn summarize_level(
         goodput_rps: f.goodput_rps,
         records: in_window
             .iter()
-            .map(|r| (r.start, r.sample.clone()))
+            .map(|r| (r.intended, r.sample.clone()))
             .collect(),
     }
 }
