@@ -340,11 +340,25 @@ pub struct SweepLevel {
     pub slo_attainment: Option<f64>,
     /// Requests per second that met every objective.
     pub goodput_rps: Option<f64>,
+    /// Open loop only: the generator's achieved send rate and schedule lag in the window.
+    #[serde(default)]
+    pub schedule: Option<ScheduleStats>,
     /// The window's requests, (intended send time, seconds after the level started, from which
     /// its latencies count; measurement): kept
     /// for `--vllm-bench-json`, not written to the report.
     #[serde(skip)]
     pub records: Vec<(f64, Sample)>,
+}
+
+/// How closely an open-loop level kept its arrival schedule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScheduleStats {
+    /// Requests sent in the window divided by the time from the window's start to the last
+    /// send: the offered rate the generator really achieved.
+    pub achieved_send_rate_rps: f64,
+    /// Actual send minus scheduled arrival, per request, seconds (latencies count from the
+    /// scheduled arrival, so lag is charged to them, never hidden).
+    pub lag_s: Summary,
 }
 
 /// A level's view of the server's own `/metrics`.
