@@ -470,6 +470,49 @@ async fn sweep_rate_search_brackets_the_simulators_capacity() {
     assert!(e.contains("--slo-ttft"), "{e}");
 }
 
+/// `--precise-arrivals --arrival constant`: every request of the level is sent, none before its
+/// scheduled arrival, and the level reports its schedule (how precise it is, is measured in
+/// bench/generator-capacity.sh, not asserted here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precise_constant_arrivals_report_their_schedule() {
+    let s = start(flat_step_sim(8, Duration::from_millis(1))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let Command::Sweep(a) = cli(&[
+        "sweep",
+        "--target",
+        &s.url,
+        "--rate",
+        "50",
+        "--arrival",
+        "constant",
+        "--precise-arrivals",
+        "--requests",
+        "25",
+        "--warmup",
+        "0s",
+        "--max-tokens",
+        "2",
+        "--no-server-metrics",
+        "--json",
+        dir.path().join("s.json").to_str().unwrap(),
+        "--no-progress",
+    ]) else {
+        unreachable!()
+    };
+    sweep::run_cli(a, CancellationToken::new()).await.unwrap();
+    let v = read_json(&dir.path().join("s.json"));
+    assert_eq!(v["settings"]["precise_arrivals"], true);
+    let l = &v["sweep"]["levels"][0];
+    assert_eq!(l["ok"], 25);
+    let sch = &l["schedule"];
+    assert_eq!(sch["lag_s"]["count"], 25);
+    assert!(sch["lag_s"]["min"].as_f64().unwrap() >= 0.0, "{sch}");
+    assert!(
+        sch["achieved_send_rate_rps"].as_f64().unwrap() > 0.0,
+        "{sch}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_measures_both_modes() {
     let s = start(flat_step_sim(8, Duration::from_millis(2))).await;

@@ -274,6 +274,7 @@ async fn start_report<T: Target>(
     report.set("max_in_flight", args.max_in_flight);
     report.set("seed", args.seed);
     report.set("arrival", args.arrival.as_str());
+    report.set("precise_arrivals", args.precise_arrivals);
     if args.rate_search {
         report.set("rate_search", true);
         report.set("search_precision", args.search_precision);
@@ -308,6 +309,7 @@ fn level_plan(args: &SweepArgs) -> LevelPlan {
         seed: args.seed,
         slo: args.slo.slo(),
         arrival: args.arrival.process(),
+        precise_arrivals: args.precise_arrivals,
     }
 }
 
@@ -416,6 +418,7 @@ mod tests {
             max_in_flight: 1024,
             seed: 1,
             arrival: SweepArrival::Poisson,
+            precise_arrivals: false,
             rate_search: false,
             rate_min: None,
             rate_max: None,

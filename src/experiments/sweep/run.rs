@@ -50,6 +50,27 @@ pub(super) struct LevelPlan {
     pub(super) seed: u64,
     pub(super) slo: Slo,
     pub(super) arrival: Arrival,
+    pub(super) precise_arrivals: bool,
+}
+
+/// Tokio's timer has a resolution of 1 ms: `sleep_until` wakes at the first tick at or after
+/// the deadline, so a send is up to 1 ms late. With `precise`, the wait sleeps to 1 ms before
+/// the deadline and then yields to the runtime until it is reached: lag of microseconds, for a
+/// busy CPU while it waits (the other tasks still run; each yield lets them).
+async fn pace_until(next: Instant, precise: bool) {
+    if !precise {
+        tokio::time::sleep_until(next).await;
+        return;
+    }
+    let tick = Duration::from_millis(1);
+    if let Some(coarse) = next.checked_sub(tick)
+        && coarse > Instant::now()
+    {
+        tokio::time::sleep_until(coarse).await;
+    }
+    while Instant::now() < next {
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn sampler<T: Target>(
@@ -315,7 +336,7 @@ async fn open_loop<T: Target>(
             break;
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
+            _ = pace_until(next, plan.precise_arrivals) => {}
             _ = level_token.cancelled() => break,
         }
         if in_flight.load(Ordering::SeqCst) >= plan.max_in_flight {

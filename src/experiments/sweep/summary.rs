@@ -81,7 +81,7 @@ fn schedule_figures(in_window: &[&Timed], ws: f64) -> ScheduleStats {
         } else {
             0.0
         },
-        lag_s: Summary::of(in_window.iter().map(|r| (r.start - r.intended).max(0.0))),
+        lag_s: Summary::of(in_window.iter().map(|r| r.start - r.intended)),
     }
 }
 
