@@ -14,9 +14,14 @@
 #   4. `bench`, a short `sweep` and `kv-scale` run against it; kv-scale's KV usage per rung is
 #      within one block of cache_config_info's expectation and closed streams are freed, every
 #      grid cell is decided and agrees with the computed capacity;
-#   5. chaos: vLLM is killed with SIGKILL while probes stream and started again on the same
+#   5. parity (scripts/e2e/bench_parity.py): `vllm bench serve` and `sweep` with the same
+#      requests and constant-gap rate, one after the other: throughput within 5 %, TPOT near
+#      vLLM's own histogram for each window, TTFT printed beside it, and our --vllm-bench-json
+#      file has the keys and JSON types of vLLM's --save-result file;
+#   6. chaos: vLLM is killed with SIGKILL while probes stream and started again on the same
 #      port; the daemon counts the probes in flight as failures, keeps serving /metrics,
 #      recovers on its own, and shows only the new instance's series.
+# E2E_ONLY=parity (or tap, experiment, daemon, chaos) runs one section.
 # All checks run; every failure is listed at the end and makes the script fail.
 #
 # Usage: scripts/e2e-real-vllm.sh [BINARY] [--update-examples]

@@ -629,14 +629,20 @@ def main():
         return
     t0 = time.monotonic()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_parity
     import tap_checks as tap
 
     def tap_section(args, out):
         tap.tap_checks(args, os.path.join(out, "tap"), log, check, fail)
     tap_section.__name__ = "tap_checks"
+
+    def parity_section(args, out):
+        bench_parity.parity_checks(args, os.path.join(out, "parity"), log, check, fail)
+    parity_section.__name__ = "parity_checks"
     sections = [("daemon against real vLLM", daemon_checks),
                 ("the tap in front of real vLLM", tap_section),
                 ("one-shot experiments against real vLLM", experiment_checks),
+                ("sweep side by side with vllm bench serve", parity_section),
                 ("kill -9 and restart of vLLM under load", chaos_checks)]
     # E2E_ONLY=daemon,chaos runs the sections whose function name contains any of the words.
     only = [w for w in os.environ.get("E2E_ONLY", "").split(",") if w]

@@ -2,6 +2,7 @@
 //! and/or non-streaming; TTFB, TTFT, inter-token latency, TPOT, end-to-end latency and output
 //! tokens per second, each as mean, p50, p90, p99, min and max.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -10,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::{self, CommonArgs, Outputs};
 use super::engine::{Outcome, RequestSpec, Sample, Target, choose_model};
+use super::goodput::{Goodput, SloArgs};
 use super::progress::Progress;
-use super::report::{BenchMode, BenchSection, Report, RequestRow, TargetInfo};
+use super::report::{BenchMode, BenchSection, BenchSlo, Report, RequestRow, TargetInfo};
 use super::workload::{WorkloadArgs, send};
 use crate::workload::Source;
 
@@ -53,6 +55,12 @@ pub struct BenchArgs {
     /// Seed of a --dataset other than random: the same seed sends the same requests.
     #[arg(long, default_value_t = 0, env = "VLLM_SENTINEL_SEED")]
     pub seed: u64,
+    #[command(flatten)]
+    pub slo: SloArgs,
+    /// Also write the streaming mode's result as `vllm bench serve --save-result
+    /// --save-detailed` writes it (same field names and units; see docs/experiments.md).
+    #[arg(long, env = "VLLM_SENTINEL_VLLM_BENCH_JSON")]
+    pub vllm_bench_json: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -66,6 +74,10 @@ impl BenchArgs {
         if self.max_tokens == 0 {
             bail!("--max-tokens: must be at least 1");
         }
+        self.slo.validate()?;
+        if self.vllm_bench_json.is_some() && self.stream == StreamMode::NonStream {
+            bail!("--vllm-bench-json: needs the streaming mode (--stream stream or both)");
+        }
         Ok(())
     }
 }
@@ -74,8 +86,15 @@ impl BenchArgs {
 pub async fn run_cli(args: BenchArgs, token: CancellationToken) -> anyhow::Result<ExitCode> {
     args.validate()?;
     let outputs = Outputs::prepare(&args.common, "bench")?;
+    if let Some(p) = &args.vllm_bench_json {
+        common::check_writable("--vllm-bench-json", p)?;
+    }
     let target = Arc::new(super::http::HttpTarget::new(&args.common)?);
     let report = measure(&*target, &args, &token).await?;
+    if let Some(p) = &args.vllm_bench_json {
+        super::vllm_bench_json::write_bench(&report, p)?;
+        eprintln!("wrote {}", p.display());
+    }
     finish(&report, &outputs)
 }
 
@@ -165,18 +184,20 @@ pub async fn measure<T: Target>(
         }
         progress.message(label);
         let mut samples: Vec<Sample> = Vec::new();
+        let mode_started = tokio::time::Instant::now();
         for _ in 0..args.requests {
             let item = source.as_mut().map(Source::next_item);
+            let sent = tokio::time::Instant::now();
             let s = tokio::select! {
-                s = send(t, spec, item.as_ref(), tokio::time::Instant::now()) => s,
+                s = send(t, spec, item.as_ref(), sent) => s,
                 _ = token.cancelled() => {
                     report.mark_partial("interrupted");
                     break;
                 }
             };
-            section
-                .requests
-                .push(request_row(section.requests.len(), stream, &s));
+            let mut row = request_row(section.requests.len(), stream, &s);
+            row.start_s = sent.duration_since(started).as_secs_f64();
+            section.requests.push(row);
             if let Some(turn) = item.as_ref().and_then(|i| i.turn)
                 && stream
             {
@@ -185,13 +206,22 @@ pub async fn measure<T: Target>(
             samples.push(s);
             progress.inc(1);
         }
+        let duration_s = mode_started.elapsed().as_secs_f64();
         if !samples.is_empty() {
+            let slo = args.slo.slo();
+            let g = slo
+                .is_set()
+                .then(|| Goodput::of(&slo, &samples, duration_s));
             section.modes.push(BenchMode {
                 stream,
                 requests: samples.len(),
                 ok: samples.iter().filter(|s| s.ok()).count(),
                 errors_by_class: common::errors_by_class(&samples),
                 latency: common::summarize(&samples),
+                duration_s,
+                slo_attainment: g.map(|g| g.attainment),
+                goodput_rps: g.map(|g| g.goodput_rps),
+                slo_met: g.map(|g| g.attainment >= args.slo.slo_attainment),
             });
         }
         if report.partial {
@@ -200,6 +230,13 @@ pub async fn measure<T: Target>(
     }
     progress.finish();
     section.turns = super::workload::turn_rows(turn_samples.iter().map(|(t, s)| (*t, s)));
+    let slo = args.slo.slo();
+    if slo.is_set() {
+        section.slo = Some(BenchSlo {
+            objectives: slo,
+            min_attainment: args.slo.slo_attainment,
+        });
+    }
     report.duration_s = started.elapsed().as_secs_f64();
     report.bench = Some(section);
     Ok(report)
@@ -258,6 +295,8 @@ fn request_row(index: usize, stream: bool, s: &Sample) -> RequestRow {
         output_tokens: s.output_tokens,
         finish_reason: s.finish_reason.clone(),
         error_message: s.error_message.clone(),
+        itl_s: s.itl_s.clone(),
+        start_s: 0.0,
     }
 }
 
@@ -276,6 +315,11 @@ mod tests {
             max_tokens: 8,
             workload: WorkloadArgs::default(),
             seed: 0,
+            slo: SloArgs {
+                slo_attainment: 0.9,
+                ..SloArgs::default()
+            },
+            vllm_bench_json: None,
         }
     }
 

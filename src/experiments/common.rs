@@ -90,12 +90,7 @@ impl Outputs {
         }
         for (flag, p) in [("--json", &o.json), ("--csv", &o.csv), ("--html", &o.html)] {
             if let Some(p) = p {
-                let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
-                if let Some(d) = parent
-                    && !d.is_dir()
-                {
-                    bail!("{flag}: directory {} does not exist", d.display());
-                }
+                check_writable(flag, p)?;
             }
         }
         Ok(o)
@@ -107,6 +102,17 @@ impl Outputs {
         let stem = p.file_stem()?.to_string_lossy().to_string();
         Some(p.with_file_name(format!("{stem}-{suffix}.csv")))
     }
+}
+
+/// Checks, before any load is sent, that the directory `flag`'s file `p` goes into exists.
+pub fn check_writable(flag: &str, p: &Path) -> anyhow::Result<()> {
+    let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(d) = parent
+        && !d.is_dir()
+    {
+        bail!("{flag}: directory {} does not exist", d.display());
+    }
+    Ok(())
 }
 
 /// The `--target` as the daemon's configuration would hold it, with `--api-key-env` or

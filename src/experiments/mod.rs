@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod common;
 pub mod engine;
+pub mod goodput;
 pub mod html;
 pub mod http;
 pub mod knee;
@@ -16,6 +17,7 @@ pub mod report;
 pub mod stats;
 pub mod sweep;
 pub mod table;
+pub mod vllm_bench_json;
 pub mod workload;
 
 #[cfg(test)]

@@ -14,9 +14,10 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::engine::Outcome;
+use super::engine::{Outcome, Sample};
 use super::knee::{Knee, KneeParams, Slo};
 use super::stats::{GaugeStats, Summary};
+pub use super::sweep::search::RateSearch;
 
 /// Version of the report format. Readers should check it.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -141,6 +142,9 @@ pub struct BenchSection {
     pub modes: Vec<BenchMode>,
     /// Every measured request (warm-ups excluded), in order.
     pub requests: Vec<RequestRow>,
+    /// The objectives, when any `--slo-*` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<BenchSlo>,
     /// `--dataset multi-turn`: TTFT by turn of the session (absent for other sources).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub turns: Vec<TurnRow>,
@@ -174,6 +178,27 @@ pub struct BenchMode {
     pub errors_by_class: BTreeMap<String, usize>,
     /// Summaries over the successful requests.
     pub latency: LatencySummaries,
+    /// Wall time of the measured requests (warm-up excluded), seconds.
+    #[serde(default)]
+    pub duration_s: f64,
+    /// Share of the requests (failures included) that met every SLO; with `--slo-*` only.
+    #[serde(default)]
+    pub slo_attainment: Option<f64>,
+    /// Requests per second that met every SLO (vLLM's `request_goodput`); with `--slo-*` only.
+    #[serde(default)]
+    pub goodput_rps: Option<f64>,
+    /// Whether `slo_attainment` reached `--slo-attainment`; with `--slo-*` only.
+    #[serde(default)]
+    pub slo_met: Option<bool>,
+}
+
+/// `bench`: the objectives its goodput was judged against.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BenchSlo {
+    /// The thresholds (seconds).
+    pub objectives: Slo,
+    /// Share of a mode's requests that must meet them.
+    pub min_attainment: f64,
 }
 
 /// One request, flat (bench JSON `requests` and bench CSV rows).
@@ -195,6 +220,14 @@ pub struct RequestRow {
     pub output_tokens: Option<u32>,
     pub finish_reason: Option<String>,
     pub error_message: Option<String>,
+    /// Gaps between token-bearing chunks, seconds: kept for `--vllm-bench-json`, not written
+    /// to the report.
+    #[serde(skip)]
+    pub itl_s: Vec<f64>,
+    /// When it was sent, seconds after the run started: kept for `--vllm-bench-json`, not
+    /// written to the report.
+    #[serde(skip)]
+    pub start_s: f64,
 }
 
 impl Default for RequestRow {
@@ -212,6 +245,8 @@ impl Default for RequestRow {
             output_tokens: None,
             finish_reason: None,
             error_message: None,
+            itl_s: Vec::new(),
+            start_s: 0.0,
         }
     }
 }
@@ -253,6 +288,9 @@ pub struct SweepSection {
     pub slo: Option<SloSection>,
     /// Index of the level with the highest output token throughput.
     pub max_throughput_level: Option<usize>,
+    /// `--rate-search`: every probe and the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<RateSearch>,
 }
 
 /// The SLO part of a sweep.
@@ -323,6 +361,25 @@ pub struct SweepLevel {
     /// `--dataset multi-turn`: TTFT by turn over the level's window (absent otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub turns: Vec<TurnRow>,
+    /// Open loop only: the generator's achieved send rate and schedule lag in the window.
+    #[serde(default)]
+    pub schedule: Option<ScheduleStats>,
+    /// The window's requests, (intended send time, seconds after the level started, from which
+    /// its latencies count; measurement): kept
+    /// for `--vllm-bench-json`, not written to the report.
+    #[serde(skip)]
+    pub records: Vec<(f64, Sample)>,
+}
+
+/// How closely an open-loop level kept its arrival schedule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScheduleStats {
+    /// Requests sent in the window divided by the time from the window's start to the last
+    /// send: the offered rate the generator really achieved.
+    pub achieved_send_rate_rps: f64,
+    /// Actual send minus scheduled arrival, per request, seconds (latencies count from the
+    /// scheduled arrival, so lag is charged to them, never hidden).
+    pub lag_s: Summary,
 }
 
 /// A level's view of the server's own `/metrics`.
@@ -778,6 +835,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            slo: None,
         };
         let text = bench_csv(&b);
         let lines: Vec<&str> = text.lines().collect();

@@ -177,6 +177,19 @@ pub fn bench(b: &BenchSection) -> Printed {
             errors
         ));
         out.table(t);
+        if let (Some(a), Some(g), Some(slo)) = (m.slo_attainment, m.goodput_rps, &b.slo) {
+            out.line(format!(
+                "SLO attainment {} ({} needed: {}), goodput {g:.3} req/s over {:.2} s",
+                pct(Some(a)),
+                pct(Some(slo.min_attainment)),
+                if m.slo_met == Some(true) {
+                    "met"
+                } else {
+                    "NOT met"
+                },
+                m.duration_s
+            ));
+        }
     }
     out
 }
@@ -257,6 +270,47 @@ pub fn sweep(s: &SweepSection) -> Printed {
             _ => out.line("no level met the SLOs"),
         }
     }
+    if let Some(g) = &s.search {
+        out = out.then(search_lines(g));
+    }
+    out
+}
+
+/// `--rate-search`: every probe in the order run, then the answer.
+fn search_lines(g: &super::report::RateSearch) -> Printed {
+    let mut out = Printed::text("rate search (probes in order):");
+    let mut t = new_table(
+        [
+            "probe",
+            "rate (req/s)",
+            "attainment",
+            "goodput (req/s)",
+            "verdict",
+        ]
+        .map(String::from)
+        .to_vec(),
+        true,
+    );
+    for (i, p) in g.probes.iter().enumerate() {
+        t.add_row(vec![
+            (i + 1).to_string(),
+            format!("{:.3}", p.rate_rps),
+            pct(Some(p.slo_attainment)),
+            format!("{:.2}", p.goodput_rps),
+            if p.passed { "pass" } else { "FAIL" }.to_string(),
+        ]);
+    }
+    out.table(t);
+    let answer = match (g.best_rate_rps, g.lowest_failing_rps) {
+        (Some(b), Some(f)) => {
+            format!("highest rate meeting the SLOs: {b:.3} req/s ({f:.3} failed)")
+        }
+        (Some(b), None) => {
+            format!("{b:.3} req/s (--rate-max) still meets the SLOs: raise --rate-max")
+        }
+        (None, _) => "even --rate-min misses the SLOs: lower it".to_string(),
+    };
+    out.line(format!("{answer}; stopped: {}", g.stop_reason));
     out
 }
 
@@ -417,14 +471,65 @@ mod tests {
                     ttft_s: Summary::of([0.01, 0.02, 0.03]),
                     ..Default::default()
                 },
+                duration_s: 2.0,
+                slo_attainment: Some(2.0 / 3.0),
+                goodput_rps: Some(1.0),
+                slo_met: Some(false),
                 ..Default::default()
             }],
             requests: vec![],
+            slo: Some(crate::experiments::report::BenchSlo {
+                objectives: Default::default(),
+                min_attainment: 0.9,
+            }),
         };
         let s = bench(&b).to_string();
         assert!(s.contains("TTFT (ms)"), "{s}");
         assert!(s.contains("20.0"), "{s}");
         assert!(s.contains("errors: none"), "{s}");
+        assert!(
+            s.contains("SLO attainment 66.7% (90.0% needed: NOT met), goodput 1.000 req/s"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn search_lists_probes_and_answer() {
+        use crate::experiments::sweep::search::{RateSearch, SearchProbe};
+        let probe = |r: f64, passed: bool| SearchProbe {
+            rate_rps: r,
+            slo_attainment: if passed { 0.95 } else { 0.5 },
+            goodput_rps: r / 2.0,
+            passed,
+        };
+        let mut g = RateSearch {
+            probes: vec![probe(1.0, true), probe(16.0, false), probe(4.0, true)],
+            best_rate_rps: Some(4.0),
+            lowest_failing_rps: Some(16.0),
+            stop_reason: "max_probes".into(),
+            ..Default::default()
+        };
+        let printed = search_lines(&g);
+        let t = printed.to_string();
+        let html = printed.to_html();
+        assert!(
+            html.contains(
+                "<tr><td>2</td><td>16.000</td><td>50.0%</td><td>8.00</td><td>FAIL</td></tr>"
+            ),
+            "{html}"
+        );
+        assert!(
+            t.contains(
+                "highest rate meeting the SLOs: 4.000 req/s (16.000 failed); stopped: max_probes"
+            ),
+            "{t}"
+        );
+        g.best_rate_rps = None;
+        assert!(
+            search_lines(&g)
+                .to_string()
+                .contains("even --rate-min misses")
+        );
     }
 
     #[test]

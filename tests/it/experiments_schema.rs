@@ -316,6 +316,59 @@ async fn sweep_report_validates() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn bench_with_slos_and_sweep_rate_search_validate() {
+    use clap::Parser;
+    let a = BenchCli::parse_from(common(&[
+        "--requests",
+        "4",
+        "--max-tokens",
+        "8",
+        "--slo-ttft",
+        "1s",
+        "--slo-tpot",
+        "1s",
+    ]))
+    .a;
+    let r = bench::measure(&Fake::new(), &a, &CancellationToken::new())
+        .await
+        .unwrap();
+    let v = to_json(&r);
+    assert_eq!(validate(&v), Vec::<String>::new());
+    assert_eq!(v["bench"]["modes"][0]["slo_attainment"], 1.0);
+    assert_eq!(
+        v["bench"]["modes"][1]["slo_attainment"], 0.0,
+        "a non-streamed answer has no TTFT to meet"
+    );
+    let a = SweepCli::parse_from(common(&[
+        "--rate-search",
+        "--rate-min",
+        "5",
+        "--rate-max",
+        "400",
+        "--requests",
+        "100",
+        "--warmup",
+        "200ms",
+        "--max-tokens",
+        "9",
+        "--slo-e2e",
+        "150ms",
+        "--metrics-interval",
+        "100ms",
+        "--search-max-probes",
+        "6",
+    ]))
+    .a;
+    let r = sweep::measure(Arc::new(Fake::new()), &a, &CancellationToken::new())
+        .await
+        .unwrap();
+    let v = to_json(&r);
+    assert_eq!(validate(&v), Vec::<String>::new());
+    assert_eq!(v["sweep"]["search"]["probes"].as_array().unwrap().len(), 6);
+    assert_eq!(v["sweep"]["search"]["stop_reason"], "max_probes");
+}
+
+#[tokio::test(start_paused = true)]
 async fn kv_scale_report_validates() {
     use clap::Parser;
     let a = KvCli::parse_from(common(&["--max-tokens", "8", "--sample-interval", "2ms"])).a;

@@ -258,6 +258,261 @@ async fn kv_scale_finds_the_boundary_and_the_capacity() {
     );
 }
 
+/// `bench --slo-* --vllm-bench-json`: goodput as vLLM defines it, and a result file with
+/// vLLM's fields, types and units (checked against the field list taken from vLLM's own file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_goodput_and_vllm_bench_json() {
+    use vllm_sentinel::experiments::vllm_bench_json::{FIELDS, has_kind};
+    let s = start(flat_step_sim(8, Duration::from_millis(2))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vb = dir.path().join("vllm.json");
+    let Command::Bench(a) = cli(&[
+        "bench",
+        "--target",
+        &s.url,
+        "--requests",
+        "6",
+        "--warmup",
+        "1",
+        "--max-tokens",
+        "8",
+        "--stream",
+        "stream",
+        // every request takes ≥ 8 steps of 2 ms: an e2e SLO of 1 ms fails them all, a TTFT
+        // SLO of 10 s passes them all
+        "--slo-ttft",
+        "10s",
+        "--json",
+        dir.path().join("b.json").to_str().unwrap(),
+        "--vllm-bench-json",
+        vb.to_str().unwrap(),
+        "--no-progress",
+    ]) else {
+        unreachable!()
+    };
+    assert_eq!(
+        bench::run_cli(a, CancellationToken::new()).await.unwrap(),
+        ExitCode::SUCCESS
+    );
+    let b = read_json(&dir.path().join("b.json"));
+    let m = &b["bench"]["modes"][0];
+    assert_eq!(m["slo_attainment"], 1.0);
+    assert_eq!(m["slo_met"], true);
+    let d = m["duration_s"].as_f64().unwrap();
+    let g = m["goodput_rps"].as_f64().unwrap();
+    assert!((g - 6.0 / d).abs() < 1e-9, "{g} vs 6 / {d}");
+    let v = read_json(&vb);
+    let o = v.as_object().unwrap();
+    for (k, kind) in FIELDS {
+        assert!(has_kind(&o[*k], *kind), "{k}: {}", o[*k]);
+    }
+    assert_eq!(o.len(), FIELDS.len());
+    assert_eq!(v["num_prompts"], 6);
+    assert_eq!(v["completed"], 6);
+    assert_eq!(v["request_rate"], "inf");
+    assert_eq!(v["max_concurrency"], 1);
+    assert_eq!(v["total_output_tokens"], 48);
+    assert_eq!(v["duration"].as_f64().unwrap(), d);
+    assert!((v["request_goodput"].as_f64().unwrap() - g).abs() < 1e-9);
+    // units: per-request seconds, statistics in milliseconds
+    let ttfts: Vec<f64> = v["ttfts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let mean = ttfts.iter().sum::<f64>() / 6.0;
+    assert!((v["mean_ttft_ms"].as_f64().unwrap() - mean * 1000.0).abs() < 1e-6);
+    let mean_ttft_report = b["bench"]["modes"][0]["latency"]["ttft_s"]["mean"]
+        .as_f64()
+        .unwrap();
+    assert!((mean - mean_ttft_report).abs() < 1e-9, "the same requests");
+    assert_eq!(v["itls"][0].as_array().unwrap().len(), 7);
+
+    let Command::Bench(a) = cli(&[
+        "bench",
+        "--target",
+        &s.url,
+        "--requests",
+        "3",
+        "--max-tokens",
+        "8",
+        "--slo-e2e",
+        "1ms",
+        "--slo-attainment",
+        "0.5",
+        "--stream",
+        "stream",
+        "--json",
+        dir.path().join("b2.json").to_str().unwrap(),
+        "--no-progress",
+    ]) else {
+        unreachable!()
+    };
+    bench::run_cli(a, CancellationToken::new()).await.unwrap();
+    let m = &read_json(&dir.path().join("b2.json"))["bench"]["modes"][0];
+    assert_eq!(
+        (m["slo_attainment"].as_f64(), m["slo_met"].as_bool()),
+        (Some(0.0), Some(false))
+    );
+    assert_eq!(m["goodput_rps"], 0.0);
+    for bad in [
+        vec!["--slo-attainment", "1.5"],
+        vec!["--stream", "non-stream", "--vllm-bench-json", "x.json"],
+        vec!["--vllm-bench-json", "/no/such/dir/x.json"],
+    ] {
+        let mut args = vec!["bench", "--target", &s.url, "--no-progress"];
+        args.extend(bad.iter().copied());
+        let Command::Bench(a) = cli(&args) else {
+            unreachable!()
+        };
+        let e = format!(
+            "{:#}",
+            bench::run_cli(a, CancellationToken::new())
+                .await
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("--slo-attainment") || e.contains("--vllm-bench-json"),
+            "{bad:?}: {e}"
+        );
+    }
+}
+
+/// `sweep --rate-search` against a simulator whose capacity is set: 4 sequences, 10 steps of
+/// 5 ms per request (about 50 ms alone), so at most 80 req/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_rate_search_brackets_the_simulators_capacity() {
+    let s = start(flat_step_sim(4, Duration::from_millis(5))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vb = dir.path().join("v.json");
+    let Command::Sweep(a) = cli(&[
+        "sweep",
+        "--target",
+        &s.url,
+        "--rate-search",
+        "--rate-min",
+        "4",
+        "--rate-max",
+        "400",
+        "--requests",
+        "60",
+        "--warmup",
+        "200ms",
+        "--max-tokens",
+        "9",
+        "--slo-e2e",
+        "200ms",
+        "--search-precision",
+        "0.25",
+        "--search-max-probes",
+        "8",
+        "--metrics-interval",
+        "100ms",
+        "--json",
+        dir.path().join("s.json").to_str().unwrap(),
+        "--vllm-bench-json",
+        vb.to_str().unwrap(),
+        "--no-progress",
+    ]) else {
+        unreachable!()
+    };
+    assert_eq!(
+        sweep::run_cli(a, CancellationToken::new()).await.unwrap(),
+        ExitCode::SUCCESS
+    );
+    let v = read_json(&dir.path().join("s.json"));
+    let g = &v["sweep"]["search"];
+    let probes = g["probes"].as_array().unwrap();
+    assert_eq!(probes[0]["rate_rps"], 4.0);
+    assert_eq!(probes[0]["passed"], true, "{g}");
+    assert_eq!(probes[1]["rate_rps"], 400.0);
+    assert_eq!(probes[1]["passed"], false, "5× the capacity: {g}");
+    let best = g["best_rate_rps"].as_f64().unwrap();
+    assert!(best < 400.0, "{g}");
+    // one vLLM-format file per probe, named by its rate
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("v-rate"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), probes.len(), "{files:?}");
+    for f in &files {
+        let d = read_json(&dir.path().join(f));
+        let r = d["request_rate"].as_f64().unwrap();
+        assert!(
+            probes
+                .iter()
+                .any(|p| (p["rate_rps"].as_f64().unwrap() - r).abs() < 1e-6),
+            "{f}: {r}"
+        );
+        assert!(d["completed"].as_u64().unwrap() > 0);
+    }
+    let Command::Sweep(a) = cli(&[
+        "sweep",
+        "--target",
+        &s.url,
+        "--rate-search",
+        "--rate-min",
+        "1",
+        "--rate-max",
+        "2",
+    ]) else {
+        unreachable!()
+    };
+    let e = format!(
+        "{:#}",
+        sweep::run_cli(a, CancellationToken::new())
+            .await
+            .unwrap_err()
+    );
+    assert!(e.contains("--slo-ttft"), "{e}");
+}
+
+/// `--precise-arrivals --arrival constant`: every request of the level is sent, none before its
+/// scheduled arrival, and the level reports its schedule (how precise it is, is measured in
+/// bench/generator-capacity.sh, not asserted here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precise_constant_arrivals_report_their_schedule() {
+    let s = start(flat_step_sim(8, Duration::from_millis(1))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let Command::Sweep(a) = cli(&[
+        "sweep",
+        "--target",
+        &s.url,
+        "--rate",
+        "50",
+        "--arrival",
+        "constant",
+        "--precise-arrivals",
+        "--requests",
+        "25",
+        "--warmup",
+        "0s",
+        "--max-tokens",
+        "2",
+        "--no-server-metrics",
+        "--json",
+        dir.path().join("s.json").to_str().unwrap(),
+        "--no-progress",
+    ]) else {
+        unreachable!()
+    };
+    sweep::run_cli(a, CancellationToken::new()).await.unwrap();
+    let v = read_json(&dir.path().join("s.json"));
+    assert_eq!(v["settings"]["precise_arrivals"], true);
+    let l = &v["sweep"]["levels"][0];
+    assert_eq!(l["ok"], 25);
+    let sch = &l["schedule"];
+    assert_eq!(sch["lag_s"]["count"], 25);
+    assert!(sch["lag_s"]["min"].as_f64().unwrap() >= 0.0, "{sch}");
+    assert!(
+        sch["achieved_send_rate_rps"].as_f64().unwrap() > 0.0,
+        "{sch}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_measures_both_modes() {
     let s = start(flat_step_sim(8, Duration::from_millis(2))).await;

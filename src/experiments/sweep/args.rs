@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::bail;
 
 use super::super::common::CommonArgs;
-use super::super::knee::{KneeParams, Slo};
+use super::super::goodput::SloArgs;
+use super::super::knee::KneeParams;
 use crate::units::parse_duration;
 
 /// Flags of `sweep`.
@@ -39,18 +40,8 @@ pub struct SweepArgs {
     /// max_tokens of each request.
     #[arg(long, default_value_t = 128, env = "VLLM_SENTINEL_MAX_TOKENS")]
     pub max_tokens: u32,
-    /// SLO on time to first token (e.g. 500ms).
-    #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_SLO_TTFT")]
-    pub slo_ttft: Option<Duration>,
-    /// SLO on time per output token (e.g. 50ms).
-    #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_SLO_TPOT")]
-    pub slo_tpot: Option<Duration>,
-    /// SLO on end-to-end latency (e.g. 10s).
-    #[arg(long, value_parser = parse_duration, env = "VLLM_SENTINEL_SLO_E2E")]
-    pub slo_e2e: Option<Duration>,
-    /// Share of a level's requests (failures included) that must meet every SLO.
-    #[arg(long, default_value_t = 0.9, env = "VLLM_SENTINEL_SLO_ATTAINMENT")]
-    pub slo_attainment: f64,
+    #[command(flatten)]
+    pub slo: SloArgs,
     /// Run every level even past saturation.
     #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_EARLY_STOP")]
     pub no_early_stop: bool,
@@ -76,6 +67,34 @@ pub struct SweepArgs {
     /// Rate mode: most requests in flight at once; arrivals beyond it are dropped and counted.
     #[arg(long, default_value_t = 1024, env = "VLLM_SENTINEL_MAX_IN_FLIGHT")]
     pub max_in_flight: u32,
+    /// Search for the highest Poisson rate whose SLO attainment reaches --slo-attainment,
+    /// between --rate-min and --rate-max (needs an --slo-*; each probe is one level).
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_RATE_SEARCH", conflicts_with_all = ["rate", "concurrency"])]
+    pub rate_search: bool,
+    /// --rate-search: lowest rate, requests per second (it must meet the SLOs).
+    #[arg(long, env = "VLLM_SENTINEL_RATE_MIN")]
+    pub rate_min: Option<f64>,
+    /// --rate-search: highest rate, requests per second.
+    #[arg(long, env = "VLLM_SENTINEL_RATE_MAX")]
+    pub rate_max: Option<f64>,
+    /// --rate-search: stop when the lowest failing rate is within this fraction above the
+    /// highest passing one.
+    #[arg(long, default_value_t = 0.05, env = "VLLM_SENTINEL_SEARCH_PRECISION")]
+    pub search_precision: f64,
+    /// --rate-search: most probes (levels) to run, the two bracket ends included.
+    #[arg(long, default_value_t = 10, env = "VLLM_SENTINEL_SEARCH_MAX_PROBES")]
+    pub search_max_probes: usize,
+    /// Also write each level as `vllm bench serve --save-result --save-detailed` writes its
+    /// result: FILE's stem plus `-rate<R>` or `-concurrency<C>` (see docs/experiments.md).
+    #[arg(long, env = "VLLM_SENTINEL_VLLM_BENCH_JSON")]
+    pub vllm_bench_json: Option<std::path::PathBuf>,
+    /// Rate mode: Poisson arrivals, or constant gaps of 1/R (vLLM's `--burstiness inf`).
+    #[arg(long, value_enum, default_value_t = SweepArrival::Poisson, env = "VLLM_SENTINEL_ARRIVAL")]
+    pub arrival: SweepArrival,
+    /// Rate mode: reach each arrival to the microsecond (sleep to 1 ms before it, then yield
+    /// until it) instead of on tokio's 1 ms timer tick; costs CPU while waiting.
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_PRECISE_ARRIVALS")]
+    pub precise_arrivals: bool,
     /// Rate mode: seed of the arrival process (the same seed gives the same schedule); with a
     /// --dataset other than random, also of the requests.
     #[arg(long, default_value_t = 0, env = "VLLM_SENTINEL_SEED")]
@@ -83,6 +102,32 @@ pub struct SweepArgs {
     /// Where requests come from (--dataset …): see docs/experiments.md, "Workload sources".
     #[command(flatten)]
     pub workload: super::super::workload::WorkloadArgs,
+}
+
+/// `--arrival`: the open loop's arrival process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SweepArrival {
+    /// Exponential gaps (vLLM's default `--burstiness 1`).
+    Poisson,
+    /// Equal gaps of 1/R (vLLM's `--burstiness inf`).
+    Constant,
+}
+
+impl SweepArrival {
+    pub(super) fn process(self) -> crate::config::prober::Arrival {
+        match self {
+            SweepArrival::Poisson => crate::config::prober::Arrival::Poisson,
+            SweepArrival::Constant => crate::config::prober::Arrival::Constant,
+        }
+    }
+
+    /// Its name in the report's settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SweepArrival::Poisson => "poisson",
+            SweepArrival::Constant => "constant",
+        }
+    }
 }
 
 /// The load of one level.
@@ -130,6 +175,7 @@ impl SweepArgs {
 
     pub(super) fn validate(&self) -> anyhow::Result<()> {
         self.loads()?;
+        self.validate_search()?;
         if self.requests == Some(0) {
             bail!("--requests: must be at least 1");
         }
@@ -139,9 +185,7 @@ impl SweepArgs {
         if self.prompt_tokens == 0 || self.max_tokens == 0 {
             bail!("--prompt-tokens and --max-tokens: must be at least 1");
         }
-        if !(0.0..=1.0).contains(&self.slo_attainment) {
-            bail!("--slo-attainment: must be between 0 and 1");
-        }
+        self.slo.validate()?;
         if self.metrics_interval.is_zero() {
             bail!("--metrics-interval: must be more than 0");
         }
@@ -151,12 +195,40 @@ impl SweepArgs {
         Ok(())
     }
 
-    pub(super) fn slo(&self) -> Slo {
-        Slo {
-            ttft_s: self.slo_ttft.map(|d| d.as_secs_f64()),
-            tpot_s: self.slo_tpot.map(|d| d.as_secs_f64()),
-            e2e_s: self.slo_e2e.map(|d| d.as_secs_f64()),
+    /// The search's bracket, when `--rate-search` is given; what is wrong with its flags.
+    pub(super) fn search_bracket(&self) -> anyhow::Result<Option<(f64, f64)>> {
+        if !self.rate_search {
+            if self.rate_min.is_some() || self.rate_max.is_some() {
+                bail!("--rate-min and --rate-max: only with --rate-search");
+            }
+            return Ok(None);
         }
+        let (Some(lo), Some(hi)) = (self.rate_min, self.rate_max) else {
+            bail!("--rate-search: needs --rate-min and --rate-max");
+        };
+        if !(lo.is_finite() && lo > 0.0) {
+            bail!("--rate-min: {lo} is not a positive number of requests per second");
+        }
+        if !(hi.is_finite() && hi > lo) {
+            bail!("--rate-max: {hi} must be a finite rate above --rate-min {lo}");
+        }
+        Ok(Some((lo, hi)))
+    }
+
+    fn validate_search(&self) -> anyhow::Result<()> {
+        if self.search_bracket()?.is_none() {
+            return Ok(());
+        }
+        if !self.slo.slo().is_set() {
+            bail!("--rate-search: give at least one of --slo-ttft, --slo-tpot, --slo-e2e");
+        }
+        if !(self.search_precision.is_finite() && self.search_precision > 0.0) {
+            bail!("--search-precision: must be a positive fraction (e.g. 0.05)");
+        }
+        if self.search_max_probes < 2 {
+            bail!("--search-max-probes: must be at least 2 (the two ends of the bracket)");
+        }
+        Ok(())
     }
 
     pub(super) fn knee_params(&self) -> KneeParams {

@@ -22,11 +22,13 @@
 //! | [`gate`] | a closed-loop level's phases and window |
 //! | [`summary`] | a level's figures from its records |
 //! | [`plots`] | PNG/SVG charts |
+//! | [`search`] | `--rate-search`: the highest rate meeting the SLOs |
 
 mod args;
 mod gate;
 mod plots;
 mod run;
+pub mod search;
 mod summary;
 
 use std::process::ExitCode;
@@ -42,7 +44,7 @@ use super::knee::{self, KneeParams, LevelPoint};
 use super::progress::Progress;
 use super::report::{Report, SloSection, SweepLevel, SweepSection, TargetInfo};
 use crate::workload::Workload;
-pub use args::{Load, SweepArgs};
+pub use args::{Load, SweepArgs, SweepArrival};
 pub use plots::plots;
 use run::{LevelPlan, run_level};
 
@@ -50,8 +52,16 @@ use run::{LevelPlan, run_level};
 pub async fn run_cli(args: SweepArgs, token: CancellationToken) -> anyhow::Result<ExitCode> {
     args.validate()?;
     let outputs = Outputs::prepare(&args.common, "sweep")?;
+    if let Some(p) = &args.vllm_bench_json {
+        common::check_writable("--vllm-bench-json", p)?;
+    }
     let target = Arc::new(super::http::HttpTarget::new(&args.common)?);
     let report = measure(target, &args, &token).await?;
+    if let Some(p) = &args.vllm_bench_json {
+        for f in super::vllm_bench_json::write_sweep(&report, p, &args.slo.slo())? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
     finish(&report, &outputs)
 }
 
@@ -99,7 +109,11 @@ pub async fn measure<T: Target>(
     token: &CancellationToken,
 ) -> anyhow::Result<Report> {
     args.validate()?;
-    let loads = args.loads()?;
+    let bracket = args.search_bracket()?;
+    let loads = match bracket {
+        Some((lo, hi)) => vec![Load::Rate(lo), Load::Rate(hi)],
+        None => args.loads()?,
+    };
     // The dataset is read before the target is contacted: a bad file must not cost a run.
     let mut workload = args.workload.load(
         args.prompt_tokens,
@@ -114,7 +128,11 @@ pub async fn measure<T: Target>(
     }
     let plan = level_plan(args, workload.map(Arc::new));
     let params = args.knee_params();
-    let progress = Progress::new(!args.common.no_progress, loads.len() as u64, "sweep");
+    let budget = match bracket {
+        Some(_) => args.search_max_probes,
+        None => loads.len(),
+    };
+    let progress = Progress::new(!args.common.no_progress, budget as u64, "sweep");
     let started = Instant::now();
     let mut section = SweepSection {
         mode: if matches!(loads.first(), Some(Load::Rate(_))) {
@@ -126,27 +144,42 @@ pub async fn measure<T: Target>(
         knee_params: params,
         ..Default::default()
     };
-    for (i, load) in loads.iter().enumerate() {
-        if token.is_cancelled() {
-            report.mark_partial("interrupted");
-            break;
+    match bracket {
+        Some((lo, hi)) => {
+            let ctx = Ctx {
+                t: &t,
+                plan: &plan,
+                token,
+                progress: &progress,
+            };
+            let search = rate_search(&ctx, args, (lo, hi), &mut section, &mut report).await;
+            section.search = Some(search);
         }
-        progress.message(format!("level {}", load.value()));
-        let level = run_level(t.clone(), *load, &plan, i as u64, token).await;
-        let interrupted = level.partial;
-        progress.inc(1);
-        section.levels.push(level);
-        if interrupted {
-            report.mark_partial(format!("interrupted during level {}", load.value()));
-            break;
-        }
-        if !args.no_early_stop
-            && i + 1 < loads.len()
-            && let Some(reason) = over_saturation(&section.levels, &params)
-        {
-            section.stopped_early = true;
-            section.stop_reason = Some(format!("over-saturated at {}: {reason}", load.value()));
-            break;
+        None => {
+            for (i, load) in loads.iter().enumerate() {
+                if token.is_cancelled() {
+                    report.mark_partial("interrupted");
+                    break;
+                }
+                progress.message(format!("level {}", load.value()));
+                let level = run_level(t.clone(), *load, &plan, i as u64, token).await;
+                let interrupted = level.partial;
+                progress.inc(1);
+                section.levels.push(level);
+                if interrupted {
+                    report.mark_partial(format!("interrupted during level {}", load.value()));
+                    break;
+                }
+                if !args.no_early_stop
+                    && i + 1 < loads.len()
+                    && let Some(reason) = over_saturation(&section.levels, &params)
+                {
+                    section.stopped_early = true;
+                    section.stop_reason =
+                        Some(format!("over-saturated at {}: {reason}", load.value()));
+                    break;
+                }
+            }
         }
     }
     progress.finish();
@@ -159,6 +192,66 @@ pub async fn measure<T: Target>(
     report.duration_s = started.elapsed().as_secs_f64();
     report.sweep = Some(section);
     Ok(report)
+}
+
+/// What the search's probes run with.
+struct Ctx<'a, T> {
+    t: &'a Arc<T>,
+    plan: &'a LevelPlan,
+    token: &'a CancellationToken,
+    progress: &'a Progress,
+}
+
+/// `--rate-search`: probes rates as [`search::Bisection`] asks, each one open-loop level, and
+/// keeps the levels (sorted by rate afterwards, for the knee and the table).
+async fn rate_search<T: Target>(
+    ctx: &Ctx<'_, T>,
+    args: &SweepArgs,
+    (lo, hi): (f64, f64),
+    section: &mut SweepSection,
+    report: &mut Report,
+) -> search::RateSearch {
+    let mut b = search::Bisection::new(lo, hi, args.search_precision, args.search_max_probes);
+    let mut probes = Vec::new();
+    while let Some(rate) = b.next_rate() {
+        if ctx.token.is_cancelled() {
+            report.mark_partial("interrupted");
+            b.interrupt();
+            break;
+        }
+        ctx.progress.message(format!("probe {rate:.3} req/s"));
+        let index = probes.len() as u64;
+        let level = run_level(ctx.t.clone(), Load::Rate(rate), ctx.plan, index, ctx.token).await;
+        ctx.progress.inc(1);
+        if level.partial {
+            report.mark_partial(format!("interrupted during the probe at {rate} req/s"));
+            section.levels.push(level);
+            b.interrupt();
+            break;
+        }
+        let attainment = level.slo_attainment.unwrap_or(0.0);
+        let passed = attainment >= args.slo.slo_attainment;
+        probes.push(search::SearchProbe {
+            rate_rps: rate,
+            slo_attainment: attainment,
+            goodput_rps: level.goodput_rps.unwrap_or(0.0),
+            passed,
+        });
+        b.record(rate, passed);
+        section.levels.push(level);
+    }
+    section.levels.sort_by(|a, b| a.load.total_cmp(&b.load));
+    let (pass, fail) = b.bracket();
+    search::RateSearch {
+        rate_min: lo,
+        rate_max: hi,
+        precision: args.search_precision,
+        max_probes: args.search_max_probes,
+        probes,
+        best_rate_rps: pass,
+        lowest_failing_rps: fail,
+        stop_reason: b.stop_reason().to_string(),
+    }
 }
 
 /// Checks the target and starts the report with the run's parameters.
@@ -203,6 +296,13 @@ async fn start_report<T: Target>(
     report.set("metrics_interval_s", args.metrics_interval.as_secs_f64());
     report.set("max_in_flight", args.max_in_flight);
     report.set("seed", args.seed);
+    report.set("arrival", args.arrival.as_str());
+    report.set("precise_arrivals", args.precise_arrivals);
+    if args.rate_search {
+        report.set("rate_search", true);
+        report.set("search_precision", args.search_precision);
+        report.set("search_max_probes", args.search_max_probes);
+    }
     report.set(
         "request_timeout_s",
         args.common.request_timeout.as_secs_f64(),
@@ -231,7 +331,9 @@ fn level_plan(args: &SweepArgs, workload: Option<Arc<Workload>>) -> LevelPlan {
         server_metrics: !args.no_server_metrics,
         max_in_flight: args.max_in_flight as usize,
         seed: args.seed,
-        slo: args.slo(),
+        slo: args.slo.slo(),
+        arrival: args.arrival.process(),
+        precise_arrivals: args.precise_arrivals,
     }
 }
 
@@ -279,10 +381,10 @@ fn conclude(section: &mut SweepSection, plan: &LevelPlan, args: &SweepArgs) {
             .map(|l| l.slo_attainment.unwrap_or(0.0))
             .collect();
         let loads: Vec<f64> = section.levels.iter().map(|l| l.load).collect();
-        let best = knee::highest_meeting(&loads, &att, args.slo_attainment);
+        let best = knee::highest_meeting(&loads, &att, args.slo.slo_attainment);
         section.slo = Some(SloSection {
             objectives: plan.slo,
-            min_attainment: args.slo_attainment,
+            min_attainment: args.slo.slo_attainment,
             best_level: best,
             best_load: best.map(|i| loads[i]),
             best_goodput_rps: best.and_then(|i| section.levels[i].goodput_rps),
@@ -314,6 +416,7 @@ fn points(levels: &[SweepLevel]) -> Vec<LevelPoint> {
 mod tests {
     use super::*;
     use crate::experiments::fake::{FakeServer, common_args};
+    use crate::experiments::goodput::SloArgs;
     use std::time::Duration;
 
     fn args(levels: &[u32]) -> SweepArgs {
@@ -326,10 +429,10 @@ mod tests {
             warmup: Duration::from_secs(1),
             prompt_tokens: 16,
             max_tokens: 9,
-            slo_ttft: None,
-            slo_tpot: None,
-            slo_e2e: None,
-            slo_attainment: 0.9,
+            slo: SloArgs {
+                slo_attainment: 0.9,
+                ..SloArgs::default()
+            },
             no_early_stop: false,
             knee_efficiency: 0.5,
             knee_latency_growth: 0.1,
@@ -339,6 +442,14 @@ mod tests {
             max_in_flight: 1024,
             seed: 1,
             workload: Default::default(),
+            arrival: SweepArrival::Poisson,
+            precise_arrivals: false,
+            rate_search: false,
+            rate_min: None,
+            rate_max: None,
+            search_precision: 0.05,
+            search_max_probes: 10,
+            vllm_bench_json: None,
         }
     }
 
@@ -444,7 +555,7 @@ mod tests {
         let f = Arc::new(FakeServer::new(4));
         let mut a = args(&[1, 2, 4, 8, 16]);
         a.no_early_stop = true;
-        a.slo_e2e = Some(Duration::from_millis(120));
+        a.slo.slo_e2e = Some(Duration::from_millis(120));
         let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
         let s = r.sweep.unwrap();
         assert_eq!(s.levels.len(), 5);
@@ -476,6 +587,29 @@ mod tests {
                 "{achieved} vs {offered}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn constant_arrivals_fill_the_window_exactly() {
+        let f = Arc::new(FakeServer::new(4));
+        let mut a = args(&[]);
+        a.rate = vec![10.0];
+        a.requests = Some(20);
+        a.warmup = Duration::ZERO;
+        a.arrival = SweepArrival::Constant;
+        let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
+        assert_eq!(r.settings["arrival"], "constant");
+        let l = &r.sweep.unwrap().levels[0];
+        // arrivals at 0.1, 0.2, …, 2.0 s: the 20th closes the window at 20 / 10 req/s
+        assert_eq!(l.ok, 20);
+        assert!((l.window.duration_s - 2.0).abs() < 1e-6, "{:?}", l.window);
+        let starts: Vec<f64> = l.records.iter().map(|(s, _)| *s).collect();
+        assert!(
+            starts
+                .windows(2)
+                .all(|w| ((w[1] - w[0]) - 0.1).abs() < 1e-3),
+            "{starts:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -511,6 +645,101 @@ mod tests {
         assert!(!r.sweep.unwrap().levels[0].server.available);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn rate_search_finds_the_fake_servers_slo_capacity() {
+        // 4 sequences at once, each 50 ms alone: 80 req/s at most. With an e2e SLO of 150 ms
+        // met by 90 % of requests, a Poisson load passes well below 80 req/s and fails above.
+        let f = Arc::new(FakeServer::new(4));
+        let mut a = args(&[]);
+        a.rate_search = true;
+        a.rate_min = Some(5.0);
+        a.rate_max = Some(320.0);
+        a.requests = Some(200);
+        a.warmup = Duration::from_millis(500);
+        a.slo.slo_e2e = Some(Duration::from_millis(150));
+        a.search_precision = 0.05;
+        a.search_max_probes = 12;
+        let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
+        let s = r.sweep.unwrap();
+        let g = s.search.clone().unwrap();
+        assert_eq!(g.stop_reason, "precision", "{g:#?}");
+        assert_eq!(&g.probes[0].rate_rps, &5.0);
+        assert!(g.probes[0].passed);
+        assert_eq!(&g.probes[1].rate_rps, &320.0);
+        assert!(!g.probes[1].passed);
+        let best = g.best_rate_rps.unwrap();
+        let fail = g.lowest_failing_rps.unwrap();
+        // 4 × 50 ms service: 80 req/s of capacity. Far below it (≤ 40 req/s) 90 % of requests
+        // wait less than 100 ms; a finite probe (200 requests) can pass a little above it, as
+        // the queue has no time to build, but not at 1.5× (it grows by 40 requests a second).
+        assert!(best > 40.0 && best < 120.0, "{best}");
+        assert!(fail / best - 1.0 <= 0.05);
+        // every probe's verdict is its level's attainment against the minimum
+        for p in &g.probes {
+            assert_eq!(p.passed, p.slo_attainment >= 0.9, "{p:?}");
+            assert!(
+                p.rate_rps <= best || p.rate_rps >= fail,
+                "{p:?} inside the final bracket"
+            );
+        }
+        assert_eq!(s.levels.len(), g.probes.len());
+        assert!(s.levels.windows(2).all(|w| w[0].load <= w[1].load));
+        // the same seed gives the same probes
+        let f2 = Arc::new(FakeServer::new(4));
+        let r2 = measure(f2, &a, &CancellationToken::new()).await.unwrap();
+        assert_eq!(r2.sweep.unwrap().search.unwrap(), g);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_search_says_when_the_bracket_decides() {
+        let f = Arc::new(FakeServer::new(4));
+        let mut a = args(&[]);
+        a.rate_search = true;
+        a.rate_min = Some(500.0);
+        a.rate_max = Some(1000.0);
+        a.requests = Some(100);
+        a.slo.slo_e2e = Some(Duration::from_millis(60));
+        let r = measure(f, &a, &CancellationToken::new()).await.unwrap();
+        let g = r.sweep.unwrap().search.unwrap();
+        assert_eq!(g.stop_reason, "rate_min_fails");
+        assert_eq!(g.best_rate_rps, None);
+        assert_eq!(g.probes.len(), 1);
+    }
+
+    #[test]
+    fn bad_search_flags_are_rejected() {
+        let mut a = args(&[]);
+        a.rate_min = Some(1.0);
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.contains("only with --rate-search"), "{e}");
+        a.rate_search = true;
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.contains("needs --rate-min and --rate-max"), "{e}");
+        a.rate_max = Some(0.5);
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.contains("--rate-max"), "{e}");
+        a.rate_max = Some(10.0);
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.contains("--slo-ttft"), "{e}");
+        a.slo.slo_ttft = Some(Duration::from_millis(100));
+        a.validate().unwrap();
+        a.search_max_probes = 1;
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--search-max-probes")
+        );
+        a.search_max_probes = 5;
+        a.search_precision = 0.0;
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--search-precision")
+        );
+    }
+
     #[test]
     fn bad_levels_are_rejected() {
         let mut a = args(&[0, 2]);
@@ -528,7 +757,7 @@ mod tests {
         a.rate = vec![-1.0];
         assert!(a.validate().unwrap_err().to_string().contains("--rate"));
         a.rate = vec![];
-        a.slo_attainment = 2.0;
+        a.slo.slo_attainment = 2.0;
         assert!(a.validate().is_err());
     }
 }

