@@ -82,11 +82,11 @@ expect_pass "docker-compose.yml (compose-spec)" cj --builtin-schema vendor.compo
 sed '0,/^services:/s//servics:/' docker-compose.yml >"$tmp/bad-compose.yml"
 expect_fail "a misspelt top-level key in docker-compose.yml" cj --builtin-schema vendor.compose-spec "$tmp/bad-compose.yml"
 
-# 3. Dependencies. Crates of the two shipped platforms are fetched first (a no-op when the
-# registry cache has them; a fresh machine downloads them as `cargo build` does), so that the
-# check itself runs with --offline.
-cargo fetch --locked --quiet --target x86_64-unknown-linux-gnu
-cargo fetch --locked --quiet --target aarch64-unknown-linux-gnu
+# 3. Dependencies. Every crate of Cargo.lock is fetched first (a no-op when the registry cache
+# has them; a fresh machine downloads them as `cargo build` does), so that the check itself runs
+# with --offline: cargo-deny reads `cargo metadata`, which needs the crates of every platform and
+# cfg (Windows-only crates, tracing's `valuable`), not only those a Linux build downloads.
+cargo fetch --locked --quiet
 deny() { "$tools/bin/cargo-deny" --offline --manifest-path Cargo.toml "$@" check licenses bans sources; }
 expect_pass "cargo deny check licenses bans sources" deny
 python3 - "$tmp/deny.toml" <<'PY'
