@@ -100,7 +100,9 @@ Q --wait-http "http://127.0.0.1:$sentinel_port/metrics" --deadline 30 || ops_die
 
 ops_step "users' traffic through the tap on 127.0.0.1:$tap_port (background, until the end)"
 Q --wait-http "http://127.0.0.1:$tap_port/v1/models" --deadline 30 || ops_die "the tap did not come up"
-Q --load "http://127.0.0.1:$tap_port" --deadline 1800 >"$tmp/load.log" 2>&1 &
+# Started directly, not through Q: a backgrounded shell function is a subshell, and killing it
+# would leave the Python process running after the script.
+"$PY" scripts/ops/e2e_queries.py --load "http://127.0.0.1:$tap_port" --deadline 1800 >"$tmp/load.log" 2>&1 &
 pids+=($!)
 
 ops_step "rule files: alerts/*.yml with for: rewritten to 5s (temp copy)"
