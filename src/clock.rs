@@ -15,6 +15,18 @@ pub fn monotonic_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
+/// CPU time (user + system) the calling thread has used, in nanoseconds
+/// (`CLOCK_THREAD_CPUTIME_ID`). The difference of two readings taken in one synchronous stretch
+/// of code is that code's CPU cost, whatever else the machine runs: the exporter reports what
+/// encoding `/metrics` costs with it.
+#[inline]
+pub fn thread_cpu_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 /// Seconds since the unix epoch, as Prometheus timestamps want them.
 pub fn unix_seconds() -> f64 {
     std::time::SystemTime::now()

@@ -79,6 +79,7 @@ pub async fn serve_with_gpu(
         gpu,
         tap,
         web_reload_failures,
+        render_cost,
     } = register_subsystems(&cfg, &mut registry, gpu_source)?;
     let registry = Arc::new(registry);
     let history = crate::status::StatusHistory::new(
@@ -118,6 +119,7 @@ pub async fn serve_with_gpu(
         reload,
         lifecycle,
         history,
+        render_cost,
     };
     // The exporter outlives the rest: it stops only after in-flight work has been recorded and
     // the final scrape window has passed.
@@ -242,6 +244,8 @@ pub(crate) struct Subsystems {
     pub tap: crate::tap::Tap,
     /// `vllm_sentinel_web_config_reload_failures_total`.
     pub web_reload_failures: prometheus_client::metrics::counter::Counter,
+    /// The render cost of `/metrics` (`vllm_sentinel_exporter_render*`).
+    pub render_cost: exporter::RenderCost,
 }
 
 /// Registers every family `/metrics` exports (the metrics contract test, src/contract.rs,
@@ -251,7 +255,7 @@ pub(crate) fn register_subsystems(
     registry: &mut Registry,
     gpu_source: Option<Box<dyn crate::gpu::GpuSource>>,
 ) -> anyhow::Result<Subsystems> {
-    exporter::register_common(registry);
+    let render_cost = exporter::register_common(registry);
     let web_reload_failures = exporter::web_config::register(registry);
     let prober = crate::prober::Prober::new(cfg, registry).context("setting up the prober")?;
     let scraper = crate::scrape::Scraper::new(cfg, registry).context("setting up the scraper")?;
@@ -268,6 +272,7 @@ pub(crate) fn register_subsystems(
         gpu,
         tap,
         web_reload_failures,
+        render_cost,
     })
 }
 

@@ -43,6 +43,8 @@ pub struct ExporterState {
     pub lifecycle: Arc<std::sync::atomic::AtomicBool>,
     /// The status page's history (`/`, `/api/v1/status`).
     pub history: crate::status::StatusHistory,
+    /// What encoding `/metrics` costs ([`register_common`]).
+    pub render_cost: RenderCost,
 }
 
 /// Binds the listen address, with a one-line error naming it when that fails.
@@ -55,8 +57,27 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// Registers `vllm_sentinel_build_info` and the process collector.
-pub fn register_common(registry: &mut Registry) {
+/// What encoding `/metrics` has cost this process: responses encoded and the CPU time of the
+/// thread that encoded them (the encoding is one synchronous call, so the thread's CPU clock
+/// around it measures it alone, on a busy machine as on a quiet one). Exported as
+/// `vllm_sentinel_exporter_renders_total` and `vllm_sentinel_exporter_render_cpu_seconds_total`:
+/// their ratio is the CPU per scrape, which the soak benchmark follows over an hour.
+#[derive(Clone, Default, Debug)]
+pub struct RenderCost {
+    renders: prometheus_client::metrics::counter::Counter,
+    cpu_seconds: prometheus_client::metrics::counter::Counter<f64>,
+}
+
+impl RenderCost {
+    fn record(&self, cpu_ns: u64) {
+        self.renders.inc();
+        self.cpu_seconds.inc_by(cpu_ns as f64 / 1e9);
+    }
+}
+
+/// Registers `vllm_sentinel_build_info`, the process collector and the render cost of
+/// `/metrics`; returns the latter for the handler ([`ExporterState::render_cost`]).
+pub fn register_common(registry: &mut Registry) -> RenderCost {
     let info = prometheus_client::metrics::info::Info::new(vec![
         ("version", env!("CARGO_PKG_VERSION").to_string()),
         (
@@ -72,6 +93,18 @@ pub fn register_common(registry: &mut Registry) {
         info,
     );
     registry.register_collector(Box::new(crate::process::ProcessCollector));
+    let cost = RenderCost::default();
+    registry.register(
+        "vllm_sentinel_exporter_renders",
+        "/metrics responses encoded",
+        cost.renders.clone(),
+    );
+    registry.register(
+        "vllm_sentinel_exporter_render_cpu_seconds",
+        "CPU time spent encoding /metrics responses (the encoding thread's CPU clock)",
+        cost.cpu_seconds.clone(),
+    );
+    cost
 }
 
 /// The router, separate from [`serve`] so tests can drive it without a socket.
@@ -140,7 +173,12 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
 
 async fn metrics(State(state): State<ExporterState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    match encode(&state.registry, accept) {
+    let cpu0 = crate::clock::thread_cpu_ns();
+    let encoded = encode(&state.registry, accept);
+    state
+        .render_cost
+        .record(crate::clock::thread_cpu_ns().saturating_sub(cpu0));
+    match encoded {
         Ok((body, ct)) => {
             ([(header::CONTENT_TYPE, HeaderValue::from_static(ct))], body).into_response()
         }
@@ -270,5 +308,53 @@ mod tests {
         let (om, ct) = encode(&reg, Some("application/openmetrics-text")).unwrap();
         assert_eq!(ct, OPENMETRICS_CONTENT_TYPE);
         assert!(om.trim_end().ends_with("# EOF"), "{om}");
+    }
+
+    /// Every `/metrics` response is counted, with the CPU time its encoding took; the counts
+    /// show up in the next response.
+    #[tokio::test]
+    async fn metrics_handler_records_its_render_cost() {
+        let mut reg = Registry::default();
+        let render_cost = register_common(&mut reg);
+        let status = StatusBoard::default();
+        let state = ExporterState {
+            registry: Arc::new(reg),
+            readiness: Readiness::default(),
+            status: status.clone(),
+            reload: None,
+            lifecycle: Arc::default(),
+            history: crate::status::StatusHistory::new(
+                status,
+                std::time::Duration::from_secs(1),
+                false,
+                false,
+            ),
+            render_cost,
+        };
+        let body_of = |r: Response| async move {
+            let b = axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        let first = body_of(metrics(State(state.clone()), HeaderMap::new()).await).await;
+        assert!(
+            first.contains("vllm_sentinel_exporter_renders_total 0\n"),
+            "{first}"
+        );
+        let _ = metrics(State(state.clone()), HeaderMap::new()).await;
+        let third = body_of(metrics(State(state.clone()), HeaderMap::new()).await).await;
+        assert!(
+            third.contains("vllm_sentinel_exporter_renders_total 2\n"),
+            "{third}"
+        );
+        let cpu: f64 = third
+            .lines()
+            .find_map(|l| l.strip_prefix("vllm_sentinel_exporter_render_cpu_seconds_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        // Two encodings of a registry with the process collector (it reads /proc/self) cost
+        // some CPU time, and far less than a second.
+        assert!(cpu > 0.0 && cpu < 1.0, "{cpu}");
     }
 }
