@@ -16,13 +16,17 @@
 #   send_i − send_0 − i/R (its schedule puts request i at i/R after request 0; the first send is
 #   taken as on time, so this is a lower bound of its lag).
 # A rate is kept up when the achieved rate is within 1 % of R and the lag p99 ≤ 100 µs. Each
-# client runs pinned to 1 core (CPU 0) and to 2 cores (CPUs 0-1); the simulator has CPU 1 (it
-# shares it with a 2-core client).
+# client runs pinned to 1 core (CPU 0) and to 2 cores (CPUs 0-1) (CLIENT_CPUS); the simulator
+# has CPU 1 (SIM_CPUS; on a 2-core machine it shares that CPU with a 2-core client: on a larger
+# host give it CPUs of its own, e.g. SIM_CPUS=4-5). Ours runs with --no-gpu (GPU=1 keeps the
+# NVML sampling): the sampler's threads share the pinned cores with the sender, and vLLM's
+# client samples no GPU either.
 #
 # Variables: BIN [target/release/vllm-sentinel], OUT [target/bench-generator], SECONDS_PER_LEVEL
 # [2], OURS_RATES [250 500 1000 2000 4000 8000 16000], VLLM_RATES [50 100 200 400 800 1600],
 # SKIP_VLLM / SKIP_OURS [unset; 1 skips that client], PORT [18431], PRECISE [unset; 1 adds
-# --precise-arrivals to ours]. Rows are appended to OUT/results.csv.
+# --precise-arrivals to ours], GPU [unset; 1 samples the GPUs in ours], CLIENT_CPUS ["0 0-1"],
+# SIM_CPUS [1]. Rows are appended to OUT/results.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/vllm-sentinel}
@@ -31,10 +35,12 @@ SECS=${SECONDS_PER_LEVEL:-2}
 OURS_RATES=${OURS_RATES:-250 500 1000 2000 4000 8000 16000}
 VLLM_RATES=${VLLM_RATES:-50 100 200 400 800 1600}
 PORT=${PORT:-18431}
+CLIENT_CPUS=${CLIENT_CPUS:-0 0-1}
+SIM_CPUS=${SIM_CPUS:-1}
 [ -x "$BIN" ] || cargo build --release --locked
 mkdir -p "$OUT"
 
-taskset -c 1 "$BIN" simulate --listen "127.0.0.1:$PORT" --fixed-timing 0ms,1us \
+taskset -c "$SIM_CPUS" "$BIN" simulate --listen "127.0.0.1:$PORT" --fixed-timing 0ms,1us \
     --max-model-len 4096 --log-level warn >"$OUT/sim.log" 2>&1 &
 sim=$!
 trap 'kill $sim 2>/dev/null || true' EXIT
@@ -46,7 +52,7 @@ done
 [ "$up" = 1 ] || { cat "$OUT/sim.log"; echo "the simulator did not start" >&2; exit 1; }
 
 [ -f "$OUT/results.csv" ] || echo "client,cpus,rate,achieved_rps,lag_p50_us,lag_p99_us,verdict" >"$OUT/results.csv"
-for cpus in ${SKIP_OURS:+none} 0 0-1; do
+for cpus in ${SKIP_OURS:+none} $CLIENT_CPUS; do
     [ "$cpus" = none ] && break
     json="$OUT/ours-$cpus.json"
     # one run per rate: R*SECS requests each (--requests is the same for every level of a run)
@@ -55,7 +61,7 @@ for cpus in ${SKIP_OURS:+none} 0 0-1; do
         taskset -c "$cpus" "$BIN" sweep --target "http://127.0.0.1:$PORT" --no-progress \
             --rate "$r" --arrival constant --requests "$n" --warmup 0s --prompt-tokens 8 \
             --max-tokens 1 --no-server-metrics --max-in-flight 100000 --json "$json" \
-            ${PRECISE:+--precise-arrivals} >/dev/null
+            ${PRECISE:+--precise-arrivals} $([ "${GPU:-}" = 1 ] || echo --no-gpu) >/dev/null
         python3 - "$json" "$r" "$cpus" >>"$OUT/results.csv" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -74,7 +80,7 @@ done
 if [ "${SKIP_VLLM:-}" != 1 ]; then
     # shellcheck source=../scripts/vllm-cpu/common.sh
     . scripts/vllm-cpu/common.sh
-    for cpus in 0 0-1; do
+    for cpus in $CLIENT_CPUS; do
         for r in $VLLM_RATES; do
             n=$(python3 -c "print(max(100, int($r * $SECS)))")
             d="$OUT/vllm-$cpus-$r"

@@ -56,6 +56,11 @@ pub struct CommonArgs {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_PROGRESS")]
     pub no_progress: bool,
+    /// Do not sample the GPUs through NVML (the report's GPU columns stay empty). The sampler
+    /// runs on threads of its own; on a client pinned to few cores they take CPU from the
+    /// sender.
+    #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_NO_GPU")]
+    pub no_gpu: bool,
 }
 
 /// Where an experiment writes its files.
@@ -321,6 +326,7 @@ mod tests {
             html: None,
             out_dir: out,
             no_progress: true,
+            no_gpu: true,
         }
     }
 

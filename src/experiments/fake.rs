@@ -86,6 +86,7 @@ pub fn common_args() -> CommonArgs {
         html: None,
         out_dir: None,
         no_progress: true,
+        no_gpu: true,
     }
 }
 

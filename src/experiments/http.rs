@@ -72,7 +72,11 @@ impl HttpTarget {
             timeouts,
             prepared: OnceCell::new(),
             rng: Mutex::new(SmallRng::seed_from_u64(crate::clock::monotonic_ns())),
-            gpu: GpuReader::start(Box::new(crate::gpu::NvmlSource::new(None))),
+            gpu: if c.no_gpu {
+                GpuReader::off()
+            } else {
+                GpuReader::start(Box::new(crate::gpu::NvmlSource::new(None)))
+            },
         })
     }
 }
@@ -327,6 +331,13 @@ impl GpuReader {
         let threads = SamplerThreads::start(source, opts, timing, cell, None)
             .map_err(|e| format!("not available: {e}"));
         Self { threads }
+    }
+
+    /// No sampling (`--no-gpu`).
+    fn off() -> Self {
+        Self {
+            threads: Err("not available (--no-gpu)".into()),
+        }
     }
 
     fn latest(&self) -> Result<GpuSnapshot, String> {

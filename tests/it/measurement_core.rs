@@ -59,6 +59,7 @@ fn common(url: &str) -> CommonArgs {
         html: None,
         out_dir: None,
         no_progress: true,
+        no_gpu: true,
     }
 }
 

@@ -91,7 +91,7 @@ pub struct SweepArgs {
     /// Rate mode: Poisson arrivals, or constant gaps of 1/R (vLLM's `--burstiness inf`).
     #[arg(long, value_enum, default_value_t = SweepArrival::Poisson, env = "VLLM_SENTINEL_ARRIVAL")]
     pub arrival: SweepArrival,
-    /// Rate mode: reach each arrival to the microsecond (sleep to 1 ms before it, then yield
+    /// Rate mode: reach each arrival to the microsecond (sleep to 2 ms before it, then yield
     /// until it) instead of on tokio's 1 ms timer tick; costs CPU while waiting.
     #[arg(long, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), env = "VLLM_SENTINEL_PRECISE_ARRIVALS")]
     pub precise_arrivals: bool,
