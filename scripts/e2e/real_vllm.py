@@ -569,32 +569,56 @@ def experiment_checks(args, out):
 
 
 def check_kv_scale(kv, blocks, max_model_len, min_hold=64):
-    """kv-scale's measurements by construction: every rung that could be held was read while
-    resident and matches cache_config_info's expectation within one block, and was freed when
-    closed; every grid cell was decided, and agrees with the computed capacity."""
+    """kv-scale's measurements against real vLLM. The verdict cannot depend on a race with the
+    server, so what is checked is that every answer kv-scale gives is right, and that it
+    answers where it always can:
+    - a rung it measured matches cache_config_info's expectation within one block, and a stream
+      it closed was aborted by vLLM and its blocks freed;
+    - a rung it did not measure says why, and the reason is the one kv-scale can meet (the
+      stream decoded its whole context before a /metrics body showed it running: on a loaded
+      machine vLLM's /metrics can be slower than the tiny model's decode), never a wrong value;
+    - the rung with the most context left (the longest hold) is measured and released, so the
+      measurement itself is exercised on every run;
+    - a grid cell is decided as its computed capacity says, or is `undecided` (seen in no known
+      state), never the wrong way; at least one cell is decided each way."""
     one_block = 1.0 / (blocks - 1)
     accepted = [r for r in kv["ladder"] if r["feasibility"] == "accepted"]
     held = [r for r in accepted if max_model_len - r["prompt_tokens_requested"] >= min_hold]
     check(len(held) >= 3, f"kv-scale: {len(held)} rungs with room to be held")
     for r in held:
         d, e = r["kv_usage_delta"], r["kv_usage_expected"]
-        check(d is not None and e is not None and r["kv_within_one_block"] is True and abs(d - e) <= one_block + 1e-9,
-              f"kv-scale: prompt {r['prompt_tokens_requested']}: measured KV usage {d} vs expected {e} "
-              f"({r['kv_tokens_at_sample']} tokens held, {r['resident_samples']} resident samples, {r['attempts']} attempt(s))")
-        check(r["released_after_close"] is True,
-              f"kv-scale: prompt {r['prompt_tokens_requested']}: vLLM aborted the closed stream and freed its blocks "
-              f"in {r['release_s']} s")
+        what = (f"({r['kv_tokens_at_sample']} tokens held, {r['resident_samples']} resident samples, "
+                f"{r['attempts']} attempt(s))")
+        if d is None and e is None:
+            check(r["kv_note"] and "ended before" in r["kv_note"] and r["attempts"] >= 3,
+                  f"kv-scale: prompt {r['prompt_tokens_requested']}: not measured, and says why: {r['kv_note']} {what}")
+        else:
+            check(d is not None and e is not None and r["kv_within_one_block"] is True and abs(d - e) <= one_block + 1e-9,
+                  f"kv-scale: prompt {r['prompt_tokens_requested']}: measured KV usage {d} vs expected {e} {what}")
+        if r["released_after_close"] is not None:
+            check(r["released_after_close"] is True,
+                  f"kv-scale: prompt {r['prompt_tokens_requested']}: vLLM aborted the closed stream and freed its blocks "
+                  f"in {r['release_s']} s")
+    longest = min(held, key=lambda r: r["prompt_tokens_requested"])
+    check(longest["kv_usage_delta"] is not None and longest["released_after_close"] is True,
+          f"kv-scale: the longest hold (prompt {longest['prompt_tokens_requested']}, "
+          f"{max_model_len - longest['prompt_tokens_requested']} tokens of context left) was measured and released")
     for r in accepted:
         if r not in held:
             check(r["kv_usage_delta"] is None and r["kv_note"],
                   f"kv-scale: prompt {r['prompt_tokens_requested']}: too close to the limit to hold, reported as not measured: {r['kv_note']}")
+    decided = {"fits": 0, "queues": 0}
     for g in kv["grid"]:
         cap = g["capacity_computed"]
         for c in g["cells"]:
             want = "fits" if c["concurrency"] <= cap else "queues"
-            check(c["verdict"] == want,
+            check(c["verdict"] in (want, "undecided"),
                   f"kv-scale grid: {c['concurrency']} x {g['context_tokens']} tokens (capacity {cap}): {c['verdict']} "
                   f"after {c['attempts']} run(s), running peak {c['running_peak']}, waiting peak {c['waiting_peak']}, preemptions {c['preemptions']}")
+            if c["verdict"] == want:
+                decided[want] += 1
+    check(decided["fits"] > 0 and decided["queues"] > 0,
+          f"kv-scale grid: cells decided each way: {decided}")
     grid = [g for g in kv["grid"] if g["max_fitting_observed"] is not None]
     check(grid and all(g["max_fitting_observed"] <= g["capacity_computed"] for g in grid),
           "kv-scale grid: no more sequences ran at once than the computed KV capacity allows")

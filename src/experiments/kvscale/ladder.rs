@@ -69,8 +69,23 @@ pub(super) async fn observe_resident<T: Target>(
     }
 }
 
-/// One rung of the ladder: the request held, read twice while resident, closed, and its
-/// release checked. `None` when interrupted.
+/// Whether `body` shows at least one token generated since `before`: it is of an engine step
+/// after the held request's prefill (vLLM publishes `num_requests_running`,
+/// `kv_cache_usage_perc` and `generation_tokens_total` from the same step), so it alone gives
+/// a usage and a token count of one instant.
+pub(super) fn decoded_since(before: Option<&ServerSnapshot>, body: &ServerSnapshot) -> bool {
+    match (
+        before.and_then(|b| b.generation_tokens_total),
+        body.generation_tokens_total,
+    ) {
+        (Some(b), Some(g)) => g > b,
+        _ => false,
+    }
+}
+
+/// One rung of the ladder: the request held, read while resident (twice, or once past its
+/// prefill when the stream ends sooner), closed, and its release checked. `None` when
+/// interrupted.
 pub(super) async fn ladder_rung<T: Target>(
     t: &Arc<T>,
     args: &KvScaleArgs,
@@ -125,7 +140,11 @@ pub(super) async fn ladder_rung<T: Target>(
         if token.is_cancelled() {
             return None;
         }
-        let seen = res.resident.len() >= 2;
+        let seen = res.resident.len() >= 2
+            || res
+                .resident
+                .first()
+                .is_some_and(|r| decoded_since(before.as_ref(), r));
         if holdable && progressed && !seen && attempts < ATTEMPTS {
             continue;
         }
@@ -138,7 +157,7 @@ pub(super) async fn ladder_rung<T: Target>(
             ))
         } else if !seen {
             Some(format!(
-                "KV usage not measured: the stream ended before two /metrics bodies showed it running ({attempts} attempts)"
+                "KV usage not measured: the stream ended before a /metrics body showed it running past its prefill ({attempts} attempts)"
             ))
         } else {
             None

@@ -7,18 +7,23 @@
 //!    reason). A rejected rung shows no KV usage and no running request: the server refused it
 //!    before any GPU work.
 //!
-//!    The KV usage is measured **by construction**, not by a lucky sample: the rung's request
+//!    The KV usage is read from a body of a known instant, not from a lucky sample: the rung's request
 //!    streams with `ignore_eos` and a `max_tokens` of all the context left
-//!    (`max_model_len − prompt`), so it stays resident until kv-scale closes it. After its first
-//!    token, `/metrics` is read until two bodies show the request running
+//!    (`max_model_len − prompt`), so it stays resident until kv-scale closes it or that context
+//!    is used up. After its first
+//!    token, `/metrics` is read back to back until two bodies show the request running
 //!    (`num_requests_running` ≥ 1, a gauge vLLM publishes in the same engine step as
-//!    `kv_cache_usage_perc` and `generation_tokens_total`). The last of them gives the usage,
-//!    and its `generation_tokens_total` gives the tokens the request then held, so the expected
-//!    usage `ceil((prompt + generated − 1) / block_size) / (num_gpu_blocks − 1)` is of the same
+//!    `kv_cache_usage_perc` and `generation_tokens_total`), or the stream ends after one body
+//!    that shows it running with `generation_tokens_total` past its value before the request
+//!    (a body of a step after the prefill). The last of them gives the usage, and its
+//!    `generation_tokens_total` gives the tokens the request then held, so the expected usage
+//!    `ceil((prompt + generated − 1) / block_size) / (num_gpu_blocks − 1)` is of the same
 //!    instant. Then the stream is closed, and kv-scale checks that the server aborted the
-//!    request and freed its blocks. A rung with less than [`MIN_HOLD_TOKENS`] of context left
-//!    cannot be held and says so; a stream that ended before it was seen twice is sent again
-//!    (up to [`ATTEMPTS`] times), and is reported as not observed rather than as 0.
+//!    request and freed its blocks. The hold lasts as long as the server takes to decode the
+//!    context left: on a server slow to answer `/metrics` beside a fast decode it can end first.
+//!    A rung with less than [`MIN_HOLD_TOKENS`] of context left cannot be held and says so; a
+//!    stream that ended before it was seen is sent again (up to [`ATTEMPTS`] times), and is
+//!    reported as not observed rather than as 0.
 //! 2. **Boundary.** Bisection between the longest accepted and the shortest rejected prompt
 //!    (with `max_tokens` 1) finds the exact limit.
 //! 3. **Grid.** For a few sequence lengths L, N concurrent sequences of L tokens each: does

@@ -303,3 +303,19 @@ fn bad_arguments() {
     a.grid_contexts = vec![1];
     assert!(a.validate().is_err());
 }
+
+/// One body suffices when it is of a step after the held request's prefill: it shows a token
+/// generated since the reading before the request. Without both counters, it does not.
+#[test]
+fn one_body_past_the_prefill_is_a_known_instant() {
+    use super::ladder::decoded_since;
+    let snap = |g: Option<f64>| ServerSnapshot {
+        generation_tokens_total: g,
+        ..Default::default()
+    };
+    assert!(decoded_since(Some(&snap(Some(10.0))), &snap(Some(11.0))));
+    assert!(!decoded_since(Some(&snap(Some(10.0))), &snap(Some(10.0))));
+    assert!(!decoded_since(None, &snap(Some(11.0))));
+    assert!(!decoded_since(Some(&snap(None)), &snap(Some(11.0))));
+    assert!(!decoded_since(Some(&snap(Some(10.0))), &snap(None)));
+}
