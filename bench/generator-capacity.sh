@@ -13,8 +13,9 @@
 # - vLLM's client: `vllm bench serve --request-rate R --burstiness inf --num-prompts R*SECONDS
 #   --random-output-len 1 --save-detailed`; achieved rate = num_prompts / duration from its
 #   result file. It reports no lag: we judge it from its `start_times` (send times), as
-#   send_i − send_0 − i/R (its schedule puts request i at i/R after request 0; the first send is
-#   taken as on time, so this is a lower bound of its lag).
+#   (send_i − i/R) − min over j of (send_j − j/R) (its schedule puts request i at i/R after
+#   request 0; the request earliest against that schedule is taken as on time, so this is a
+#   lower bound of its lag). The same for vllm-bench (VLLM_BENCH_RS), whose file is the same.
 # A rate is kept up when the achieved rate is within 1 % of R and the lag p99 ≤ 100 µs. Each
 # client runs pinned to 1 core (CPU 0) and to 2 cores (CPUs 0-1) (CLIENT_CPUS); the simulator
 # has CPU 1 (SIM_CPUS; on a 2-core machine it shares that CPU with a 2-core client: on a larger
@@ -26,7 +27,9 @@
 # [2], OURS_RATES [250 500 1000 2000 4000 8000 16000], VLLM_RATES [50 100 200 400 800 1600],
 # SKIP_VLLM / SKIP_OURS [unset; 1 skips that client], PORT [18431], PRECISE [unset; 1 adds
 # --precise-arrivals to ours], GPU [unset; 1 samples the GPUs in ours], CLIENT_CPUS ["0 0-1"],
-# SIM_CPUS [1]. Rows are appended to OUT/results.csv.
+# SIM_CPUS [1], VLLM_BENCH_RS [unset; the path of a vllm-bench binary (vLLM's Rust client, built
+# outside this repository) adds it as a third client], RS_RATES [OURS_RATES], TOKENIZER [the
+# tier's tiny model]. Rows are appended to OUT/results.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/vllm-sentinel}
@@ -77,6 +80,54 @@ EOF
     done
 done
 
+# The lag of a client that writes vLLM's result file with --save-detailed, judged from its
+# start_times (args: result dir, rate, cpus, client label).
+judge_vllm_result() {
+    python3 - "$@" <<'EOF'
+import glob, json, sys
+d = json.load(open(glob.glob(sys.argv[1] + "/*.json")[0]))
+r = float(sys.argv[2])
+n = d["num_prompts"]
+if d["completed"] != n:
+    sys.exit(f"{sys.argv[4]}: only {d['completed']} of {n} requests completed")
+a = n / d["duration"]
+st = d["start_times"]
+off = [t - i / r for i, t in enumerate(st)]
+lag = sorted(o - min(off) for o in off)
+p = lambda q: lag[min(len(lag) - 1, int(q * (len(lag) - 1) + 0.5))]
+ok = abs(a / r - 1) <= 0.01 and p(0.99) <= 100e-6
+print(f"{sys.argv[4]},{sys.argv[3]},{r:g},{a:.1f},{p(0.5) * 1e6:.1f},{p(0.99) * 1e6:.1f},{'kept up' if ok else 'NOT kept up'}")
+EOF
+}
+
+# vLLM's Rust client (vllm-bench), when a binary built outside this repository is given: the
+# same flags and result file as `vllm bench serve`; it needs a tokenizer directory (TOKENIZER,
+# default the real-vLLM tier's tiny model).
+if [ -n "${VLLM_BENCH_RS:-}" ]; then
+    if [ -z "${TOKENIZER:-}" ]; then
+        # shellcheck source=../scripts/vllm-cpu/common.sh
+        . scripts/vllm-cpu/common.sh
+        TOKENIZER=$TINY_MODEL_DIR
+    fi
+    for cpus in $CLIENT_CPUS; do
+        for r in ${RS_RATES:-$OURS_RATES}; do
+            n=$(python3 -c "print(max(200, int($r * $SECS)))")
+            d="$OUT/vllm-bench-$cpus-$r"
+            rm -rf "$d" && mkdir -p "$d"
+            taskset -c "$cpus" "$VLLM_BENCH_RS" --backend vllm --base-url "http://127.0.0.1:$PORT" \
+                --model sim-model --tokenizer "$TOKENIZER" --dataset-name random \
+                --random-input-len 8 --random-output-len 1 --ignore-eos --num-prompts "$n" \
+                --request-rate "$r" --burstiness inf --seed 0 --disable-tqdm --save-result \
+                --save-detailed --result-dir "$d" >"$d/log.txt" 2>&1 || {
+                echo "vllm-bench failed at $r req/s (see $d/log.txt)"
+                continue
+            }
+            judge_vllm_result "$d" "$r" "$cpus" vllm-bench >>"$OUT/results.csv" || continue
+            tail -1 "$OUT/results.csv"
+        done
+    done
+fi
+
 if [ "${SKIP_VLLM:-}" != 1 ]; then
     # shellcheck source=../scripts/vllm-cpu/common.sh
     . scripts/vllm-cpu/common.sh
@@ -92,20 +143,7 @@ if [ "${SKIP_VLLM:-}" != 1 ]; then
                 echo "vllm bench serve failed at $r req/s (see $d/log.txt)"
                 continue
             }
-            python3 - "$d" "$r" "$cpus" >>"$OUT/results.csv" <<'EOF'
-import glob, json, sys
-d = json.load(open(glob.glob(sys.argv[1] + "/*.json")[0]))
-r = float(sys.argv[2])
-n = d["num_prompts"]
-if d["completed"] != n:
-    sys.exit(f"vllm bench serve: only {d['completed']} of {n} requests completed")
-a = n / d["duration"]
-st = d["start_times"]
-lag = sorted(max(0.0, (t - st[0]) - i / r) for i, t in enumerate(st))
-p = lambda q: lag[min(len(lag) - 1, int(q * (len(lag) - 1) + 0.5))]
-ok = abs(a / r - 1) <= 0.01 and p(0.99) <= 100e-6
-print(f"vllm bench serve,{sys.argv[3]},{r:g},{a:.1f},{p(0.5) * 1e6:.1f},{p(0.99) * 1e6:.1f},{'kept up' if ok else 'NOT kept up'}")
-EOF
+            judge_vllm_result "$d" "$r" "$cpus" "vllm bench serve" >>"$OUT/results.csv" || continue
             tail -1 "$OUT/results.csv"
         done
     done

@@ -577,8 +577,9 @@ def check_kv_scale(kv, blocks, max_model_len, min_hold=64):
     - a rung it did not measure says why, and the reason is the one kv-scale can meet (the
       stream decoded its whole context before a /metrics body showed it running: on a loaded
       machine vLLM's /metrics can be slower than the tiny model's decode), never a wrong value;
-    - the rung with the most context left (the longest hold) is measured and released, so the
-      measurement itself is exercised on every run;
+    - at least one held rung is measured and released, so the measurement itself is exercised
+      on every run (kv-scale reads /metrics from the moment it sends, so a stream that a loaded
+      vLLM hands over in one piece at its end is still seen decoding);
     - a grid cell is decided as its computed capacity says, or is `undecided` (seen in no known
       state), never the wrong way; at least one cell is decided each way."""
     one_block = 1.0 / (blocks - 1)
@@ -599,10 +600,10 @@ def check_kv_scale(kv, blocks, max_model_len, min_hold=64):
             check(r["released_after_close"] is True,
                   f"kv-scale: prompt {r['prompt_tokens_requested']}: vLLM aborted the closed stream and freed its blocks "
                   f"in {r['release_s']} s")
-    longest = min(held, key=lambda r: r["prompt_tokens_requested"])
-    check(longest["kv_usage_delta"] is not None and longest["released_after_close"] is True,
-          f"kv-scale: the longest hold (prompt {longest['prompt_tokens_requested']}, "
-          f"{max_model_len - longest['prompt_tokens_requested']} tokens of context left) was measured and released")
+    measured = [r["prompt_tokens_requested"] for r in held
+                if r["kv_usage_delta"] is not None and r["released_after_close"] is True]
+    check(measured, f"kv-scale: held rungs measured while resident and released when closed: {measured} of "
+                    f"{[r['prompt_tokens_requested'] for r in held]}")
     for r in accepted:
         if r not in held:
             check(r["kv_usage_delta"] is None and r["kv_note"],

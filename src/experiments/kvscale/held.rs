@@ -99,20 +99,6 @@ impl HeldGroup {
         self.progress.len() as u32
     }
 
-    /// Waits until every stream has started or ended. `false` when interrupted.
-    pub(super) async fn all_started_or_ended(&mut self, token: &CancellationToken) -> bool {
-        for p in &mut self.progress {
-            tokio::select! {
-                r = p.wait_for(|p| p.started() || p.ended) => {
-                    // a sender dropped without `ended`: its task is gone
-                    if r.is_err() { continue; }
-                }
-                _ = token.cancelled() => return false,
-            }
-        }
-        true
-    }
-
     /// Closes every stream still open and collects the samples, in the order sent.
     pub(super) async fn finish(mut self) -> Vec<Sample> {
         self.close.cancel();

@@ -27,26 +27,30 @@ pub(super) struct Residency {
     pub(super) events_at_sample: u32,
 }
 
-/// Reads `/metrics` while a one-request group runs, until two bodies read after its first
-/// token and before it ended show it running, or it ends. `None` when interrupted.
+/// Reads `/metrics` back to back while a one-request group runs, from the moment it is sent,
+/// until two bodies show the request running past its prefill, or it ends. Past the prefill:
+/// the body's `generation_tokens_total` moved since `before` (on a server without that counter:
+/// the client had its first token). The client's own progress is not waited for: a loaded
+/// vLLM can hand a whole stream to the client at once after the request has ended in the
+/// engine, while its `/metrics` still shows the decode step by step. `None` when interrupted.
 pub(super) async fn observe_resident<T: Target>(
     t: &Arc<T>,
     g: &mut HeldGroup,
+    before: Option<&ServerSnapshot>,
     every: Duration,
     token: &CancellationToken,
 ) -> Option<Residency> {
     let mut r = Residency::default();
-    if !g.all_started_or_ended(token).await {
-        return None;
-    }
     loop {
         let at_send = g.state();
-        if at_send.ended > 0 || at_send.started == 0 {
+        if at_send.ended > 0 {
             return Some(r);
         }
         if let Ok(s) = t.metrics().await {
             r.watch.add(&s);
-            if s.running.is_some_and(|x| x >= 1.0) {
+            let past_prefill = decoded_since(before, &s)
+                || (s.generation_tokens_total.is_none() && at_send.started > 0);
+            if s.running.is_some_and(|x| x >= 1.0) && past_prefill {
                 r.events_at_sample = g.progress.first().map_or(0, |p| p.borrow().output_events);
                 r.resident.push(s);
             }
@@ -55,9 +59,9 @@ pub(super) async fn observe_resident<T: Target>(
         if r.resident.len() >= 2 {
             return Some(r);
         }
-        // Back to back while the request decodes: the reads end after two resident bodies,
-        // and a short request leaves little time. The interval paces only a server that
-        // answers /metrics with an error.
+        // Back to back while the request runs: the reads end after two resident bodies, and
+        // a short request leaves little time. The interval paces only a server that answers
+        // /metrics with an error.
         let gap = if r.watch.samples == 0 {
             every
         } else {
@@ -113,7 +117,7 @@ pub(super) async fn ladder_rung<T: Target>(
         let before = t.metrics().await.ok();
         let mut g = HeldGroup::start(t, vec![spec]);
         let res = if holdable {
-            observe_resident(t, &mut g, args.sample_interval, token).await?
+            observe_resident(t, &mut g, before.as_ref(), args.sample_interval, token).await?
         } else {
             let mut w = Watch::default();
             if let Ok(s) = t.metrics().await {

@@ -10,12 +10,12 @@
 //!    The KV usage is read from a body of a known instant, not from a lucky sample: the rung's request
 //!    streams with `ignore_eos` and a `max_tokens` of all the context left
 //!    (`max_model_len − prompt`), so it stays resident until kv-scale closes it or that context
-//!    is used up. After its first
-//!    token, `/metrics` is read back to back until two bodies show the request running
-//!    (`num_requests_running` ≥ 1, a gauge vLLM publishes in the same engine step as
-//!    `kv_cache_usage_perc` and `generation_tokens_total`), or the stream ends after one body
-//!    that shows it running with `generation_tokens_total` past its value before the request
-//!    (a body of a step after the prefill). The last of them gives the usage, and its
+//!    is used up. From the moment it is sent, `/metrics` is read back to back until two bodies
+//!    show the request running past its prefill (`num_requests_running` ≥ 1, a gauge vLLM
+//!    publishes in the same engine step as `kv_cache_usage_perc` and `generation_tokens_total`,
+//!    and `generation_tokens_total` past its value before the request), or the stream ends
+//!    after one such body. The client's progress is not waited for: a loaded vLLM can hand the
+//!    whole stream over at once after the request has ended in the engine. The last of them gives the usage, and its
 //!    `generation_tokens_total` gives the tokens the request then held, so the expected usage
 //!    `ceil((prompt + generated − 1) / block_size) / (num_gpu_blocks − 1)` is of the same
 //!    instant. Then the stream is closed, and kv-scale checks that the server aborted the
