@@ -39,6 +39,7 @@ Checks, each printed with its numbers:
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import subprocess
@@ -189,6 +190,13 @@ def parity_checks(args, out, log, check, fail):
         closer, by = ("vllm-sentinel sweep", abs(gv) - abs(go)) if abs(go) <= abs(gv) else ("vllm bench serve", abs(go) - abs(gv))
         log(f"{metric.upper()}: client − server gap: vllm bench serve {gv * 1e3:+.2f} ms, vllm-sentinel {go * 1e3:+.2f} ms; "
             f"{closer} is closer to the server by {by * 1e3:.2f} ms")
+        # Noise: the standard error of each client's mean (its std over √N requests); the gaps
+        # differ within noise when by at most 3 of their combined standard errors. Reported, not
+        # bounded (the two runs are seconds apart on a shared machine: see the TTFT note below).
+        se = [rows[n][0][f"std_{metric}_ms"] / 1e3 / math.sqrt(N) for n in ("vllm bench serve", "vllm-sentinel sweep")]
+        noise = 3 * math.sqrt(se[0] ** 2 + se[1] ** 2)
+        log(f"{metric.upper()}: the gaps differ by {abs(go - gv) * 1e3:.2f} ms; noise (3 combined standard errors of "
+            f"the means) {noise * 1e3:.2f} ms: {'within' if abs(go - gv) <= noise else 'outside'} noise")
     # TPOT is decode time per token: no HTTP or SSE set-up in it, so both clients must read what
     # vLLM measured inside, within GAP_SHARE of it
     for name in rows:

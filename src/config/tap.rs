@@ -34,8 +34,8 @@ pub struct TapConfig {
     /// A client must send its request headers within this (else the connection is closed).
     #[serde(with = "humantime_serde")]
     pub client_header_timeout: Duration,
-    /// Most bytes of a request body held to read the model (and of a non-streamed response
-    /// body held to read `usage`); the rest streams through unheld.
+    /// Most bytes of a request body copied aside (as it streams upstream) to read the model, and
+    /// of a non-streamed response body held to read `usage`.
     pub max_body_bytes: u64,
     /// How often the upstream's `/v1/models` is re-read (the `model` label's bound).
     #[serde(with = "humantime_serde")]

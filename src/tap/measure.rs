@@ -1,10 +1,10 @@
 //! Measurement of one user request as its bytes go through the tap: never alters them.
 //!
-//! * Request side: the proxy reads at most `tap.max_body_bytes` of the request body before it
-//!   forwards it (all of it when it is smaller; the rest streams through unheld) and
-//!   [`scan_request`] reads `model` and `stream` from that prefix, even when it is cut (a huge
-//!   prompt after `"model"` is fine; a `model` key only past the cut gives `other`). The prefix
-//!   holds prompt text: it is never logged, and is forwarded and released with the request.
+//! * Request side: the proxy forwards the request body as it arrives and copies its first
+//!   `tap.max_body_bytes` aside on the way; when the request ends, [`scan_request`] reads
+//!   `model` and `stream` from that copy, even when it is cut (a huge prompt after `"model"` is
+//!   fine; a `model` key only past the cut gives `other`). The copy holds prompt text: it is
+//!   never logged, and is dropped with the request.
 //! * Response side: [`Measure`] is fed every upstream body frame with its receive time, in the
 //!   order it is forwarded. A `text/event-stream` 2xx goes through the prober's own SSE splitter
 //!   and per-event classifier ([`crate::prober::request::StreamState`]); a JSON 2xx is held (up

@@ -23,8 +23,9 @@
 //!   followed). No `Date` is added. `stream_options` is never injected: a stream without `usage`
 //!   is measured by counting content-bearing events and flagged as an estimate.
 //! * **Measure while streaming.** The request body is forwarded as it arrives; at most
-//!   `tap.max_body_bytes` of it are held to read `model`/`stream` ([`measure`]). The response is
-//!   measured frame by frame, in the order it is forwarded.
+//!   `tap.max_body_bytes` of it are copied aside on the way, to read `model`/`stream` when the
+//!   request ends ([`measure`]). The response is measured frame by frame, in the order it is
+//!   forwarded.
 //! * **Client disconnect → upstream disconnect.** Dropping the response body (hyper does when the
 //!   client goes away) drops the upstream body at once, which closes that upstream connection; no
 //!   task keeps reading. vLLM then aborts the request. Counted as `client_disconnected`, which

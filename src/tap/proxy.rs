@@ -12,8 +12,8 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,9 +33,9 @@ use super::upstream::{Pool, SendError, UpConn};
 use crate::clock::monotonic_ns;
 use crate::config::Endpoint;
 
-/// The body of a request sent upstream: a user's body (held in part), or empty (the tap's own
-/// `/v1/models` reads).
-pub type UpstreamBody = Either<HoldBody, Empty<Bytes>>;
+/// The body of a request sent upstream: a user's body (streamed as it arrives), or empty (the
+/// tap's own `/v1/models` reads).
+pub type UpstreamBody = Either<RequestBody, Empty<Bytes>>;
 /// The body of a response to a user: the upstream's, or the tap's own JSON error.
 pub type ClientBody = Either<TapBody, Full<Bytes>>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -108,19 +108,11 @@ pub async fn handle(
     };
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    let mut body = HoldBody::new(body);
+    let mut body = RequestBody::new(body);
     if endpoint.is_some() {
-        // Read the start of the body (all of it up to the cap) to learn the model before
-        // forwarding; a larger body streams on from there.
-        if body.read_prefix(shared.max_body_bytes).await.is_err() {
-            tracker.no_response(TrafficOutcome::ClientDisconnected, "client_disconnected");
-            return Ok(json_error(
-                StatusCode::BAD_REQUEST,
-                "vllm-sentinel tap: the request body could not be read",
-                "BadRequestError",
-            ));
-        }
-        tracker.info = scan_request(body.prefix());
+        // The body goes upstream as it arrives; its start is copied aside on the way, and
+        // `model` and `stream` are read from the copy when the request ends.
+        tracker.seen = Some(body.tee(shared.max_body_bytes));
     }
     let body_error = body.error.clone();
     let upstream_req = Request::from_parts(parts, Either::Left(body));
@@ -128,7 +120,13 @@ pub async fn handle(
     let sent = tokio::time::timeout(shared.header_timeout, shared.pool.send(upstream_req)).await;
     let (resp, conn) = match sent {
         Err(_) => return Ok(header_timeout(&shared, &mut tracker)),
-        Ok(Err(e)) => {
+        Ok(Err((e, unsent))) => {
+            // Not sent at all (no connection): read the body's start anyway, for the labels.
+            if let Some(req) = unsent
+                && let Either::Left(mut b) = req.into_body()
+            {
+                b.read_seen().await;
+            }
             let body_failed = body_error.load(Ordering::Relaxed);
             return Ok(send_failed(&shared, &mut tracker, &e, body_failed));
         }
@@ -286,61 +284,85 @@ fn is_timeout(e: &SendError) -> bool {
     }
 }
 
-/// A user's request body on its way upstream: the prefix read before forwarding (see
-/// [`HoldBody::read_prefix`]), then the rest of the client's frames, untouched.
-pub struct HoldBody {
+/// The first bytes of a request body, copied as they pass upstream (at most `cap`): the
+/// request's `model` and `stream` are read from them when the request ends. They hold prompt
+/// text: never logged, dropped with the request.
+pub struct Seen {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl Seen {
+    fn new(cap: usize) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self {
+            buf: Vec::new(),
+            cap,
+        }))
+    }
+
+    fn add(&mut self, d: &[u8]) {
+        let room = self.cap.saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&d[..d.len().min(room)]);
+    }
+
+    fn full(&self) -> bool {
+        self.buf.len() >= self.cap
+    }
+}
+
+/// A user's request body on its way upstream: the client's frames, forwarded as they arrive,
+/// untouched and unheld; on the measured routes the first `tap.max_body_bytes` are also copied
+/// aside ([`Seen`]).
+pub struct RequestBody {
     inner: Incoming,
-    /// Data read ahead, not yet forwarded.
-    pre: Option<Bytes>,
-    /// Trailers read ahead (a body that ended within the prefix).
-    pre_trailers: Option<HeaderMap>,
+    seen: Option<Arc<Mutex<Seen>>>,
     /// The client's body failed (it went away mid-upload).
     pub error: Arc<AtomicBool>,
 }
 
-impl HoldBody {
+impl RequestBody {
     fn new(inner: Incoming) -> Self {
         Self {
             inner,
-            pre: None,
-            pre_trailers: None,
+            seen: None,
             error: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Reads frames until the body ends or `cap` bytes are held (a bounded hold: the last
-    /// frame may pass the cap by at most its own size, which hyper bounds by its read buffer).
-    async fn read_prefix(&mut self, cap: usize) -> Result<(), hyper::Error> {
-        let mut buf = bytes::BytesMut::new();
-        while buf.len() < cap && !self.inner.is_end_stream() {
-            match self.inner.frame().await {
-                None => break,
-                Some(Err(e)) => {
-                    self.error.store(true, Ordering::Relaxed);
-                    return Err(e);
-                }
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(d) => buf.extend_from_slice(&d),
-                    Err(f) => {
-                        self.pre_trailers = f.into_trailers().ok();
-                        break;
-                    }
-                },
-            }
-        }
-        if !buf.is_empty() {
-            self.pre = Some(buf.freeze());
-        }
-        Ok(())
+    /// Copies the first `cap` bytes aside as they pass; returns the copy.
+    fn tee(&mut self, cap: usize) -> Arc<Mutex<Seen>> {
+        let seen = Seen::new(cap);
+        self.seen = Some(seen.clone());
+        seen
     }
 
-    /// The data read ahead.
-    fn prefix(&self) -> &[u8] {
-        self.pre.as_deref().unwrap_or_default()
+    /// Reads (without forwarding) until the body ends or the copy is full: for a request that
+    /// could not be sent, so that its `model` is still known.
+    async fn read_seen(&mut self) {
+        let Some(seen) = self.seen.clone() else {
+            return;
+        };
+        while !self.inner.is_end_stream() && !lock(&seen).full() {
+            match self.inner.frame().await {
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => lock(&seen).add(&d),
+                    Err(_) => break,
+                },
+                Some(Err(_)) => {
+                    self.error.store(true, Ordering::Relaxed);
+                    break;
+                }
+                None => break,
+            }
+        }
     }
 }
 
-impl Body for HoldBody {
+fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
+    seen.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -348,32 +370,28 @@ impl Body for HoldBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(d) = self.pre.take() {
-            return Poll::Ready(Some(Ok(Frame::data(d))));
-        }
-        if let Some(t) = self.pre_trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(t))));
-        }
         let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &r {
-            self.error.store(true, Ordering::Relaxed);
+        match &r {
+            Poll::Ready(Some(Err(_))) => self.error.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(seen), Some(d)) = (&self.seen, f.data_ref()) {
+                    let mut g = lock(seen);
+                    if !g.full() {
+                        g.add(d);
+                    }
+                }
+            }
+            _ => {}
         }
         r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pre.is_none() && self.pre_trailers.is_none() && self.inner.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
-        let pre = self.pre.as_ref().map_or(0, |b| b.len() as u64);
-        let mut h = SizeHint::new();
-        h.set_lower(inner.lower().saturating_add(pre));
-        if let Some(u) = inner.upper() {
-            h.set_upper(u.saturating_add(pre));
-        }
-        h
+        self.inner.size_hint()
     }
 }
 
@@ -384,8 +402,10 @@ pub struct Tracker {
     shared: Arc<Shared>,
     start_ns: u64,
     endpoint: Option<Endpoint>,
-    /// `model` and `stream` of a measured request.
+    /// `model` and `stream` of a measured request, read from `seen` when it ends.
     info: RequestInfo,
+    /// The start of a measured request's body, copied as it went upstream.
+    seen: Option<Arc<Mutex<Seen>>>,
     measure: Option<Measure>,
     status: Option<u16>,
     finished: bool,
@@ -405,9 +425,18 @@ impl Tracker {
             start_ns,
             endpoint,
             info: RequestInfo::default(),
+            seen: None,
             measure: None,
             status: None,
             finished: false,
+        }
+    }
+
+    /// The request's `model` and `stream`, from the copy of its body's start.
+    fn take_info(&mut self) -> RequestInfo {
+        match self.seen.take() {
+            Some(seen) => scan_request(&lock(&seen).buf),
+            None => std::mem::take(&mut self.info),
         }
     }
 
@@ -427,7 +456,7 @@ impl Tracker {
         let sh = self.shared.clone();
         match self.endpoint {
             Some(ep) => {
-                let info = std::mem::take(&mut self.info);
+                let info = self.take_info();
                 let model = sh.models.label(info.model.as_deref());
                 let rec = without_response(self.start_ns, monotonic_ns(), ep, info, model, outcome);
                 sh.metrics.record(&sh.target, &rec);
@@ -446,7 +475,7 @@ impl Tracker {
         let sh = self.shared.clone();
         match (self.endpoint, self.measure.take()) {
             (Some(_), Some(m)) => {
-                let info = std::mem::take(&mut self.info);
+                let info = self.take_info();
                 let model = sh.models.label(info.model.as_deref());
                 let (models, name) = (sh.models.clone(), model.clone());
                 let rec = m.finish(end, now, info, model, move || models.max_model_len(&name));

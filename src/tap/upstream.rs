@@ -96,14 +96,18 @@ impl Pool {
     }
 
     /// Sends `req` on an idle connection or a new one, driving the connection until the
-    /// response head arrives. Never retries a request that may have been sent.
+    /// response head arrives. Never retries a request that may have been sent. A request that
+    /// got no connection at all is handed back with the error.
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, UpConn), SendError> {
+    ) -> Result<(Response<Incoming>, UpConn), (SendError, Option<Request<UpstreamBody>>)> {
         let mut up = match self.checkout().await {
             Some(c) => c,
-            None => self.connect().await?,
+            None => match self.connect().await {
+                Ok(c) => c,
+                Err(e) => return Err((e, Some(req))),
+            },
         };
         let mut fut = std::pin::pin!(up.tx.send_request(req));
         let mut conn_done = false;
@@ -120,7 +124,8 @@ impl Pool {
             Poll::Pending
         })
         .await;
-        head.map(|r| (r, up)).map_err(SendError::Http)
+        head.map(|r| (r, up))
+            .map_err(|e| (SendError::Http(e), None))
     }
 
     /// An idle connection that is still usable, most recent first.

@@ -1600,3 +1600,79 @@ async fn ten_thousand_idle_connections_do_not_stop_the_tap() {
     );
     drop(idle);
 }
+
+/// The request body goes upstream as the client sends it: the upstream has its first bytes
+/// while the client still holds the rest (nothing is read ahead to find `model`), and the
+/// labels still come from it.
+#[tokio::test]
+async fn a_request_body_goes_upstream_as_it_arrives() {
+    const WAIT: Duration = Duration::from_secs(20);
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tap = start_tap(
+        &format!("http://{}", up.local_addr().unwrap()),
+        Some(vec!["tiny"]),
+        |_| {},
+    )
+    .await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    let url = format!("{}/v1/completions", tap.url());
+    let client = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+    });
+    tx.send(bytes::Bytes::from_static(
+        br#"{"model":"tiny","prompt":"first"#,
+    ))
+    .await
+    .unwrap();
+    let (mut s, _) = tokio::time::timeout(WAIT, up.accept())
+        .await
+        .expect("the tap opened no upstream connection while the body was incomplete")
+        .unwrap();
+    let mut got = Vec::new();
+    let has = |got: &[u8], what: &[u8]| got.windows(what.len()).any(|w| w == what);
+    while !has(&got, b"first") {
+        let n = tokio::time::timeout(WAIT, s.read_buf(&mut got))
+            .await
+            .expect("the tap held the body's first bytes back")
+            .unwrap();
+        assert!(n > 0, "upstream connection closed early");
+    }
+    // Only now does the client send the rest.
+    tx.send(bytes::Bytes::from_static(br#"","stream":false}"#))
+        .await
+        .unwrap();
+    drop(tx);
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read_buf(&mut got))
+            .await
+            .expect("the body's end did not arrive")
+            .unwrap();
+        assert!(n > 0, "upstream connection closed early");
+    }
+    assert!(has(&got, br#""stream":false}"#));
+    s.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let r = client.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "{}");
+    let t = tap.text();
+    assert_eq!(
+        metric(
+            &t,
+            "vllm_sentinel_traffic_requests_total",
+            &["model=\"tiny\"", "stream=\"false\""]
+        ),
+        1.0,
+        "{t}"
+    );
+}
