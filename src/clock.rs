@@ -9,7 +9,12 @@
 /// Nanoseconds on `CLOCK_MONOTONIC` (system-wide, never jumps; not wall time).
 #[inline]
 pub fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    read_ns(rustix::time::ClockId::Monotonic)
+}
+
+#[inline]
+fn read_ns(clock: rustix::time::ClockId) -> u64 {
+    let ts = rustix::time::clock_gettime(clock);
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
@@ -21,10 +26,7 @@ pub fn monotonic_ns() -> u64 {
 /// encoding `/metrics` costs with it.
 #[inline]
 pub fn thread_cpu_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+    read_ns(rustix::time::ClockId::ThreadCPUTime)
 }
 
 /// Seconds since the unix epoch, as Prometheus timestamps want them.
@@ -55,5 +57,24 @@ mod tests {
             dm.abs_diff(di) < 1_000_000,
             "monotonic {dm} ns vs instant {di} ns"
         );
+    }
+
+    /// The thread's CPU clock moves while it computes and not while it sleeps, whatever else
+    /// the machine runs (a sleeping thread is charged nothing).
+    #[test]
+    fn thread_cpu_counts_work_not_sleep() {
+        let c0 = thread_cpu_ns();
+        let m0 = monotonic_ns();
+        let mut x = 0u64;
+        while monotonic_ns() - m0 < 2_000_000 {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let c1 = thread_cpu_ns();
+        assert!(c1 > c0, "{c0} -> {c1}");
+        let w0 = monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let slept = monotonic_ns() - w0;
+        let charged = thread_cpu_ns() - c1;
+        assert!(charged < slept, "charged {charged} ns over a {slept} ns sleep");
     }
 }
