@@ -75,6 +75,9 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(30));
         let slept = monotonic_ns() - w0;
         let charged = thread_cpu_ns() - c1;
-        assert!(charged < slept, "charged {charged} ns over a {slept} ns sleep");
+        assert!(
+            charged < slept,
+            "charged {charged} ns over a {slept} ns sleep"
+        );
     }
 }
