@@ -6,7 +6,7 @@ args.bin (the vllm-sentinel binary), args.vllm (vLLM's base URL), args.max_model
 `out` a directory for the config and the daemon's log; `log(msg)`, `check(cond, msg)`,
 `fail(msg)` the tier's reporting functions. Standalone:
 
-    python3 scripts/e2e/tap_checks.py --bin target/debug/vllm-sentinel \
+    VLLM_PIDFILE=/path/to/vllm.pid python3 scripts/e2e/tap_checks.py --bin target/debug/vllm-sentinel \
         --vllm http://127.0.0.1:18123 --max-model-len 1024 --out /tmp/tap-e2e
 
 What it checks, each with the numbers it compared:
@@ -22,9 +22,11 @@ What it checks, each with the numbers it compared:
    event when the client reads slowly).
 4. Deterministic responses through the tap equal direct ones: the non-streamed JSON with id and
    created removed, the streamed bytes with id and created blanked.
-5. An aborted stream is freed: the tap counts client_disconnected, vLLM's
-   num_requests_running returns to 0 and generation_tokens_total stops growing well before
-   max_tokens.
+5. An aborted stream is freed: with vLLM's engine stopped (SIGSTOP) so that nothing races, a
+   long stream is started through the tap and the client leaves after the headers; once vLLM's
+   API has finished the request the engine is continued. The tap counts client_disconnected,
+   vLLM's num_requests_running returns to 0, generation_tokens_total stops growing well before
+   max_tokens, and vLLM counts no success.
 """
 import argparse
 import http.client
@@ -86,6 +88,27 @@ def _parse(body):
 
 def _total(samples, name, **want):
     return sum(v for n, l, v in samples if n == name and all(l.get(k) == w for k, w in want.items()))
+
+
+def _engine_pids():
+    """vLLM's engine processes (EngineCore, Worker): the `VLLM::*` processes in the process group
+    serve.sh started with setsid, whose leader's pid is in $VLLM_PIDFILE."""
+    with open(os.environ["VLLM_PIDFILE"]) as f:
+        pgid = int(f.read().strip())
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and comm.startswith("VLLM::"):
+            pids.append(int(d))
+    return sorted(pids)
 
 
 def _get(url, timeout=10):
@@ -167,6 +190,7 @@ def tap_checks(args, out, log, check, fail):
                 "v_gen": _total(v, "vllm:generation_tokens_total"),
                 "v_prompt": _total(v, "vllm:prompt_tokens_total"),
                 "v_running": _total(v, "vllm:num_requests_running"),
+                "v_http": _total(v, "http_requests_total", handler="/v1/completions"),
                 "t_ok": _total(t, "vllm_sentinel_traffic_requests_total", outcome="ok"),
                 "t_ctx": _total(t, "vllm_sentinel_traffic_requests_total", outcome="context_length"),
                 "t_disc": _total(t, "vllm_sentinel_traffic_requests_total", outcome="client_disconnected"),
@@ -259,25 +283,38 @@ def tap_checks(args, out, log, check, fail):
             check(a[0] == b[0] == 200 and _strip_ids(a[1]) == _strip_ids(b[1]),
                   f"{path} streamed: the tap's bytes equal the direct ones (id/created blanked), {len(b[1])} bytes")
 
-        # 5. An aborted stream is freed.
+        # 5. An aborted stream is freed. vLLM's engine (EngineCore and Worker, in the process
+        # group serve.sh started) is stopped with SIGSTOP while the request goes in and the
+        # client goes away, and continued only once vLLM's API process has finished the request
+        # (its http_requests_total counts a stream when its handler returns, after AsyncLLM has
+        # sent the engine the abort). Nothing is raced: on a loaded machine vLLM's API process
+        # holds a stream and delivers it in one burst after the whole generation (measured with
+        # stress-ng --cpu 2: 2.0-2.3 s, all 1,008 tokens), so an engine left running finishes
+        # before any client can abort. If the tap did not close the upstream connection, vLLM
+        # would never see the disconnect: its handler would not return, and after the engine
+        # is continued it would generate all max_tokens and count a success.
         base = quiet()
         max_tokens = mml - 16
+        engine = _engine_pids()
+        check(len(engine) >= 1, f"vLLM's engine processes found: {engine}")
         u = urllib.parse.urlparse(tap)
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-        conn.request("POST", "/v1/completions", body=json.dumps({
-            "model": "tiny", "prompt": "Once", "max_tokens": max_tokens, "ignore_eos": True, "stream": True}),
-            headers={"content-type": "application/json"})
-        r = conn.getresponse()
-        check(r.status == 200, "tap: a long stream started (200 and its headers came through the tap)")
-        # Abort right after the headers, not after the first event. vLLM sends the headers once
-        # the request is in its engine; but on a loaded machine its API process gets the CPU
-        # only between engine steps and delivers the whole stream in one burst at the end
-        # (measured with stress-ng --cpu 2: headers after 2-3 ms, first event after 2.0-2.3 s,
-        # all 1,008 tokens generated). Waiting for an event would then wait for the end, and
-        # nothing would be left to abort. Closing now, the tap sees EOF on the client socket
-        # while it waits for upstream data and must close the upstream connection itself.
-        conn.sock.shutdown(socket.SHUT_RDWR)
-        conn.close()
+        for pid in engine:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            conn.request("POST", "/v1/completions", body=json.dumps({
+                "model": "tiny", "prompt": "Once", "max_tokens": max_tokens, "ignore_eos": True, "stream": True}),
+                headers={"content-type": "application/json"})
+            r = conn.getresponse()
+            check(r.status == 200, "tap: a long stream started (200 and its headers came through the tap)")
+            conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
+            _wait("the tap to count the disconnect and vLLM's API to finish the request", 60,
+                  lambda: (lambda x: x if x["t_disc"] > base["t_disc"] and x["v_http"] > base["v_http"]
+                           else None)(snap()), fail)
+        finally:
+            for pid in engine:
+                os.kill(pid, signal.SIGCONT)
         s = _wait("the aborted request to leave vLLM", 60,
                   lambda: (lambda x: x if x["v_running"] == 0 and x["t_inflight"] == 0 else None)(snap()), fail)
         # Nothing runs any more, so a second read must show the same generation counter.
