@@ -140,6 +140,26 @@ pub async fn list_models(
     list_models_with(client, base_url, bearer(api_key).as_deref(), timeout).await
 }
 
+/// One read of `/v1/models`: the models with their limits, and every entry with its `parent`
+/// (LoRA adapters have one), both from the same body.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub models: Vec<ModelInfo>,
+    pub listed: Vec<crate::workload::lora::Listed>,
+}
+
+/// `GET {base}/v1/models` with a whole `Authorization` value (`Bearer …`, `Basic …`), read once.
+pub async fn list_with(
+    client: &reqwest::Client,
+    base_url: &str,
+    authorization: Option<&str>,
+    timeout: Duration,
+) -> Result<Listing, DiscoveryError> {
+    let b = auth(client.get(format!("{base_url}/v1/models")), authorization);
+    let body = get_json(b, "/v1/models", timeout).await?;
+    parse_listing(&body)
+}
+
 /// `GET {base}/v1/models` with a whole `Authorization` value (`Bearer …`, `Basic …`).
 pub async fn list_models_with(
     client: &reqwest::Client,
@@ -147,26 +167,35 @@ pub async fn list_models_with(
     authorization: Option<&str>,
     timeout: Duration,
 ) -> Result<Vec<ModelInfo>, DiscoveryError> {
-    let b = auth(client.get(format!("{base_url}/v1/models")), authorization);
-    let body = get_json(b, "/v1/models", timeout).await?;
-    parse_models(&body)
+    Ok(list_with(client, base_url, authorization, timeout)
+        .await?
+        .models)
 }
 
-/// Parses a `/v1/models` body.
-pub fn parse_models(body: &[u8]) -> Result<Vec<ModelInfo>, DiscoveryError> {
+/// Parses a `/v1/models` body into its models and its entries with their parents.
+pub fn parse_listing(body: &[u8]) -> Result<Listing, DiscoveryError> {
     let list: ModelList =
         serde_json::from_slice(body).map_err(|e| DiscoveryError::BadResponse {
             path: "/v1/models",
             message: event::short(&e.to_string()),
         })?;
-    Ok(list
-        .data
-        .into_iter()
-        .map(|m| ModelInfo {
-            id: m.id,
+    let mut out = Listing::default();
+    for m in list.data {
+        out.models.push(ModelInfo {
+            id: m.id.clone(),
             max_model_len: m.max_model_len.map(|n| n.min(u64::from(u32::MAX)) as u32),
-        })
-        .collect())
+        });
+        out.listed.push(crate::workload::lora::Listed {
+            id: m.id,
+            parent: m.parent,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses a `/v1/models` body.
+pub fn parse_models(body: &[u8]) -> Result<Vec<ModelInfo>, DiscoveryError> {
+    Ok(parse_listing(body)?.models)
 }
 
 /// `GET {base}/v1/models`: every entry with its `parent` (LoRA adapters have one), for the
@@ -177,26 +206,14 @@ pub async fn list_listed_with(
     authorization: Option<&str>,
     timeout: Duration,
 ) -> Result<Vec<crate::workload::lora::Listed>, DiscoveryError> {
-    let b = auth(client.get(format!("{base_url}/v1/models")), authorization);
-    let body = get_json(b, "/v1/models", timeout).await?;
-    parse_listed(&body)
+    Ok(list_with(client, base_url, authorization, timeout)
+        .await?
+        .listed)
 }
 
 /// Parses a `/v1/models` body into its entries and their parents.
 pub fn parse_listed(body: &[u8]) -> Result<Vec<crate::workload::lora::Listed>, DiscoveryError> {
-    let list: ModelList =
-        serde_json::from_slice(body).map_err(|e| DiscoveryError::BadResponse {
-            path: "/v1/models",
-            message: event::short(&e.to_string()),
-        })?;
-    Ok(list
-        .data
-        .into_iter()
-        .map(|m| crate::workload::lora::Listed {
-            id: m.id,
-            parent: m.parent,
-        })
-        .collect())
+    Ok(parse_listing(body)?.listed)
 }
 
 /// The model to probe: `wanted` when given (it must be listed, unless the server lists none
@@ -209,8 +226,23 @@ pub async fn discover_model(
     wanted: Option<&str>,
     timeout: Duration,
 ) -> Result<ModelInfo, DiscoveryError> {
-    let models = list_models_with(client, base_url, authorization, timeout).await?;
-    pick_model(models, wanted)
+    Ok(
+        discover_listed(client, base_url, authorization, wanted, timeout)
+            .await?
+            .0,
+    )
+}
+
+/// [`discover_model`], with every entry of the same read and its parent (for the `lora` source).
+pub async fn discover_listed(
+    client: &reqwest::Client,
+    base_url: &str,
+    authorization: Option<&str>,
+    wanted: Option<&str>,
+    timeout: Duration,
+) -> Result<(ModelInfo, Vec<crate::workload::lora::Listed>), DiscoveryError> {
+    let l = list_with(client, base_url, authorization, timeout).await?;
+    Ok((pick_model(l.models, wanted)?, l.listed))
 }
 
 /// Chooses from a model list (see [`discover_model`]).

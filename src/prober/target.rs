@@ -139,7 +139,9 @@ pub async fn run_target(
         label: &label,
         timeout: discovery_timeout,
     };
-    let Some(info) = discover(&discovering, t, &run.prober, &deps, &mut ready, &stop).await else {
+    let Some((info, listed)) =
+        discover(&discovering, t, &run.prober, &deps, &mut ready, &stop).await
+    else {
         return;
     };
     ready.done();
@@ -150,7 +152,7 @@ pub async fn run_target(
     mark_discovered(&deps, &label, &info);
 
     let prompts = calibrate_prompts(&discovering, t, &info.id).await;
-    let listed = list_adapters(&discovering, t).await;
+    let listed = adapters_if_used(t, listed);
 
     if let Some(limit) = info.max_model_len {
         warn_over_max_model_len(&label, t, &info, limit, &deps.metrics);
@@ -228,7 +230,8 @@ struct Discovering<'a> {
 }
 
 /// Discovers the target's model, retrying with backoff while the target is down; `None` when
-/// the target is removed or shutdown starts first.
+/// the target is removed or shutdown starts first. With it, every entry of the same
+/// `/v1/models` read and its parent (the `lora` source's adapters).
 async fn discover(
     d: &Discovering<'_>,
     t: &TargetConfig,
@@ -236,11 +239,11 @@ async fn discover(
     deps: &TargetDeps,
     ready: &mut ReadyOnce,
     stop: &CancellationToken,
-) -> Option<discovery::ModelInfo> {
+) -> Option<(discovery::ModelInfo, Vec<crate::workload::lora::Listed>)> {
     let mut backoff = prober.discovery_retry_min;
     let mut attempts = 0u32;
     loop {
-        match discovery::discover_model(
+        match discovery::discover_listed(
             d.client,
             d.base_url,
             d.authorization,
@@ -465,23 +468,18 @@ fn build_source(
     }
 }
 
-/// `/v1/models` with parents, when a workload uses the `lora` source.
-async fn list_adapters(
-    d: &Discovering<'_>,
+/// The listed entries with their parents, kept only when a workload uses the `lora` source.
+fn adapters_if_used(
     t: &TargetConfig,
+    listed: Vec<crate::workload::lora::Listed>,
 ) -> Vec<crate::workload::lora::Listed> {
-    if !effective_workloads(t)
+    if effective_workloads(t)
         .iter()
         .any(|w| w.source == SourceKind::Lora)
     {
-        return Vec::new();
-    }
-    match discovery::list_listed_with(d.client, d.base_url, d.authorization, d.timeout).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(target = %d.label, error = %e, "cannot list the LoRA adapters");
-            Vec::new()
-        }
+        listed
+    } else {
+        Vec::new()
     }
 }
 
