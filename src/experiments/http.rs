@@ -38,6 +38,9 @@ pub struct HttpTarget {
     timeouts: Timeouts,
     /// The model and its prompt builder, set by [`Target::prepare`].
     prepared: OnceCell<(String, PromptBuilder)>,
+    /// Every entry of the last `/v1/models` read by [`Target::models`], with its parent: the
+    /// `lora` source takes its adapters from it instead of reading the list again.
+    listed: Mutex<Option<Vec<crate::workload::lora::Listed>>>,
     rng: Mutex<SmallRng>,
     gpu: GpuReader,
 }
@@ -71,6 +74,7 @@ impl HttpTarget {
             endpoint: c.endpoint,
             timeouts,
             prepared: OnceCell::new(),
+            listed: Mutex::new(None),
             rng: Mutex::new(SmallRng::seed_from_u64(crate::clock::monotonic_ns())),
             gpu: if c.no_gpu {
                 GpuReader::off()
@@ -177,14 +181,17 @@ impl request::ChunkObserver for ProgressObserver<'_> {
 
 impl Target for HttpTarget {
     async fn models(&self) -> anyhow::Result<Vec<ModelInfo>> {
-        let ms = discovery::list_models_with(
+        let l = discovery::list_with(
             self.client.http(),
             &self.base_url,
             self.auth(),
             self.timeouts.connect.max(Duration::from_secs(10)),
         )
         .await?;
-        Ok(ms
+        if let Ok(mut g) = self.listed.lock() {
+            *g = Some(l.listed);
+        }
+        Ok(l.models
             .into_iter()
             .map(|m| ModelInfo {
                 id: m.id,
@@ -248,6 +255,9 @@ impl Target for HttpTarget {
     }
 
     async fn listed_models(&self) -> anyhow::Result<Vec<crate::workload::lora::Listed>> {
+        if let Some(l) = self.listed.lock().ok().and_then(|g| g.clone()) {
+            return Ok(l);
+        }
         Ok(discovery::list_listed_with(
             self.client.http(),
             &self.base_url,
