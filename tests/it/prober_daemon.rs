@@ -745,20 +745,7 @@ async fn an_undiscovered_target_is_visible_and_not_ready() {
 /// model: the daemon reads the list once, not a second time for the adapters.
 #[tokio::test]
 async fn a_lora_workload_reads_the_model_list_once() {
-    let reads = Arc::new(AtomicUsize::new(0));
-    let r2 = reads.clone();
-    let fake = start(move |n, path, body| {
-        if path == "/v1/models" {
-            r2.fetch_add(1, Ordering::SeqCst);
-            return fixed(
-                200,
-                "application/json",
-                br#"{"object":"list","data":[{"id":"tiny","object":"model","parent":null,"max_model_len":1024},{"id":"sql","object":"model","parent":"tiny","max_model_len":null}]}"#,
-            );
-        }
-        vllm_like(n, path, body)
-    })
-    .await;
+    let mut fake = start(prober_support::vllm_with_adapter).await;
     let h = start_prober(config(
         &fake.url,
         "[[targets.workloads]]\nname = \"l\"\nsource = \"lora\"\nprompt_tokens = 8\nmax_tokens = 2\n[targets.canary]\nenabled = false\n",
@@ -767,6 +754,6 @@ async fn a_lora_workload_reads_the_model_list_once() {
         metric(t, REQ, &["model=\"sql\"", "outcome=\"ok\""]) >= 1.0
     })
     .await;
-    assert_eq!(reads.load(Ordering::SeqCst), 1, "reads of /v1/models");
+    assert_eq!(fake.count("/v1/models"), 1, "reads of /v1/models");
     h.shutdown().await;
 }

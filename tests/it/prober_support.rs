@@ -76,6 +76,19 @@ pub fn fixed(status: u16, content_type: &str, body: &[u8]) -> Vec<Step> {
     vec![Step::Raw(head)]
 }
 
+/// As [`vllm_like`], but `/v1/models` also lists `sql`, a LoRA adapter of `tiny` (its `parent`),
+/// as vLLM lists `--lora-modules`.
+pub fn vllm_with_adapter(n: usize, path: &str, body: &[u8]) -> Vec<Step> {
+    if path == "/v1/models" {
+        return fixed(
+            200,
+            "application/json",
+            br#"{"object":"list","data":[{"id":"tiny","object":"model","parent":null,"max_model_len":1024},{"id":"sql","object":"model","parent":"tiny","max_model_len":null}]}"#,
+        );
+    }
+    vllm_like(n, path, body)
+}
+
 /// The fake: serves `script(n, path, body)` to the n-th request (0-based).
 pub struct Fake {
     pub url: String,
@@ -83,6 +96,18 @@ pub struct Fake {
     pub served: Arc<AtomicUsize>,
     /// Connections accepted.
     pub conns: Arc<AtomicUsize>,
+}
+
+impl Fake {
+    /// How many of the requests received so far (each is recorded before it is answered) were
+    /// for `path`; drains the record.
+    pub fn count(&mut self, path: &str) -> usize {
+        let mut n = 0;
+        while let Ok((head, _)) = self.requests.try_recv() {
+            n += usize::from(head.split('\n').next() == Some(path));
+        }
+        n
+    }
 }
 
 pub async fn start(

@@ -338,23 +338,7 @@ async fn lora_requests_go_round_robin_to_the_listed_adapters() {
 /// the list is read once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_with_lora_reads_the_model_list_once() {
-    use crate::prober_support::{fixed, start, vllm_like};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let reads = Arc::new(AtomicUsize::new(0));
-    let r2 = reads.clone();
-    let fake = start(move |n, path, body| {
-        if path == "/v1/models" {
-            r2.fetch_add(1, Ordering::SeqCst);
-            return fixed(
-                200,
-                "application/json",
-                br#"{"object":"list","data":[{"id":"tiny","object":"model","parent":null,"max_model_len":1024},{"id":"sql","object":"model","parent":"tiny","max_model_len":null}]}"#,
-            );
-        }
-        vllm_like(n, path, body)
-    })
-    .await;
+    let mut fake = crate::prober_support::start(crate::prober_support::vllm_with_adapter).await;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let Command::Bench(a) = cli(&[
@@ -378,5 +362,5 @@ async fn bench_with_lora_reads_the_model_list_once() {
     assert_eq!(code, ExitCode::SUCCESS);
     let d = read_json(&json)["settings"]["dataset"].to_string();
     assert!(d.contains("(sql)"), "{d}");
-    assert_eq!(reads.load(Ordering::SeqCst), 1, "reads of /v1/models");
+    assert_eq!(fake.count("/v1/models"), 1, "reads of /v1/models");
 }
