@@ -258,13 +258,14 @@ impl Target for HttpTarget {
         if let Some(l) = self.listed.lock().ok().and_then(|g| g.clone()) {
             return Ok(l);
         }
-        Ok(discovery::list_listed_with(
+        Ok(discovery::list_with(
             self.client.http(),
             &self.base_url,
             self.auth(),
             self.timeouts.connect.max(Duration::from_secs(10)),
         )
-        .await?)
+        .await?
+        .listed)
     }
 
     async fn stream_held(

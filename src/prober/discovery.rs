@@ -137,7 +137,11 @@ pub async fn list_models(
     api_key: Option<&str>,
     timeout: Duration,
 ) -> Result<Vec<ModelInfo>, DiscoveryError> {
-    list_models_with(client, base_url, bearer(api_key).as_deref(), timeout).await
+    Ok(
+        list_with(client, base_url, bearer(api_key).as_deref(), timeout)
+            .await?
+            .models,
+    )
 }
 
 /// One read of `/v1/models`: the models with their limits, and every entry with its `parent`
@@ -160,18 +164,6 @@ pub async fn list_with(
     parse_listing(&body)
 }
 
-/// `GET {base}/v1/models` with a whole `Authorization` value (`Bearer …`, `Basic …`).
-pub async fn list_models_with(
-    client: &reqwest::Client,
-    base_url: &str,
-    authorization: Option<&str>,
-    timeout: Duration,
-) -> Result<Vec<ModelInfo>, DiscoveryError> {
-    Ok(list_with(client, base_url, authorization, timeout)
-        .await?
-        .models)
-}
-
 /// Parses a `/v1/models` body into its models and its entries with their parents.
 pub fn parse_listing(body: &[u8]) -> Result<Listing, DiscoveryError> {
     let list: ModelList =
@@ -191,29 +183,6 @@ pub fn parse_listing(body: &[u8]) -> Result<Listing, DiscoveryError> {
         });
     }
     Ok(out)
-}
-
-/// Parses a `/v1/models` body.
-pub fn parse_models(body: &[u8]) -> Result<Vec<ModelInfo>, DiscoveryError> {
-    Ok(parse_listing(body)?.models)
-}
-
-/// `GET {base}/v1/models`: every entry with its `parent` (LoRA adapters have one), for the
-/// `lora` workload source.
-pub async fn list_listed_with(
-    client: &reqwest::Client,
-    base_url: &str,
-    authorization: Option<&str>,
-    timeout: Duration,
-) -> Result<Vec<crate::workload::lora::Listed>, DiscoveryError> {
-    Ok(list_with(client, base_url, authorization, timeout)
-        .await?
-        .listed)
-}
-
-/// Parses a `/v1/models` body into its entries and their parents.
-pub fn parse_listed(body: &[u8]) -> Result<Vec<crate::workload::lora::Listed>, DiscoveryError> {
-    Ok(parse_listing(body)?.listed)
 }
 
 /// The model to probe: `wanted` when given (it must be listed, unless the server lists none
@@ -328,10 +297,11 @@ mod tests {
     #[test]
     fn lists_lora_adapters_with_their_parent() {
         use crate::workload::lora::Listed;
-        let base = parse_listed(include_bytes!(
+        let base = parse_listing(include_bytes!(
             "../../tests/data/vllm-0.32.0-cpu/v1_models.body"
         ))
-        .unwrap();
+        .unwrap()
+        .listed;
         assert_eq!(
             base,
             vec![Listed {
@@ -341,21 +311,22 @@ mod tests {
         );
         // vLLM lists an adapter of --lora-modules as a model whose parent is the base model.
         let body = br#"{"object":"list","data":[{"id":"tiny","object":"model","root":"/models/tiny","parent":null,"max_model_len":2048},{"id":"sql-lora","object":"model","root":"/adapters/sql","parent":"tiny","max_model_len":null}]}"#;
-        let l = parse_listed(body).unwrap();
+        let l = parse_listing(body).unwrap().listed;
         assert_eq!(l[1].parent.as_deref(), Some("tiny"));
         assert_eq!(
             crate::workload::lora::choose(&l, &[]).unwrap(),
             vec![std::sync::Arc::<str>::from("sql-lora")]
         );
-        assert!(parse_listed(b"{}").is_err());
+        assert!(parse_listing(b"{}").is_err());
     }
 
     #[test]
     fn parses_vllm_models_and_tokenize() {
-        let m = parse_models(include_bytes!(
+        let m = parse_listing(include_bytes!(
             "../../tests/data/vllm-0.32.0-cpu/v1_models.body"
         ))
-        .unwrap();
+        .unwrap()
+        .models;
         assert_eq!(
             m,
             vec![ModelInfo {
@@ -394,6 +365,6 @@ mod tests {
             Err(DiscoveryError::ModelNotFound { .. })
         ));
         assert_eq!(pick_model(vec![], None), Err(DiscoveryError::NoModels));
-        assert!(parse_models(b"{}").is_err());
+        assert!(parse_listing(b"{}").is_err());
     }
 }

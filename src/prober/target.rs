@@ -152,7 +152,6 @@ pub async fn run_target(
     mark_discovered(&deps, &label, &info);
 
     let prompts = calibrate_prompts(&discovering, t, &info.id).await;
-    let listed = adapters_if_used(t, listed);
 
     if let Some(limit) = info.max_model_len {
         warn_over_max_model_len(&label, t, &info, limit, &deps.metrics);
@@ -465,21 +464,6 @@ fn build_source(
             tracing::error!(target = %shared.label, workload = %label, error = %e, "workload source unusable; the workload does not run");
             None
         }
-    }
-}
-
-/// The listed entries with their parents, kept only when a workload uses the `lora` source.
-fn adapters_if_used(
-    t: &TargetConfig,
-    listed: Vec<crate::workload::lora::Listed>,
-) -> Vec<crate::workload::lora::Listed> {
-    if effective_workloads(t)
-        .iter()
-        .any(|w| w.source == SourceKind::Lora)
-    {
-        listed
-    } else {
-        Vec::new()
     }
 }
 
