@@ -12,12 +12,13 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -534,6 +535,56 @@ pub struct TapBody<B = Incoming> {
     idle_timeout: Duration,
     /// When the last upstream frame arrived.
     last_frame: tokio::time::Instant,
+    /// The waker the upstream connection and body are polled with (see [`SelfWake`]).
+    wake: Arc<SelfWake>,
+    own_waker: Waker,
+}
+
+/// How many times [`TapBody`] polls again at once for a wake-up its own polls caused, before it
+/// leaves the wake-up to the scheduler (tokio's cooperative budget also wakes a task that must
+/// yield: that one must not be answered by polling on).
+const SELF_WAKE_REPOLLS: u32 = 3;
+
+/// The waker the upstream connection and body are polled with. While [`TapBody::poll_frame`]
+/// runs, a wake-up is only noted (the body polls again itself, [`TapBody::step`]); at any other
+/// time, and for a wake-up noted but not answered when the poll returns, it wakes the task.
+#[derive(Default)]
+struct SelfWake {
+    state: AtomicU8,
+    task: AtomicWaker,
+}
+
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+impl SelfWake {
+    fn enter(&self, task: &Waker) {
+        self.task.register(task);
+        self.state.store(POLLING, Ordering::Release);
+    }
+    fn clear(&self) {
+        self.state.fetch_and(!WOKEN, Ordering::AcqRel);
+    }
+    /// Whether a wake-up came since the last [`Self::clear`] (and forgets it).
+    fn take(&self) -> bool {
+        self.state.fetch_and(!WOKEN, Ordering::AcqRel) & WOKEN != 0
+    }
+    fn leave(&self) {
+        if self.state.swap(0, Ordering::AcqRel) & WOKEN != 0 {
+            self.task.wake();
+        }
+    }
+}
+
+impl Wake for SelfWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.state.fetch_or(WOKEN, Ordering::AcqRel) & POLLING == 0 {
+            self.task.wake();
+        }
+    }
 }
 
 /// The most bytes of upstream data frames handed on as one frame.
@@ -549,6 +600,7 @@ enum Next {
 impl<B: Body> TapBody<B> {
     fn new(inner: B, conn: Option<UpConn>, tracker: Tracker, idle_timeout: Duration) -> Self {
         let now = tokio::time::Instant::now();
+        let wake = Arc::new(SelfWake::default());
         let mut body = Self {
             inner: Some(inner),
             conn,
@@ -557,6 +609,8 @@ impl<B: Body> TapBody<B> {
             idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
             idle_timeout,
             last_frame: now,
+            own_waker: Waker::from(wake.clone()),
+            wake,
         };
         if body.inner.as_ref().is_some_and(|i| i.is_end_stream()) {
             // No body at all (HEAD, 204, 304, Content-Length: 0): the response is complete.
@@ -602,11 +656,10 @@ where
         }
         let mut acc: Option<bytes::BytesMut> = None;
         while acc.as_ref().map_or(first.len(), |a| a.len()) < MAX_COALESCE {
-            self.drive(cx);
-            let Some(inner) = self.inner.as_mut() else {
+            if self.inner.is_none() {
                 break;
-            };
-            let next = match Pin::new(inner).poll_frame(cx) {
+            }
+            let next = match self.step(cx) {
                 Poll::Pending => break,
                 Poll::Ready(None) => Next::End,
                 Poll::Ready(Some(Err(e))) => Next::Error(e.into()),
@@ -629,6 +682,25 @@ where
         match acc {
             Some(a) => a.freeze(),
             None => first,
+        }
+    }
+
+    /// Drives the upstream connection, then polls the upstream body once. A wake-up that came
+    /// during these polls from the polls themselves (the connection hands the body a frame over
+    /// hyper's channel, which wakes this task) is answered by polling again here, a few times at
+    /// most, instead of by a fresh poll of the whole client connection.
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut again = SELF_WAKE_REPOLLS;
+        loop {
+            self.wake.clear();
+            self.drive(cx);
+            let Some(inner) = self.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(inner).poll_frame(cx) {
+                Poll::Pending if again > 0 && self.wake.take() => again -= 1,
+                r => return r,
+            }
         }
     }
 
@@ -665,14 +737,41 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        this.wake.enter(cx.waker());
+        let own = this.own_waker.clone();
+        let r = this.poll_own(&mut Context::from_waker(&own));
+        this.wake.leave();
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next.is_none() && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.inner, &self.next) {
+            (Some(i), None) => i.size_hint(),
+            (Some(_), Some(_)) => SizeHint::default(),
+            (None, _) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl<B> TapBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// [`Body::poll_frame`], polled with the body's own waker.
+    fn poll_own(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
         if let Some(next) = this.next.take() {
             return this.next_ready(next);
         }
-        this.drive(cx);
-        let Some(inner) = this.inner.as_mut() else {
+        if this.inner.is_none() {
             return Poll::Ready(None);
-        };
-        match Pin::new(&mut *inner).poll_frame(cx) {
+        }
+        match this.step(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(d) => {
                     let d = this.data(d, cx);
@@ -709,18 +808,6 @@ where
                 }
                 Poll::Pending
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.next.is_none() && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match (&self.inner, &self.next) {
-            (Some(i), None) => i.size_hint(),
-            (Some(_), Some(_)) => SizeHint::default(),
-            (None, _) => SizeHint::with_exact(0),
         }
     }
 }
@@ -839,5 +926,145 @@ mod tests {
         );
         let text = exposition(&registry);
         assert!(text.contains(r#"result="upstream_timeout""#), "{text}");
+    }
+
+    /// Counts the wake-ups of the task that polls a [`TapBody`].
+    #[derive(Default)]
+    struct TaskWakes(std::sync::atomic::AtomicU32);
+
+    impl Wake for TaskWakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// What a [`SelfWaking`] body did.
+    #[derive(Default)]
+    struct Script {
+        /// Polls that wake the polling waker and return `Pending` (hyper's connection handing
+        /// the body a frame over its channel does this), before each frame.
+        self_wakes: u32,
+        /// Frames left to hand over.
+        frames: u32,
+        polls: u32,
+        /// The waker of the last `Pending` without a wake-up (the I/O driver would hold it).
+        parked: Option<Waker>,
+    }
+
+    struct SelfWaking(Arc<Mutex<Script>>, u32);
+
+    impl Body for SelfWaking {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let wakes_before_frame = self.1;
+            let mut s = lock_script(&self.0);
+            s.polls += 1;
+            if s.frames == 0 {
+                s.parked = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            if s.self_wakes > 0 {
+                s.self_wakes -= 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            s.frames -= 1;
+            s.self_wakes = wakes_before_frame;
+            drop(s);
+            self.1 = wakes_before_frame;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"data: x\n\n")))))
+        }
+    }
+
+    fn lock_script(m: &Mutex<Script>) -> std::sync::MutexGuard<'_, Script> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn self_waking(
+        registry: &mut Registry,
+        self_wakes: u32,
+        frames: u32,
+    ) -> (TapBody<SelfWaking>, Arc<Mutex<Script>>) {
+        let script = Arc::new(Mutex::new(Script {
+            self_wakes,
+            frames,
+            ..Script::default()
+        }));
+        let body = TapBody::new(
+            SelfWaking(script.clone(), self_wakes),
+            None,
+            tracker(registry),
+            Duration::from_secs(60),
+        );
+        (body, script)
+    }
+
+    /// The wake-up a body's own poll causes (the upstream connection handing it a frame) is
+    /// answered within the same poll: the frame comes out of that poll, and the task that polls
+    /// the body is not woken to poll the whole client connection again. A wake-up from outside
+    /// a poll (the I/O driver) still reaches the task.
+    #[tokio::test]
+    async fn a_wake_up_the_body_causes_itself_is_answered_within_the_poll() {
+        let mut registry = Registry::default();
+        let (mut body, script) = self_waking(&mut registry, 1, 2);
+        let task = Arc::new(TaskWakes::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Both frames, each after a wake-up of the body's own, come out of the first poll
+        // together.
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                assert_eq!(
+                    f.into_data().ok(),
+                    Some(Bytes::from_static(b"data: x\n\ndata: x\n\n"))
+                );
+            }
+            _ => panic!("no frame from the first poll"),
+        }
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            0,
+            "no task wake-up for its own polls"
+        );
+        let parked = lock_script(&script).parked.take();
+        let Some(parked) = parked else {
+            panic!("the body registered no waker")
+        };
+        parked.wake();
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            1,
+            "an outside wake-up reaches the task"
+        );
+    }
+
+    /// A body that wakes itself at every poll (tokio's cooperative budget does this to make a
+    /// task yield) is polled again a bounded number of times, then the task is woken and the
+    /// poll returns `Pending`: no spinning inside one poll.
+    #[tokio::test]
+    async fn a_body_that_keeps_waking_itself_is_left_to_the_scheduler() {
+        let mut registry = Registry::default();
+        let (mut body, script) = self_waking(&mut registry, u32::MAX, 1);
+        let task = Arc::new(TaskWakes::default());
+        let waker = Waker::from(task.clone());
+        assert!(
+            Pin::new(&mut body)
+                .poll_frame(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        assert_eq!(lock_script(&script).polls, SELF_WAKE_REPOLLS + 1);
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            1,
+            "the task is woken to poll again"
+        );
     }
 }
