@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Config, TargetConfig};
 
+/// The most threads `tap.threads` may ask for.
+pub const MAX_TAP_THREADS: usize = 256;
 /// The default address of the tap.
 pub const DEFAULT_TAP_LISTEN: &str = "0.0.0.0:9472";
 /// `[tap]`: the measuring reverse proxy (docs/config.md).
@@ -40,6 +42,9 @@ pub struct TapConfig {
     /// How often the upstream's `/v1/models` is re-read (the `model` label's bound).
     #[serde(with = "humantime_serde")]
     pub models_refresh: Duration,
+    /// Threads of the tap's own, each with a single-threaded event loop (as nginx's
+    /// `worker_processes`).
+    pub threads: usize,
 }
 
 impl Default for TapConfig {
@@ -56,6 +61,7 @@ impl Default for TapConfig {
             client_header_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
             models_refresh: Duration::from_secs(60),
+            threads: 1,
         }
     }
 }
@@ -108,6 +114,9 @@ pub fn validate(cfg: &Config, errors: &mut Vec<String>) {
     if !(1024..=64 * 1024 * 1024).contains(&t.max_body_bytes) {
         errors.push("tap.max_body_bytes: must be 1024 to 67108864".into());
     }
+    if !(1..=MAX_TAP_THREADS).contains(&t.threads) {
+        errors.push(format!("tap.threads: must be 1 to {MAX_TAP_THREADS}"));
+    }
 }
 
 /// A one-line summary for `check-config`.
@@ -117,13 +126,15 @@ pub fn describe(cfg: &Config) -> String {
         return "tap: disabled".into();
     }
     format!(
-        "tap: {} -> {} (connect {}, headers {}, idle {}, hold {} bytes)",
+        "tap: {} -> {} (connect {}, headers {}, idle {}, hold {} bytes, {} thread{})",
         t.listen,
         t.upstream(cfg)
             .map_or("(no target)".to_string(), |u| u.url.clone()),
         humantime::format_duration(t.connect_timeout),
         humantime::format_duration(t.header_timeout),
         humantime::format_duration(t.idle_timeout),
-        t.max_body_bytes
+        t.max_body_bytes,
+        t.threads,
+        if t.threads == 1 { "" } else { "s" }
     )
 }

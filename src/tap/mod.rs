@@ -31,9 +31,8 @@
 //!   task keeps reading. vLLM then aborts the request. Counted as `client_disconnected`, which
 //!   only a proxy can see (vLLM 0.32 does not count aborts).
 //! * **Never retry; fail in OpenAI's error shape**: refused/reset upstream → 502, connect or
-//!   response-header timeout → 504. (The pooled client re-sends a request only when not one byte
-//!   of it was written on a pooled connection the upstream had just closed, hyper's
-//!   `retry_canceled_requests`; the upstream never sees it twice.)
+//!   response-header timeout → 504. Not even on a pooled connection: one is taken from the pool
+//!   only when, polled at that moment, it is still open and ready for a request.
 //! * **Upgrades are refused** with a 501 JSON body (WebSocket, `Upgrade: h2c`, CONNECT): vLLM's
 //!   only WebSocket route is realtime transcription, which the tap does not measure, and a
 //!   tunnel would bypass every rule above.
@@ -41,10 +40,12 @@
 //! Built directly on hyper 1 and hyper-util rather than a proxy crate (see
 //! shared/reference/streaming-proxy.md): the server is hyper-util's auto builder (HTTP/1.1 with
 //! keep-alive, and HTTP/2 with prior knowledge, h2c, sniffed from the preface, at no extra cost;
-//! `Upgrade: h2c` is refused like any upgrade), with a header-read timeout; the upstream client
-//! is hyper-util's legacy pooled client, HTTP/1.1 (uvicorn's only protocol), with its idle
-//! timeout (4 s) under uvicorn's keep-alive (5 s) so a pooled socket is never reused as uvicorn
-//! closes it. Plain `http://` upstreams only (the sidecar talks to vLLM on loopback).
+//! `Upgrade: h2c` is refused like any upgrade), with a header-read timeout; upstream, each
+//! response drives its own HTTP/1.1 connection (uvicorn's only protocol; hyper's
+//! `client::conn::http1` and the tap's pool, [`upstream`]), idle for 4 s at most, under
+//! uvicorn's keep-alive (5 s), so a pooled socket is never reused as uvicorn closes it. Plain
+//! `http://` upstreams only (the sidecar talks to vLLM on loopback). The tap runs on threads of
+//! its own ([`start`]).
 //!
 //! Submodules: [`proxy`] (forwarding, the body wrappers, bookkeeping), [`measure`] (the
 //! per-request measurement), [`metrics`] (the `vllm_sentinel_traffic_*` families), [`models`]
@@ -131,12 +132,16 @@ impl Tap {
         };
         let settings = Settings::from_config(&cfg.tap, up, api_key);
         let token = ctx.token.clone();
-        let metrics = self.metrics;
-        ctx.tracker.spawn(async move {
-            if let Err(e) = serve(listener, settings, metrics, ModelSet::default(), token).await {
-                tracing::error!(error = %format!("{e:#}"), "tap stopped");
+        match start(listener, settings, self.metrics, ModelSet::default(), token) {
+            Ok(ended) => {
+                ctx.tracker.spawn(async move {
+                    if let Err(e) = ended.await {
+                        tracing::error!(error = %format!("{e:#}"), "tap stopped");
+                    }
+                });
             }
-        });
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "tap not started"),
+        }
     }
 }
 
@@ -163,6 +168,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub client_header_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Threads of the tap's own ([`start`]).
+    pub threads: usize,
     /// How often to re-read the upstream's `/v1/models`; `None`: never (the [`ModelSet`] given
     /// to [`serve`] stays as it is — tests with a fixed list).
     pub models_refresh: Option<Duration>,
@@ -190,6 +197,7 @@ impl Settings {
             idle_timeout: t.idle_timeout,
             client_header_timeout: t.client_header_timeout,
             max_body_bytes: usize::try_from(t.max_body_bytes).unwrap_or(usize::MAX),
+            threads: t.threads.max(1),
             models_refresh: Some(t.models_refresh),
             api_key,
         }
@@ -201,15 +209,105 @@ impl Settings {
     }
 }
 
+/// Runs the tap on `settings.threads` threads of its own, each with a single-threaded runtime,
+/// off the daemon's runtime; returns a future that ends with [`serve`] (when `token` is
+/// cancelled and the in-flight requests have finished).
+///
+/// Why threads of its own, and single-threaded runtimes (measured, BENCHMARKS.md, "Tap
+/// overhead"): a busy tap wakes up to ~1,000 connection tasks per poll of the I/O driver. On
+/// the daemon's work-stealing runtime a worker's local queue holds 256 of them; the rest go to
+/// the global queue and run after tasks woken later, which stretched the added delay's tail at
+/// 1,000 streams to several times nginx's. A single-threaded runtime runs woken tasks in the
+/// order they were woken, as nginx's event loop does, with no cross-thread synchronisation; its
+/// own threads also keep a busy tap from delaying the prober's timers, and the prober's work
+/// from delaying users' streams. Like nginx's `worker_processes`, one thread is the default;
+/// with more, the first accepts and hands each connection to the next thread in turn, and each
+/// thread keeps its own upstream connection pool.
+pub fn start(
+    listener: TcpListener,
+    settings: Settings,
+    metrics: TrafficMetrics,
+    models: ModelSet,
+    token: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+    let listener = listener
+        .into_std()
+        .context("tap: taking the listener off the daemon's runtime")?;
+    // The other threads run until the first one's `serve` has returned.
+    let done = CancellationToken::new();
+    let mut others = Vec::new();
+    for i in 1..settings.threads.max(1) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let done = done.clone();
+        std::thread::Builder::new()
+            .name(format!("tap-{i}"))
+            .spawn(move || match tap_runtime() {
+                Ok(rt) => {
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(done.cancelled());
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .context("tap: starting a thread")?;
+        let handle = rx
+            .recv()
+            .context("tap: a thread ended before its runtime started")??;
+        others.push(handle);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Dropped with the first thread's closure, whether it ran or not.
+    let done = done.drop_guard();
+    std::thread::Builder::new()
+        .name("tap-0".into())
+        .spawn(move || {
+            let ended = tap_runtime().and_then(|rt| {
+                rt.block_on(async move {
+                    let listener =
+                        TcpListener::from_std(listener).context("tap: registering the listener")?;
+                    serve_on(listener, settings, metrics, models, token, others).await
+                })
+            });
+            drop(done);
+            let _ = tx.send(ended);
+        })
+        .context("tap: starting a thread")?;
+    Ok(async move {
+        rx.await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the tap's thread ended without a result")))
+    })
+}
+
+fn tap_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tap: starting a runtime")
+}
+
 /// Serves the tap on `listener` until `token` is cancelled, then stops accepting, lets
 /// in-flight requests finish (idle keep-alive connections are closed at once) and returns.
-/// `models` is kept current from the upstream's `/v1/models` every `models_refresh`.
+/// `models` is kept current from the upstream's `/v1/models` every `models_refresh`. Runs on
+/// the caller's runtime ([`start`] gives it threads of its own).
 pub async fn serve(
     listener: TcpListener,
     settings: Settings,
     metrics: TrafficMetrics,
     models: ModelSet,
     token: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_on(listener, settings, metrics, models, token, Vec::new()).await
+}
+
+/// [`serve`], handing connections in turn to this runtime and to `others`.
+async fn serve_on(
+    listener: TcpListener,
+    settings: Settings,
+    metrics: TrafficMetrics,
+    models: ModelSet,
+    token: CancellationToken,
+    others: Vec<tokio::runtime::Handle>,
 ) -> anyhow::Result<()> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -219,22 +317,29 @@ pub async fn serve(
         .pool_timer(TokioTimer::new())
         .http1_preserve_header_case(true)
         .build(connector);
-    let shared = Arc::new(Shared {
-        client,
-        base: settings.upstream.clone(),
-        base_path: base_path(&settings.upstream),
-        pool: upstream::Pool::new(
-            authority(&settings.upstream),
-            settings.connect_timeout,
-            MAX_IDLE_UPSTREAM,
-        ),
-        target: settings.target.clone(),
-        metrics,
-        models,
-        header_timeout: settings.header_timeout,
-        idle_timeout: settings.idle_timeout,
-        max_body_bytes: settings.max_body_bytes,
-    });
+    // One `Shared` per runtime: an upstream connection is registered with the I/O driver of the
+    // runtime that opened it, so each runtime keeps its own pool.
+    let new_shared = || {
+        Arc::new(Shared {
+            client: client.clone(),
+            base: settings.upstream.clone(),
+            base_path: base_path(&settings.upstream),
+            pool: upstream::Pool::new(
+                authority(&settings.upstream),
+                settings.connect_timeout,
+                MAX_IDLE_UPSTREAM,
+            ),
+            target: settings.target.clone(),
+            metrics: metrics.clone(),
+            models: models.clone(),
+            header_timeout: settings.header_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_body_bytes: settings.max_body_bytes,
+        })
+    };
+    let shared = new_shared();
+    let others: Vec<_> = others.into_iter().map(|h| (h, new_shared())).collect();
+    let mut turn = 0usize;
     let refresher = settings.models_refresh.map(|every| {
         tokio::spawn(refresh_models(
             shared.clone(),
@@ -275,16 +380,35 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let sh = shared.clone();
-        let b = builder.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| proxy::handle(sh.clone(), req));
-            let conn = b.serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "tap: connection ended with an error");
+        turn = (turn + 1) % (others.len() + 1);
+        match turn.checked_sub(1).and_then(|i| others.get(i)) {
+            None => {
+                tokio::spawn(serve_connection(
+                    stream,
+                    shared.clone(),
+                    builder.clone(),
+                    watcher,
+                ));
             }
-        });
+            Some((rt, sh)) => {
+                // Moved to the other runtime's I/O driver there.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "tap: cannot hand a connection on");
+                        continue;
+                    }
+                };
+                let (sh, b) = (sh.clone(), builder.clone());
+                rt.spawn(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(s) => serve_connection(s, sh, b, watcher).await,
+                        Err(e) => tracing::debug!(error = %e, "tap: cannot take a connection"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
@@ -292,6 +416,23 @@ pub async fn serve(
         r.abort();
     }
     Ok(())
+}
+
+type ServerBuilder = hyper_util::server::conn::auto::Builder<TokioExecutor>;
+
+/// Serves one client connection until it closes (or, on shutdown, until its in-flight requests
+/// are done).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    sh: Arc<Shared>,
+    builder: Arc<ServerBuilder>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let svc = hyper::service::service_fn(move |req| proxy::handle(sh.clone(), req));
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "tap: connection ended with an error");
+    }
 }
 
 /// Keeps `shared.models` current.

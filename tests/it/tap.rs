@@ -1676,3 +1676,82 @@ async fn a_request_body_goes_upstream_as_it_arrives() {
         "{t}"
     );
 }
+
+/// `tap.threads = 3`: the tap runs on threads of its own (named `tap-0` … `tap-2`), connections
+/// are handed to them in turn, every request on every connection is forwarded and measured, and
+/// cancelling the token ends the tap (the future `start` returned completes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_tap_threads_serve_every_connection() {
+    let (sim, _sim) = start_sim().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut registry = Registry::default();
+    let metrics = TrafficMetrics::register(&mut registry, &Buckets::default());
+    let mut settings = Settings::for_upstream(&sim);
+    settings.models_refresh = None;
+    settings.threads = 3;
+    let models = ModelSet::with(vec![ModelInfo {
+        id: "tiny".into(),
+        max_model_len: Some(2048),
+    }]);
+    let token = CancellationToken::new();
+    let ended = vllm_sentinel::tap::start(listener, settings, metrics, models, token.clone())
+        .expect("the tap starts");
+    let body = r#"{"model":"tiny","prompt":"hi","max_tokens":3}"#;
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        conns.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Two requests on each connection (keep-alive on whichever thread took it).
+    for round in 0..2 {
+        for (i, s) in conns.iter_mut().enumerate() {
+            let (code, text) = request_on(s, &req).await;
+            assert_eq!(code, 200, "connection {i}, round {round}: {text}");
+            assert!(text.contains("\"usage\""), "connection {i}: {text}");
+        }
+    }
+    // Read after the requests: each thread names itself when it starts, and every one has
+    // served a connection by now.
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    for want in ["tap-0", "tap-1", "tap-2"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "no thread {want}: {names:?}"
+        );
+    }
+    let registry = Arc::new(registry);
+    let text = guard("12 records", async {
+        loop {
+            let mut t = String::new();
+            prometheus_client::encoding::text::encode(&mut t, &registry).unwrap();
+            if metric(
+                &t,
+                "vllm_sentinel_traffic_requests_total",
+                &[r#"outcome="ok""#],
+            ) >= 12.0
+            {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "vllm_sentinel_traffic_requests_total", &[]),
+        12.0,
+        "{text}"
+    );
+    drop(conns);
+    token.cancel();
+    guard("the tap ends", ended)
+        .await
+        .expect("the tap ended cleanly");
+}
