@@ -233,8 +233,10 @@ pub fn start(
     let listener = listener
         .into_std()
         .context("tap: taking the listener off the daemon's runtime")?;
-    // The other threads run until the first one's `serve` has returned.
+    // The other threads run until `done` is cancelled: by the first thread once its `serve` has
+    // returned, or by the guard's drop here when a thread fails to start.
     let done = CancellationToken::new();
+    let done_guard = done.clone().drop_guard();
     let mut others = Vec::new();
     for i in 1..settings.threads.max(1) {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -257,8 +259,6 @@ pub fn start(
         others.push(handle);
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    // Dropped with the first thread's closure, whether it ran or not.
-    let done = done.drop_guard();
     std::thread::Builder::new()
         .name("tap-0".into())
         .spawn(move || {
@@ -269,7 +269,7 @@ pub fn start(
                     serve_on(listener, settings, metrics, models, token, others).await
                 })
             });
-            drop(done);
+            drop(done_guard);
             let _ = tx.send(ended);
         })
         .context("tap: starting a thread")?;

@@ -960,7 +960,7 @@ mod tests {
         type Data = Bytes;
         type Error = Infallible;
         fn poll_frame(
-            mut self: Pin<&mut Self>,
+            self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
             let wakes_before_frame = self.1;
@@ -977,8 +977,6 @@ mod tests {
             }
             s.frames -= 1;
             s.self_wakes = wakes_before_frame;
-            drop(s);
-            self.1 = wakes_before_frame;
             Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"data: x\n\n")))))
         }
     }
