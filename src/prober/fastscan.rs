@@ -25,7 +25,8 @@ const MAX_DEPTH: u32 = 64;
 
 /// The summary of `data`, when it is of the shape this scanner reads; `None` otherwise.
 pub fn scan(data: &[u8]) -> Option<EventSummary> {
-    std::str::from_utf8(data).ok()?;
+    // UTF-8 is checked where it can be broken: the grammar outside strings is ASCII only, and
+    // a string with a byte over 0x7f is validated on its own ([`Scanner::string`]).
     let mut s = Scanner { b: data, i: 0 };
     let out = s.root()?;
     s.ws();
@@ -142,11 +143,15 @@ impl<'a> Scanner<'a> {
         self.i += 1;
         let start = self.i;
         let mut escaped = false;
+        let mut ascii = true;
         loop {
             let c = *b.get(self.i)?;
             match c {
                 b'"' => {
                     let raw = &b[start..self.i];
+                    if !ascii {
+                        std::str::from_utf8(raw).ok()?;
+                    }
                     self.i += 1;
                     return Some((raw, escaped));
                 }
@@ -170,6 +175,10 @@ impl<'a> Scanner<'a> {
                     }
                 }
                 0..=0x1f => return None,
+                0x80.. => {
+                    ascii = false;
+                    self.i += 1;
+                }
                 _ => self.i += 1,
             }
         }
@@ -209,8 +218,10 @@ impl<'a> Scanner<'a> {
         if !plain {
             return Some(None);
         }
-        let s = std::str::from_utf8(&self.b[start..self.i]).ok()?;
-        Some(s.parse::<u64>().ok())
+        // Plain digits only here; `None` when the value does not fit a `u64`.
+        Some(self.b[start..self.i].iter().try_fold(0u64, |v, d| {
+            v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        }))
     }
 
     fn digits(&mut self) -> Option<()> {
@@ -489,7 +500,37 @@ mod tests {
         for (c, fast) in cases {
             assert_eq!(agrees(c.as_bytes()), *fast, "{c}");
         }
+        // UTF-8 is checked inside strings (keys too), and nothing but ASCII is read outside them.
         assert!(!agrees(b"{\"a\":\"\xff\"}"), "invalid UTF-8 goes to serde");
+        assert!(
+            !agrees(b"{\"choices\":[{\"text\":\"\xc3\"}]}"),
+            "a cut sequence"
+        );
+        assert!(
+            !agrees(b"{\"choices\":[{\"text\":\"\xc0\xafx\"}]}"),
+            "overlong"
+        );
+        assert!(
+            !agrees(b"{\"choices\":[{\"text\":\"\xed\xa0\x80\"}]}"),
+            "a surrogate"
+        );
+        assert!(!agrees(b"{\"\xff\":1,\"choices\":[]}"), "in a key");
+        assert!(!agrees(b"{\"choices\":[]}\xc3\xa9"), "after the value");
+        assert!(agrees("{\"choices\":[{\"text\":\"é 字 🎉\"}]}".as_bytes()));
+        assert!(agrees(
+            "{\"é\":\"字\",\"choices\":[{\"text\":\"a\"}]}".as_bytes()
+        ));
+        // Token counts at and over the limits of the integer types.
+        for n in [
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+        ] {
+            let c = format!(r#"{{"usage":{{"prompt_tokens":{n}}}}}"#);
+            assert!(!agrees(c.as_bytes()), "{c}");
+            let c = format!(r#"{{"choices":[],"x":{n}}}"#);
+            assert!(agrees(c.as_bytes()), "{c}");
+        }
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
         assert!(!agrees(deep.as_bytes()));
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -538,6 +538,13 @@ pub struct TapBody<B = Incoming> {
     /// The waker the upstream connection and body are polled with (see [`SelfWake`]).
     wake: Arc<SelfWake>,
     own_waker: Waker,
+    /// The last [`Self::step`] found the upstream connection and body `Pending`, each with the
+    /// body's waker registered. Until a wake-up marks the body dirty, polling them again would
+    /// find nothing: hyper's server polls the body once more after each frame it writes, and
+    /// that poll is answered without them.
+    quiet: bool,
+    /// The idle timer has been polled (its wake-up is registered too).
+    idle_polled: bool,
 }
 
 /// How many times [`TapBody`] polls again at once for a wake-up its own polls caused, before it
@@ -548,6 +555,8 @@ const SELF_WAKE_REPOLLS: u32 = 3;
 /// The waker the upstream connection and body are polled with. While [`TapBody::poll_frame`]
 /// runs, a wake-up is only noted (the body polls again itself, [`TapBody::step`]); at any other
 /// time, and for a wake-up noted but not answered when the poll returns, it wakes the task.
+/// Every wake-up also marks the body dirty until its next [`TapBody::step`]: a body that is not
+/// dirty has nothing new to read ([`TapBody::quiet`]).
 #[derive(Default)]
 struct SelfWake {
     state: AtomicU8,
@@ -556,21 +565,34 @@ struct SelfWake {
 
 const POLLING: u8 = 1;
 const WOKEN: u8 = 2;
+const DIRTY: u8 = 4;
 
 impl SelfWake {
     fn enter(&self, task: &Waker) {
         self.task.register(task);
-        self.state.store(POLLING, Ordering::Release);
+        // A wake-up from before this poll has reached the task already; only whether the body
+        // is dirty is kept.
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some(s & DIRTY | POLLING)
+            });
     }
+    /// Forgets the wake-ups so far: the upstream connection and body are polled next.
     fn clear(&self) {
-        self.state.fetch_and(!WOKEN, Ordering::AcqRel);
+        self.state.fetch_and(!(WOKEN | DIRTY), Ordering::AcqRel);
     }
-    /// Whether a wake-up came since the last [`Self::clear`] (and forgets it).
+    /// Whether a wake-up came during the poll since the last [`Self::clear`] (and forgets that
+    /// it must be answered; the body stays dirty).
     fn take(&self) -> bool {
         self.state.fetch_and(!WOKEN, Ordering::AcqRel) & WOKEN != 0
     }
+    /// Whether any wake-up came since the last [`Self::clear`].
+    fn dirty(&self) -> bool {
+        self.state.load(Ordering::Acquire) & DIRTY != 0
+    }
     fn leave(&self) {
-        if self.state.swap(0, Ordering::AcqRel) & WOKEN != 0 {
+        if self.state.fetch_and(DIRTY, Ordering::AcqRel) & WOKEN != 0 {
             self.task.wake();
         }
     }
@@ -581,7 +603,7 @@ impl Wake for SelfWake {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.state.fetch_or(WOKEN, Ordering::AcqRel) & POLLING == 0 {
+        if self.state.fetch_or(WOKEN | DIRTY, Ordering::AcqRel) & POLLING == 0 {
             self.task.wake();
         }
     }
@@ -589,6 +611,8 @@ impl Wake for SelfWake {
 
 /// The most bytes of upstream data frames handed on as one frame.
 pub const MAX_COALESCE: usize = 64 * 1024;
+/// The first allocation for data frames handed on together.
+const COALESCE_START: usize = 4 * 1024;
 
 /// A frame or an end read after data that was handed on first.
 enum Next {
@@ -611,6 +635,8 @@ impl<B: Body> TapBody<B> {
             last_frame: now,
             own_waker: Waker::from(wake.clone()),
             wake,
+            quiet: false,
+            idle_polled: false,
         };
         if body.inner.as_ref().is_some_and(|i| i.is_end_stream()) {
             // No body at all (HEAD, 204, 304, Content-Length: 0): the response is complete.
@@ -654,8 +680,12 @@ where
         if let Some(m) = self.tracker.measure.as_mut() {
             m.on_data(&first, now);
         }
-        let mut acc: Option<bytes::BytesMut> = None;
-        while acc.as_ref().map_or(first.len(), |a| a.len()) < MAX_COALESCE {
+        // `first` is handed on as it is when nothing follows it; otherwise it and what follows
+        // are copied together, and each is dropped once copied, so that hyper's read buffer can
+        // be reused for the next read rather than a new one allocated.
+        let mut single = Some(first);
+        let mut acc = BytesMut::new();
+        while single.as_ref().map_or(acc.len(), Bytes::len) < MAX_COALESCE {
             if self.inner.is_none() {
                 break;
             }
@@ -668,8 +698,12 @@ where
                         if let Some(m) = self.tracker.measure.as_mut() {
                             m.on_data(&d, now);
                         }
-                        acc.get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
-                            .extend_from_slice(&d);
+                        if let Some(f) = single.take() {
+                            // Room for a run of events at once, not a reallocation per event.
+                            acc.reserve((f.len() + d.len()).max(COALESCE_START));
+                            acc.extend_from_slice(&f);
+                        }
+                        acc.extend_from_slice(&d);
                         continue;
                     }
                     Err(f) => Next::Frame(f),
@@ -679,9 +713,9 @@ where
             break;
         }
         self.last_frame = tokio::time::Instant::now();
-        match acc {
-            Some(a) => a.freeze(),
-            None => first,
+        match single {
+            Some(f) => f,
+            None => acc.freeze(),
         }
     }
 
@@ -699,7 +733,10 @@ where
             };
             match Pin::new(inner).poll_frame(cx) {
                 Poll::Pending if again > 0 && self.wake.take() => again -= 1,
-                r => return r,
+                r => {
+                    self.quiet = r.is_pending();
+                    return r;
+                }
             }
         }
     }
@@ -738,8 +775,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         this.wake.enter(cx.waker());
-        let own = this.own_waker.clone();
+        // Moved out for the poll (the body is borrowed mutably beside it), not cloned: no
+        // reference count to touch per poll.
+        let own = std::mem::replace(&mut this.own_waker, Waker::noop().clone());
         let r = this.poll_own(&mut Context::from_waker(&own));
+        this.own_waker = own;
         this.wake.leave();
         r
     }
@@ -770,6 +810,10 @@ where
         }
         if this.inner.is_none() {
             return Poll::Ready(None);
+        }
+        if this.quiet && this.idle_polled && !this.wake.dirty() {
+            // Nothing came since everything was found `Pending`.
+            return Poll::Pending;
         }
         match this.step(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -806,6 +850,7 @@ where
                     // the new deadline is registered with this waker).
                     this.idle.as_mut().reset(deadline);
                 }
+                this.idle_polled = true;
                 Poll::Pending
             }
         }
@@ -1042,6 +1087,60 @@ mod tests {
             1,
             "an outside wake-up reaches the task"
         );
+    }
+
+    /// After a frame, hyper's server polls the body again at once; when nothing has woken the
+    /// body since the upstream connection and body were found `Pending`, that poll is answered
+    /// without polling them. A wake-up (more data, the idle timer) makes the next poll read.
+    #[tokio::test]
+    async fn a_poll_with_nothing_new_since_everything_was_pending_polls_nothing() {
+        let mut registry = Registry::default();
+        let (mut body, script) = self_waking(&mut registry, 0, 1);
+        let task = Arc::new(TaskWakes::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let polls = || lock_script(&script).polls;
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert_eq!(polls(), 2, "the frame, then Pending while coalescing");
+        // The idle timer has not been polled yet: this poll polls everything once.
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert_eq!(polls(), 3);
+        for _ in 0..3 {
+            assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        }
+        assert_eq!(polls(), 3, "nothing woke the body: nothing polled");
+        // More data: the upstream wakes the body, and the next poll reads it.
+        let parked = {
+            let mut s = lock_script(&script);
+            s.frames = 1;
+            s.parked.take()
+        };
+        let Some(parked) = parked else {
+            panic!("the body registered no waker")
+        };
+        parked.wake();
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            1,
+            "the wake-up reaches the task"
+        );
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert_eq!(polls(), 5);
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert_eq!(polls(), 5, "quiet again after the frame");
+        // A wake-up with nothing to read is answered by one poll of everything.
+        let Some(parked) = lock_script(&script).parked.take() else {
+            panic!("the body registered no waker")
+        };
+        parked.wake();
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert_eq!(polls(), 6);
     }
 
     /// A body that wakes itself at every poll (tokio's cooperative budget does this to make a
