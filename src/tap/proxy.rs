@@ -1030,6 +1030,20 @@ mod tests {
         m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Wakes the waker the body left with the upstream (as new data would), after `more`
+    /// frames are queued.
+    fn wake_parked(script: &Mutex<Script>, more: u32) {
+        let parked = {
+            let mut s = lock_script(script);
+            s.frames += more;
+            s.parked.take()
+        };
+        let Some(parked) = parked else {
+            panic!("the body registered no waker")
+        };
+        parked.wake();
+    }
+
     fn self_waking(
         registry: &mut Registry,
         self_wakes: u32,
@@ -1077,11 +1091,7 @@ mod tests {
             0,
             "no task wake-up for its own polls"
         );
-        let parked = lock_script(&script).parked.take();
-        let Some(parked) = parked else {
-            panic!("the body registered no waker")
-        };
-        parked.wake();
+        wake_parked(&script, 0);
         assert_eq!(
             task.0.load(Ordering::SeqCst),
             1,
@@ -1113,15 +1123,7 @@ mod tests {
         }
         assert_eq!(polls(), 3, "nothing woke the body: nothing polled");
         // More data: the upstream wakes the body, and the next poll reads it.
-        let parked = {
-            let mut s = lock_script(&script);
-            s.frames = 1;
-            s.parked.take()
-        };
-        let Some(parked) = parked else {
-            panic!("the body registered no waker")
-        };
-        parked.wake();
+        wake_parked(&script, 1);
         assert_eq!(
             task.0.load(Ordering::SeqCst),
             1,
@@ -1135,10 +1137,7 @@ mod tests {
         assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
         assert_eq!(polls(), 5, "quiet again after the frame");
         // A wake-up with nothing to read is answered by one poll of everything.
-        let Some(parked) = lock_script(&script).parked.take() else {
-            panic!("the body registered no waker")
-        };
-        parked.wake();
+        wake_parked(&script, 0);
         assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
         assert_eq!(polls(), 6);
     }
