@@ -11,10 +11,12 @@
 //! A measuring proxy must not change what it measures, and proxies commonly do: buffering
 //! turns a token stream into clumps (TTFT up, ITL down), idle timeouts cut long prefills, header
 //! rewriting breaks clients. So:
-//! * **No buffering, no coalescing.** Each upstream body frame is returned from
-//!   [`proxy::TapBody::poll_frame`] as soon as it is read; hyper's server writes and flushes it
-//!   before it polls for the next. A slow client stalls the upstream reads (backpressure down to
-//!   vLLM's socket), never a queue in the tap. `TCP_NODELAY` is set on both legs (Nagle plus
+//! * **No buffering, no coalescing delay.** Each upstream body frame is returned from
+//!   [`proxy::TapBody::poll_frame`] as soon as it is read; hyper's server copies it into its
+//!   write buffer and writes that as soon as the upstream has nothing more already read (frames
+//!   that came in one read go out in one write; none is held back for a later one). A slow
+//!   client stalls the upstream reads once that buffer holds [`MAX_CLIENT_BUF`] (backpressure
+//!   down to vLLM's socket), never an unbounded queue in the tap. `TCP_NODELAY` is set on both legs (Nagle plus
 //!   delayed ACK would add ~40 ms to small SSE writes).
 //! * **Nothing changed on the way through**: method, path, query, headers (minus the hop-by-hop
 //!   ones, RFC 9110 §7.6.1, including those `Connection` names; header-name case preserved),
@@ -50,6 +52,11 @@
 //! Submodules: [`proxy`] (forwarding, the body wrappers, bookkeeping), [`measure`] (the
 //! per-request measurement), [`metrics`] (the `vllm_sentinel_traffic_*` families), [`models`]
 //! (the `model` label's bound: the upstream's `/v1/models`).
+
+/// The most a client connection's write buffer holds before the tap stops reading the
+/// upstream for it (a client that reads slowly), and the largest request head the tap reads
+/// (a larger one is answered 431). 64 KiB: Envoy's default head limit is 60 KiB, nginx's 32 KiB.
+pub const MAX_CLIENT_BUF: usize = 64 * 1024;
 
 pub mod measure;
 pub mod metrics;
@@ -356,6 +363,13 @@ async fn serve_on(
         .header_read_timeout(settings.client_header_timeout)
         .keep_alive(true)
         .preserve_header_case(true)
+        // Each frame is copied into one write buffer rather than queued as a slice of the
+        // upstream's read buffer, which frees that buffer before the next read: no 8 KiB
+        // allocation per streamed token (BENCHMARKS.md, "Tap overhead", sixth pass).
+        .writev(false)
+        // That buffer holds at most this much for a client that reads slowly before the tap
+        // stops reading the upstream; it is also the largest request head (431 above it).
+        .max_buf_size(MAX_CLIENT_BUF)
         .auto_date_header(false);
     builder
         .http2()

@@ -515,10 +515,11 @@ impl Drop for Tracker {
 }
 
 /// The upstream response body on its way to the client. Drives the upstream connection, passes
-/// the frames already read through at once (data frames read together are handed on as one, up to
-/// [`MAX_COALESCE`] bytes; each is measured on its own), bounds the wait for the next one
-/// (`idle_timeout`), and ends the request's [`Tracker`] when the body ends, fails, times out or
-/// is dropped. A connection whose response ended cleanly goes back to the pool.
+/// the frames already read through at once (small data frames read together are handed on as
+/// one, up to [`MAX_COALESCE`] bytes, each measured on its own), bounds the wait
+/// for the next one (`idle_timeout`), and ends the request's [`Tracker`] when the body ends,
+/// fails, times out or is dropped. A connection whose response ended cleanly goes back to the
+/// pool.
 ///
 /// The idle timer is lazy: a frame only notes its arrival time, and the timer (armed once, for
 /// `idle_timeout` after the response head) is moved to `last frame + idle_timeout` only when it
@@ -543,6 +544,8 @@ pub struct TapBody<B = Incoming> {
     /// find nothing: hyper's server polls the body once more after each frame it writes, and
     /// that poll is answered without them.
     quiet: bool,
+    /// Where small frames are copied and joined on their way through ([`Self::data`]).
+    out: BytesMut,
     /// The idle timer has been polled (its wake-up is registered too).
     idle_polled: bool,
 }
@@ -611,8 +614,11 @@ impl Wake for SelfWake {
 
 /// The most bytes of upstream data frames handed on as one frame.
 pub const MAX_COALESCE: usize = 64 * 1024;
-/// The first allocation for data frames handed on together.
-const COALESCE_START: usize = 4 * 1024;
+/// A data frame this large or larger is handed on as it is ([`TapBody::data`]).
+const COPY_BELOW: usize = 4 * 1024;
+/// The room [`TapBody::data`] makes for small frames (it grows for a longer run of them, and
+/// stays for the body's life: 1 MiB over 1,000 streams).
+const OUT_ROOM: usize = 1024;
 
 /// A frame or an end read after data that was handed on first.
 enum Next {
@@ -637,6 +643,7 @@ impl<B: Body> TapBody<B> {
             wake,
             quiet: false,
             idle_polled: false,
+            out: BytesMut::new(),
         };
         if body.inner.as_ref().is_some_and(|i| i.is_end_stream()) {
             // No body at all (HEAD, 204, 304, Content-Length: 0): the response is complete.
@@ -675,17 +682,27 @@ where
     B::Error: Into<BoxError>,
 {
     /// One data frame read: measured, then more data frames already read appended to it.
+    ///
+    /// A small frame is copied into the body's own buffer [`Self::out`] and dropped before
+    /// anything more is read, so that hyper's upstream read buffer is no longer shared when the
+    /// connection reads next and is reused, not replaced by a new allocation per streamed
+    /// token. The frame handed on is a slice of `out`; hyper's server copies it into its write
+    /// buffer (`writev(false)`) and drops it before it polls the body again, so `out` is reused
+    /// too. A large frame is handed on as it is, without reading ahead.
     fn data(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
         let now = monotonic_ns();
         if let Some(m) = self.tracker.measure.as_mut() {
             m.on_data(&first, now);
         }
-        // `first` is handed on as it is when nothing follows it; otherwise it and what follows
-        // are copied together, and each is dropped once copied, so that hyper's read buffer can
-        // be reused for the next read rather than a new one allocated.
-        let mut single = Some(first);
-        let mut acc = BytesMut::new();
-        while single.as_ref().map_or(acc.len(), Bytes::len) < MAX_COALESCE {
+        if first.len() >= COPY_BELOW {
+            self.last_frame = tokio::time::Instant::now();
+            return first;
+        }
+        // Room for a run of events at once, not a reallocation per event.
+        self.out.reserve(OUT_ROOM);
+        self.out.extend_from_slice(&first);
+        drop(first);
+        while self.out.len() < MAX_COALESCE {
             if self.inner.is_none() {
                 break;
             }
@@ -698,12 +715,7 @@ where
                         if let Some(m) = self.tracker.measure.as_mut() {
                             m.on_data(&d, now);
                         }
-                        if let Some(f) = single.take() {
-                            // Room for a run of events at once, not a reallocation per event.
-                            acc.reserve((f.len() + d.len()).max(COALESCE_START));
-                            acc.extend_from_slice(&f);
-                        }
-                        acc.extend_from_slice(&d);
+                        self.out.extend_from_slice(&d);
                         continue;
                     }
                     Err(f) => Next::Frame(f),
@@ -713,10 +725,7 @@ where
             break;
         }
         self.last_frame = tokio::time::Instant::now();
-        match single {
-            Some(f) => f,
-            None => acc.freeze(),
-        }
+        self.out.split().freeze()
     }
 
     /// Drives the upstream connection, then polls the upstream body once. A wake-up that came
@@ -971,6 +980,68 @@ mod tests {
         );
         let text = exposition(&registry);
         assert!(text.contains(r#"result="upstream_timeout""#), "{text}");
+    }
+
+    /// Small frames are copied into the body's own buffer, which is reused once the frame
+    /// handed on has been dropped (no allocation per streamed token); a frame still held is
+    /// never written over; a large frame is handed on as it is, not copied.
+    #[tokio::test]
+    async fn small_frames_reuse_the_bodys_buffer_and_large_ones_pass_as_they_are() {
+        let mut registry = Registry::default();
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = TapBody::new(
+            ChanBody(rx),
+            None,
+            tracker(&mut registry),
+            Duration::from_secs(60),
+        );
+        let data = |f: Option<Result<Frame<Bytes>, BoxError>>| match f {
+            Some(Ok(f)) => f.into_data().unwrap_or_default(),
+            _ => panic!("expected a data frame"),
+        };
+        let send = |b: Bytes| {
+            let tx = tx.clone();
+            async move { tx.send(b).await.unwrap_or_default() }
+        };
+
+        send(Bytes::from_static(b"data: 1\n\n")).await;
+        let first = data(body.frame().await);
+        assert_eq!(first, Bytes::from_static(b"data: 1\n\n"));
+        let at = first.as_ptr();
+        drop(first);
+        send(Bytes::from_static(b"data: 2\n\n")).await;
+        let second = data(body.frame().await);
+        assert_eq!(second, Bytes::from_static(b"data: 2\n\n"));
+        assert_eq!(
+            second.as_ptr(),
+            at,
+            "the buffer is reused once the frame is dropped"
+        );
+
+        // Held while the next frame comes: that one goes elsewhere, and this one is intact.
+        send(Bytes::from_static(b"data: 3\n\n")).await;
+        let third = data(body.frame().await);
+        assert_eq!(third, Bytes::from_static(b"data: 3\n\n"));
+        assert_eq!(second, Bytes::from_static(b"data: 2\n\n"));
+        assert_ne!(third.as_ptr(), second.as_ptr());
+
+        // Two small frames read together are handed on as one.
+        send(Bytes::from_static(b"data: 4\n\n")).await;
+        send(Bytes::from_static(b"data: 5\n\n")).await;
+        assert_eq!(
+            data(body.frame().await),
+            Bytes::from_static(b"data: 4\n\ndata: 5\n\n")
+        );
+
+        let large = Bytes::from(vec![b'x'; COPY_BELOW]);
+        send(large.clone()).await;
+        let passed = data(body.frame().await);
+        assert_eq!(
+            passed.as_ptr(),
+            large.as_ptr(),
+            "a large frame is not copied"
+        );
+        assert_eq!(passed.len(), COPY_BELOW);
     }
 
     /// Counts the wake-ups of the task that polls a [`TapBody`].

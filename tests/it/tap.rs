@@ -673,6 +673,48 @@ async fn framing_attacks_are_rejected_or_neutralised() {
     assert!(ubuf.is_empty(), "nothing more reached the upstream");
 }
 
+/// A request head up to the tap's buffer is forwarded; a larger one is answered 431, nothing
+/// reaches the upstream, and the tap serves the next connection.
+#[tokio::test]
+async fn request_heads_over_the_limit_get_431() {
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tap = start_tap(
+        &format!("http://{}", up.local_addr().unwrap()),
+        Some(vec![]),
+        |_| {},
+    )
+    .await;
+    let limit = vllm_sentinel::tap::MAX_CLIENT_BUF;
+
+    let big = "a".repeat(limit + 1);
+    let mut c = TcpStream::connect(tap.addr).await.unwrap();
+    c.write_all(format!("GET /x HTTP/1.1\r\nHost: h\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut b = Vec::new();
+    read_to_close(&mut c, &mut b).await;
+    assert!(
+        b.starts_with(b"HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&b)
+    );
+
+    let fits = "b".repeat(limit / 2);
+    let mut c = TcpStream::connect(tap.addr).await.unwrap();
+    c.write_all(format!("GET /y HTTP/1.1\r\nHost: h\r\nX-Big: {fits}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (mut us, _) = guard("upstream accept", up.accept()).await.unwrap();
+    let mut ubuf = Vec::new();
+    let r = read_request(&mut us, &mut ubuf).await;
+    assert!(
+        r.head.starts_with("GET /y "),
+        "only the second request arrives: {}",
+        &r.head[..40]
+    );
+    assert_eq!(r.header("x-big").map(|v| v.len()), Some(limit / 2));
+}
+
 #[tokio::test]
 async fn slow_request_headers_close_the_connection() {
     let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
