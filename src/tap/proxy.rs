@@ -691,11 +691,12 @@ where
     /// too. A large frame is handed on as it is, without reading ahead.
     fn data(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
         let now = monotonic_ns();
+        // Frames read ahead below arrive within this poll: one time stands for them all.
+        self.last_frame = tokio::time::Instant::now();
         if let Some(m) = self.tracker.measure.as_mut() {
             m.on_data(&first, now);
         }
         if first.len() >= COPY_BELOW {
-            self.last_frame = tokio::time::Instant::now();
             return first;
         }
         // Room for a run of events at once, not a reallocation per event.
@@ -724,7 +725,6 @@ where
             self.next = Some(next);
             break;
         }
-        self.last_frame = tokio::time::Instant::now();
         self.out.split().freeze()
     }
 

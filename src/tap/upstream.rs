@@ -115,12 +115,17 @@ impl Pool {
             if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
-            if !conn_done && up.poll_drive(cx).is_ready() {
-                // The connection ended: the request's future resolves (with an error) on the
-                // next poll.
-                conn_done = true;
-                cx.waker().wake_by_ref();
+            if conn_done || up.poll_drive(cx).is_pending() {
+                // What the connection read (the response head) reaches the request's future
+                // over a channel, which wakes this task: it is taken now, not after another
+                // turn through the scheduler's queue (a whole round of the other connections
+                // when the tap is busy).
+                return fut.as_mut().poll(cx);
             }
+            // The connection ended: the request's future resolves (with an error) on the next
+            // poll.
+            conn_done = true;
+            cx.waker().wake_by_ref();
             Poll::Pending
         })
         .await;
@@ -180,5 +185,112 @@ impl Pool {
         if idle.len() < self.max_idle {
             idle.push(c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{Either, Empty};
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, mpsc};
+
+    /// Bytes sent on the IPv4 TCP connection `local` → `peer` and not yet acknowledged
+    /// (`tx_queue` in /proc/net/tcp).
+    fn unacked(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option<u64> {
+        let hex = |a: std::net::SocketAddr| match a {
+            std::net::SocketAddr::V4(v4) => format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(v4.ip().octets()),
+                v4.port()
+            ),
+            std::net::SocketAddr::V6(_) => String::new(),
+        };
+        let (l, p) = (hex(local), hex(peer));
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        table.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 4 && f[1] == l && f[2] == p)
+                .then(|| {
+                    f[4].split(':')
+                        .next()
+                        .and_then(|q| u64::from_str_radix(q, 16).ok())
+                })
+                .flatten()
+        })
+    }
+
+    /// Polls `f` once, whatever it returns.
+    async fn poll_once<F: Future>(mut f: Pin<&mut F>) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
+    }
+
+    /// The response head is taken in the poll that reads it. hyper's connection hands it to the
+    /// request's future over a channel, which wakes the task; answering that wake-up with
+    /// another turn through the scheduler's queue is what a busy tap must not do (BENCHMARKS.md,
+    /// "Tap overhead", seventh pass). The upstream answers only when told, after the request has
+    /// reached it, so the head is in the socket before the one poll that must read it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_response_head_is_taken_in_the_poll_that_reads_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(AtomicBool::new(false));
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (written_tx, written_rx) = mpsc::channel::<()>();
+        let flag = received.clone();
+        let upstream = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the tap closed before sending the request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            flag.store(true, Ordering::Release);
+            go_rx.recv().unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .unwrap();
+            // Written is not yet received (the kernel may defer loopback delivery under load):
+            // wait until the tap's side has acknowledged every byte.
+            let (local, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while unacked(local, peer) != Some(0) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the response was never acknowledged"
+                );
+                std::thread::yield_now();
+            }
+            written_tx.send(()).unwrap();
+            // Kept open until the test is done with the connection.
+            let _ = s.read(&mut buf);
+        });
+
+        let pool = Pool::new(addr.to_string(), Duration::from_secs(5), 4);
+        let req = Request::get("/v1/models")
+            .header("host", addr.to_string())
+            .body(Either::Right(Empty::<Bytes>::new()))
+            .unwrap();
+        let mut send = std::pin::pin!(pool.send(req));
+        // Connect and send the request; nothing can be answered yet.
+        while !received.load(Ordering::Acquire) {
+            assert!(poll_once(send.as_mut()).await.is_pending());
+            // Lets the I/O driver turn (the wake-up is deferred until it has).
+            tokio::task::yield_now().await;
+        }
+        go_tx.send(()).unwrap();
+        written_rx.recv().unwrap();
+        // The head is readable now; the driver sees it on this turn.
+        tokio::task::yield_now().await;
+        let Poll::Ready(sent) = poll_once(send.as_mut()).await else {
+            panic!("the poll that read the response head did not return it");
+        };
+        let (resp, up) = sent.map_err(|(e, _)| e).unwrap();
+        assert_eq!(resp.status(), 200);
+        drop((resp, up));
+        upstream.join().unwrap();
     }
 }
