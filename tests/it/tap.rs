@@ -97,6 +97,21 @@ async fn start_tap(
     }
 }
 
+/// A tap in front of a listener the test answers on by hand, with a fixed model list.
+async fn tap_before_listener(
+    models: &[&str],
+    tweak: impl FnOnce(&mut Settings),
+) -> (TcpListener, Tap) {
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tap = start_tap(
+        &format!("http://{}", up.local_addr().unwrap()),
+        Some(models.to_vec()),
+        tweak,
+    )
+    .await;
+    (up, tap)
+}
+
 async fn start_sim() -> (String, tokio_util::sync::DropGuard) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -272,13 +287,7 @@ fn chunk(data: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn forwards_everything_unchanged_and_streams_chunk_by_chunk() {
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec![]),
-        |_| {},
-    )
-    .await;
+    let (up, tap) = tap_before_listener(&[], |_| {}).await;
     let mut client = TcpStream::connect(tap.addr).await.unwrap();
     client
         .write_all(
@@ -371,13 +380,7 @@ async fn forwards_everything_unchanged_and_streams_chunk_by_chunk() {
 
 #[tokio::test]
 async fn keep_alive_on_both_legs() {
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec![]),
-        |_| {},
-    )
-    .await;
+    let (up, tap) = tap_before_listener(&[], |_| {}).await;
     let mut client = TcpStream::connect(tap.addr).await.unwrap();
     let mut cbuf = Vec::new();
     let mut ubuf = Vec::new();
@@ -413,13 +416,7 @@ async fn keep_alive_on_both_legs() {
 
 #[tokio::test]
 async fn upgrade_requests_get_a_501_json_error() {
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec![]),
-        |_| {},
-    )
-    .await;
+    let (_up, tap) = tap_before_listener(&[], |_| {}).await;
     let r = reqwest::Client::new()
         .get(format!("{}/v1/realtime", tap.url()))
         .header("connection", "Upgrade")
@@ -491,14 +488,9 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
     );
 
     // Silent: accepts, reads, never answers.
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec!["tiny"]),
-        |s| {
-            s.header_timeout = Duration::from_millis(200);
-        },
-    )
+    let (up, tap) = tap_before_listener(&["tiny"], |s| {
+        s.header_timeout = Duration::from_millis(200);
+    })
     .await;
     let send = tokio::spawn(
         c.post(format!("{}/v1/chat/completions", tap.url()))
@@ -534,13 +526,7 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
 
 #[tokio::test]
 async fn client_disconnect_mid_stream_closes_the_upstream_connection() {
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec!["tiny"]),
-        |_| {},
-    )
-    .await;
+    let (up, tap) = tap_before_listener(&["tiny"], |_| {}).await;
     let mut client = TcpStream::connect(tap.addr).await.unwrap();
     let body = br#"{"model":"tiny","prompt":"hi","stream":true}"#;
     client
@@ -600,13 +586,7 @@ async fn client_disconnect_mid_stream_closes_the_upstream_connection() {
 
 #[tokio::test]
 async fn framing_attacks_are_rejected_or_neutralised() {
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec![]),
-        |_| {},
-    )
-    .await;
+    let (up, tap) = tap_before_listener(&[], |_| {}).await;
 
     // Two different Content-Length values: 400 from the tap, nothing forwarded.
     let mut c = TcpStream::connect(tap.addr).await.unwrap();
@@ -677,13 +657,7 @@ async fn framing_attacks_are_rejected_or_neutralised() {
 /// reaches the upstream, and the tap serves the next connection.
 #[tokio::test]
 async fn request_heads_over_the_limit_get_431() {
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec![]),
-        |_| {},
-    )
-    .await;
+    let (up, tap) = tap_before_listener(&[], |_| {}).await;
     let limit = vllm_sentinel::tap::MAX_CLIENT_BUF;
 
     let big = "a".repeat(limit + 1);
@@ -717,14 +691,9 @@ async fn request_heads_over_the_limit_get_431() {
 
 #[tokio::test]
 async fn slow_request_headers_close_the_connection() {
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec![]),
-        |s| {
-            s.client_header_timeout = Duration::from_millis(200);
-        },
-    )
+    let (_up, tap) = tap_before_listener(&[], |s| {
+        s.client_header_timeout = Duration::from_millis(200);
+    })
     .await;
     let mut c = TcpStream::connect(tap.addr).await.unwrap();
     c.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n").await.unwrap();
@@ -740,14 +709,9 @@ async fn slow_request_headers_close_the_connection() {
 
 #[tokio::test]
 async fn large_bodies_stream_through_with_a_bounded_hold() {
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec!["tiny"]),
-        |s| {
-            s.max_body_bytes = 64 * 1024;
-        },
-    )
+    let (up, tap) = tap_before_listener(&["tiny"], |s| {
+        s.max_body_bytes = 64 * 1024;
+    })
     .await;
     // 1 MiB prompt, model first: forwarded before the client has sent it all, model found.
     let prompt = "x".repeat(1024 * 1024);
@@ -1140,13 +1104,7 @@ async fn through_tap(tap: &Tap, path: &str, req: &str) -> (u16, Vec<u8>) {
 
 #[tokio::test]
 async fn measures_real_vllm_bytes_byte_for_byte() {
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec!["tiny"]),
-        |_| {},
-    )
-    .await;
+    let (up, tap) = tap_before_listener(&["tiny"], |_| {}).await;
     let stream_req = r#"{"model":"tiny","prompt":"p","max_tokens":8,"stream":true}"#;
 
     // Completions with usage.
@@ -1353,13 +1311,7 @@ async fn a_slow_reader_backpressures_the_upstream_and_gets_every_byte() {
         format!("{head}{pad}{tail}").into_bytes()
     };
 
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec!["tiny"]),
-        |_| {},
-    )
-    .await;
+    let (up, tap) = tap_before_listener(&["tiny"], |_| {}).await;
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // Set when a write of the upstream could not complete at once: its buffers are full.
     let blocked = Arc::new(tokio::sync::Notify::new());
@@ -1649,13 +1601,7 @@ async fn ten_thousand_idle_connections_do_not_stop_the_tap() {
 #[tokio::test]
 async fn a_request_body_goes_upstream_as_it_arrives() {
     const WAIT: Duration = Duration::from_secs(20);
-    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tap = start_tap(
-        &format!("http://{}", up.local_addr().unwrap()),
-        Some(vec!["tiny"]),
-        |_| {},
-    )
-    .await;
+    let (up, tap) = tap_before_listener(&["tiny"], |_| {}).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
     let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
